@@ -1,0 +1,1 @@
+"""Message classification: tokenizer, pipeline, training, evaluation and the model store."""

@@ -1,0 +1,1 @@
+"""Channels: each turns its protocol into InboundMessage and hands it to an async sink."""

@@ -1,0 +1,134 @@
+"""The one normalised message type that every channel produces.
+
+Plain frozen dataclasses: no ORM, no I/O, so connectors, the router and tests can all build
+and compare them freely.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+
+class Channel(StrEnum):
+    EMAIL = "email"
+    TELEGRAM = "telegram"
+    WEB = "web"
+    API = "api"
+
+
+class IdentityKind(StrEnum):
+    EMAIL = "email"
+    PHONE = "phone"
+    TELEGRAM = "telegram"
+    WEB_SESSION = "web_session"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """One way of reaching a customer: an email address, an E.164 phone, a Telegram user id."""
+
+    kind: IdentityKind
+    value: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.value}"
+
+
+@dataclass(frozen=True, slots=True)
+class Sender:
+    identities: tuple[Identity, ...]
+    display_name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.identities:
+            raise ValueError("a sender needs at least one identity")
+
+    def of_kind(self, kind: IdentityKind) -> Identity | None:
+        return next((i for i in self.identities if i.kind == kind), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    filename: str
+    content_type: str
+    data: bytes = field(repr=False)
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadRefs:
+    """What the message itself says about which conversation it belongs to."""
+
+    ticket_number: str | None = None  # [GD…] subject tag, form field, Telegram reply
+    in_reply_to: str | None = None  # email In-Reply-To
+    references: tuple[str, ...] = ()  # email References, oldest first
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    """A customer message as it arrived, before any routing decision.
+
+    ``external_id`` is the channel's own id (Message-ID, Telegram ``chat:message_id``, an
+    idempotency key); ``(channel, external_id)`` is the deduplication key. ``raw`` keeps the
+    exact bytes received so nothing is lost to a parser bug.
+    """
+
+    channel: Channel
+    external_id: str
+    sender: Sender
+    text: str
+    received_at: datetime
+    raw: bytes = field(repr=False)
+    subject: str = ""
+    attachments: tuple[Attachment, ...] = ()
+    thread_refs: ThreadRefs = ThreadRefs()
+    message_id: str | None = None  # email Message-ID of this message, for later In-Reply-To
+    language: str | None = None  # the customer's UI language when the channel knows it
+    flags: tuple[str, ...] = ()  # e.g. "auto_reply", "unparseable": stored, shown to humans
+
+    def __post_init__(self) -> None:
+        if not self.external_id:
+            raise ValueError("external_id must not be empty")
+        if self.received_at.tzinfo is None:
+            raise ValueError("received_at must be timezone-aware")
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What intake answers once the message is committed: enough for the channel to acknowledge."""
+
+    ticket_number: str
+    ticket_id: int
+    message_id: int
+    duplicate: bool  # True when this (channel, external_id) was already stored
+    new_ticket: bool
+    first_response_due: timedelta | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PublicMessage:
+    direction: str  # "in" from the customer, "out" from an agent
+    text: str
+    at: datetime
+    author: str  # display name of the agent, or "" for the customer
+
+
+@dataclass(frozen=True, slots=True)
+class TicketView:
+    """What a customer may see of their own ticket on the status page."""
+
+    number: str
+    state: str
+    subject: str
+    created_at: datetime
+    messages: tuple[PublicMessage, ...]

@@ -1,0 +1,1 @@
+"""Composition root: settings, the CLI, serve wiring and the web app assembly."""

@@ -1,0 +1,94 @@
+"""One typed settings object: defaults that run on a laptop, overridden by `paidan.toml`
+and then by `PAIDAN_*` environment variables (highest)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from datetime import timedelta
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    NoDecode,
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+def _config_file() -> Path:
+    return Path(os.environ.get("PAIDAN_CONFIG", "paidan.toml"))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PAIDAN_", extra="ignore", frozen=True)
+
+    database_url: str = "sqlite:///paidan.db"
+    # Business calendar time zone: ticket numbers use its date, SLA clocks its hours.
+    timezone: str = "Asia/Shanghai"
+
+    web_host: str = "127.0.0.1"
+    web_port: int = 8080
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 2525
+
+    # Where trained classifier directories live; one subdirectory per version.
+    model_dir: Path = Path("paidan-models")
+    training_data_dir: Path = Path("training_data")
+
+    # Bearer tokens accepted by POST /api/v1/messages (comma-separated in the environment).
+    api_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Signs CSRF tokens; generated once and kept in `secret_file` when not given.
+    secret_key: SecretStr | None = None
+    secret_file: Path = Path(".paidan-secret")
+
+    max_attachments: int = 5
+    max_attachment_bytes: int = 10 * 1024 * 1024
+    max_api_body_bytes: int = 1024 * 1024
+    form_rate_limit_per_minute: int = 10
+    # Shown to the customer before a ticket is classified (P2 default of DESIGN.md).
+    default_first_response_hours: float = 4.0
+
+    log_level: str = "INFO"
+    log_json: bool = False
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [t.strip() for t in value.split(",") if t.strip()]
+        return value
+
+    @property
+    def default_first_response(self) -> timedelta:
+        return timedelta(hours=self.default_first_response_hours)
+
+    @cached_property
+    def secret(self) -> bytes:
+        """The CSRF signing key: configured, or created once and kept beside the database."""
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value().encode()
+        path = self.secret_file
+        if not path.exists():
+            path.write_text(secrets.token_urlsafe(32))
+            path.chmod(0o600)
+        return path.read_text().strip().encode()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=_config_file()),
+        )

@@ -1,0 +1,1 @@
+"""Intake, identity, threading, assignment, SLA and the outbox."""

@@ -1,0 +1,57 @@
+"""The ticket state machine of DESIGN.md; every transition becomes an audit event."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from models.errors import IllegalTransition
+from models.tables import Ticket, TicketEvent
+
+NEW, ASSIGNED, IN_PROGRESS = "new", "assigned", "in_progress"
+AWAITING_CUSTOMER, RESOLVED, CLOSED = "awaiting_customer", "resolved", "closed"
+REOPENED, MERGED = "reopened", "merged"
+
+STATES = (NEW, ASSIGNED, IN_PROGRESS, AWAITING_CUSTOMER, RESOLVED, CLOSED, REOPENED, MERGED)
+OPEN_STATES = frozenset({NEW, ASSIGNED, IN_PROGRESS, AWAITING_CUSTOMER, REOPENED})
+
+# Forward along the happy path; back to `new` when an assignment is declined or times out;
+# `reopened` when the customer says it is not solved; `merged` is final.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    NEW: frozenset({ASSIGNED, IN_PROGRESS, AWAITING_CUSTOMER, RESOLVED, CLOSED, MERGED}),
+    ASSIGNED: frozenset({NEW, ASSIGNED, IN_PROGRESS, AWAITING_CUSTOMER, RESOLVED, MERGED}),
+    IN_PROGRESS: frozenset({NEW, ASSIGNED, AWAITING_CUSTOMER, RESOLVED, MERGED}),
+    AWAITING_CUSTOMER: frozenset({NEW, ASSIGNED, IN_PROGRESS, RESOLVED, CLOSED, MERGED}),
+    RESOLVED: frozenset({CLOSED, REOPENED}),
+    CLOSED: frozenset({REOPENED}),
+    REOPENED: frozenset({NEW, ASSIGNED, IN_PROGRESS, AWAITING_CUSTOMER, RESOLVED, MERGED}),
+    MERGED: frozenset(),
+}
+
+
+def allowed(from_state: str, to_state: str) -> bool:
+    return to_state in TRANSITIONS.get(from_state, frozenset())
+
+
+def transition(
+    session: Session, ticket: Ticket, to_state: str, *, actor: str, reason: str, at: datetime
+) -> TicketEvent:
+    """Move `ticket` to `to_state` and record who, when and why; refuse what the machine forbids."""
+    from_state = ticket.state
+    if not allowed(from_state, to_state):
+        raise IllegalTransition(ticket.number, from_state, to_state, TRANSITIONS.get(from_state, frozenset()))
+    ticket.state = to_state
+    ticket.updated_at = at
+    if to_state == RESOLVED:
+        ticket.resolved_at = at
+    elif to_state == CLOSED:
+        ticket.closed_at = at
+    elif to_state == REOPENED:
+        ticket.resolved_at = ticket.closed_at = None
+    event = TicketEvent(
+        ticket=ticket, at=at, actor=actor, kind="transition",
+        from_state=from_state, to_state=to_state, reason=reason,
+    )
+    session.add(event)
+    return event
