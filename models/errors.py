@@ -27,9 +27,13 @@ class IllegalTransition(PaidanError):
         )
 
 
-class InvalidMessage(PaidanError):
-    """Input that cannot become a message; ``field`` names what was wrong."""
+class InvalidInput(PaidanError):
+    """Input we refuse; ``field`` names what was wrong so each edge can point at it."""
 
     def __init__(self, field: str, problem: str):
         self.field, self.problem = field, problem
         super().__init__(f"{field}: {problem}")
+
+
+class InvalidMessage(InvalidInput):
+    """Input that cannot become a message."""

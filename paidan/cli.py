@@ -1,0 +1,298 @@
+"""The `paidan` command: serve, database, agents, tickets (and the classifier's commands)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+from models.errors import PaidanError
+from paidan.settings import Settings
+
+console = Console()
+
+
+def _settings() -> Settings:
+    ctx = click.get_current_context()
+    root = ctx.find_root()
+    if not isinstance(root.obj, Settings):
+        root.obj = Settings()
+    return root.obj
+
+
+def _engine():
+    from paidan.db import make_engine
+
+    return make_engine(_settings().database_url)
+
+
+class PaidanGroup(click.Group):
+    """Turns our own errors into one readable line and exit code 1, instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except PaidanError as exc:
+            console.print(f"[red]error:[/red] {exc}", highlight=False)
+            sys.exit(1)
+
+
+@click.group(cls=PaidanGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), envvar="PAIDAN_CONFIG",
+              help="TOML settings file (default: paidan.toml in the working directory, if present).")
+@click.pass_context
+def cli(ctx: click.Context, config: Path | None) -> None:
+    """paidan (派单): omnichannel intake bot and router for customer-support teams.
+
+    Settings come from paidan.toml and PAIDAN_* environment variables; the defaults run on
+    one machine (SQLite file paidan.db, web on 127.0.0.1:8080).
+    """
+    if config is not None:
+        import os
+
+        if not config.exists():
+            raise click.BadParameter(f"{config} does not exist", param_hint="--config")
+        os.environ["PAIDAN_CONFIG"] = str(config)
+
+
+def main() -> None:
+    cli(prog_name="paidan")
+
+
+# ---------------------------------------------------------------- serve
+
+
+@cli.command()
+@click.option("--host", help="Web address to listen on (default: settings web_host, 127.0.0.1).")
+@click.option("--port", type=int, help="Web port (default: settings web_port, 8080; 0 picks a free one).")
+@click.option("--no-migrate", is_flag=True, help="Do not apply database migrations at start.")
+def serve(host: str | None, port: int | None, no_migrate: bool) -> None:
+    """Run paidan: web form, status page and JSON API (and every configured channel)."""
+    import asyncio
+
+    from paidan import logs
+    from paidan.service import run
+
+    settings = _settings()
+    logs.setup(settings.log_level, settings.log_json)
+    overrides = {k: v for k, v in {"web_host": host, "web_port": port}.items() if v is not None}
+    if overrides:
+        settings = settings.model_copy(update=overrides)
+    try:
+        asyncio.run(run(settings, migrate=not no_migrate))
+    except KeyboardInterrupt:
+        pass
+
+
+# ---------------------------------------------------------------- db
+
+
+@cli.group()
+def db() -> None:
+    """Database schema: migrations."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True, help="Target migration revision.")
+def db_upgrade(revision: str) -> None:
+    """Apply database migrations up to REVISION (safe to run repeatedly)."""
+    from paidan.db import normalise_url, upgrade
+
+    settings = _settings()
+    upgrade(settings.database_url, revision)
+    console.print(f"database at {_redact(normalise_url(settings.database_url))} is at revision {revision}")
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+# ---------------------------------------------------------------- agents
+
+
+@cli.group()
+def agents() -> None:
+    """Agents and supervisors: skills, capacity, seniority, Telegram id."""
+
+
+def _split(value: str | None) -> list[str] | None:
+    return None if value is None else [v for v in value.split(",") if v.strip()]
+
+
+@agents.command("add")
+@click.argument("name")
+@click.option("--skills", default="", help="Comma-separated skills, e.g. technical,transaction,zh,en.")
+@click.option("--capacity", type=int, default=5, show_default=True, help="Open tickets at once.")
+@click.option("--seniority", type=click.IntRange(1, 3), default=1, show_default=True, help="1 junior … 3 senior.")
+@click.option("--role", type=click.Choice(["agent", "supervisor", "admin"]), default="agent", show_default=True)
+@click.option("--telegram-id", type=int, help="The agent's Telegram user id (for the agent console).")
+@click.option("--email", help="The agent's email address.")
+def agents_add(name, skills, capacity, seniority, role, telegram_id, email) -> None:
+    """Add an agent called NAME."""
+    from paidan.db import transaction
+    from router.agents import add_agent
+
+    with transaction(_engine()) as session:
+        agent = add_agent(session, name, skills=_split(skills) or [], capacity=capacity, seniority=seniority,
+                          role=role, telegram_id=telegram_id, email=email)
+        console.print(f"added {agent.role} {agent.name} (id {agent.id}) skills={','.join(agent.skills) or '-'}")
+
+
+@agents.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def agents_list(as_json: bool) -> None:
+    """List agents with their skills, capacity and current load."""
+    from sqlalchemy.orm import Session
+
+    from models.tables import Agent
+    from router.agents import open_load
+
+    with Session(_engine()) as session:
+        rows = session.scalars(select(Agent).order_by(Agent.id)).all()
+        load = open_load(session)
+    data = [
+        {"id": a.id, "name": a.name, "role": a.role, "skills": a.skills, "capacity": a.capacity,
+         "load": load.get(a.id, 0), "seniority": a.seniority, "online": a.online, "telegram_id": a.telegram_id}
+        for a in rows
+    ]
+    if as_json:
+        click.echo(json.dumps(data, ensure_ascii=False, indent=2))
+        return
+    table = Table("id", "name", "role", "skills", "load/capacity", "seniority", "online", "telegram")
+    for a in data:
+        table.add_row(str(a["id"]), a["name"], a["role"], ",".join(a["skills"]) or "-",
+                      f"{a['load']}/{a['capacity']}", str(a["seniority"]), "yes" if a["online"] else "no",
+                      str(a["telegram_id"] or "-"))
+    console.print(table if data else "no agents yet: add one with `paidan agents add NAME --skills ...`")
+
+
+@agents.command("set")
+@click.argument("agent")
+@click.option("--skills", help="Replace the skills (comma-separated).")
+@click.option("--capacity", type=int)
+@click.option("--seniority", type=click.IntRange(1, 3))
+@click.option("--role", type=click.Choice(["agent", "supervisor", "admin"]))
+@click.option("--telegram-id", type=int)
+@click.option("--email")
+@click.option("--online/--offline", default=None, help="Mark the agent available or not.")
+def agents_set(agent, skills, capacity, seniority, role, telegram_id, email, online) -> None:
+    """Change AGENT (name or id)."""
+    from paidan.db import transaction
+    from router.agents import get_agent, update_agent
+
+    with transaction(_engine()) as session:
+        row = update_agent(session, get_agent(session, agent), skills=_split(skills), capacity=capacity,
+                           seniority=seniority, role=role, telegram_id=telegram_id, email=email, online=online)
+        console.print(f"{row.name}: role={row.role} skills={','.join(row.skills) or '-'} capacity={row.capacity} "
+                      f"seniority={row.seniority} online={'yes' if row.online else 'no'}")
+
+
+# ---------------------------------------------------------------- tickets
+
+
+@cli.group()
+def tickets() -> None:
+    """Tickets: list them, show one with its messages and audit trail."""
+
+
+@tickets.command("list")
+@click.option("--state", help="Only tickets in this state (new, assigned, in_progress, …).")
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def tickets_list(state: str | None, limit: int, as_json: bool) -> None:
+    """List the newest tickets."""
+    from sqlalchemy.orm import Session
+
+    from models.tables import Ticket
+
+    query = select(Ticket).options(selectinload(Ticket.assigned_agent)).order_by(Ticket.id.desc()).limit(limit)
+    if state:
+        query = query.where(Ticket.state == state)
+    with Session(_engine()) as session:
+        rows = session.scalars(query).all()
+        data = [
+            {"number": t.number, "state": t.state, "channel": t.channel, "subject": t.subject,
+             "type": t.type, "category": t.category, "priority": t.priority,
+             "agent": t.assigned_agent.name if t.assigned_agent else None, "created_at": t.created_at.isoformat()}
+            for t in rows
+        ]
+    if as_json:
+        click.echo(json.dumps(data, ensure_ascii=False, indent=2))
+        return
+    table = Table("number", "state", "channel", "priority", "category", "agent", "subject", "created")
+    for t in data:
+        table.add_row(t["number"], t["state"], t["channel"], t["priority"] or "-", t["category"] or "-",
+                      t["agent"] or "-", t["subject"][:50], t["created_at"][:16])
+    console.print(table if data else "no tickets")
+
+
+@tickets.command("show")
+@click.argument("number")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def tickets_show(number: str, as_json: bool) -> None:
+    """Show ticket NUMBER (GD…): details, messages and the audit trail."""
+    from sqlalchemy.orm import Session
+
+    from models.errors import NotFound
+    from models.tables import Ticket
+
+    with Session(_engine()) as session:
+        ticket = session.scalar(
+            select(Ticket).where(Ticket.number == number.strip().upper())
+            .options(selectinload(Ticket.messages), selectinload(Ticket.events), selectinload(Ticket.customer),
+                     selectinload(Ticket.assigned_agent))
+        )
+        if ticket is None:
+            raise NotFound(f"no ticket {number} (see `paidan tickets list`)")
+        data = {
+            "number": ticket.number, "state": ticket.state, "channel": ticket.channel, "subject": ticket.subject,
+            "customer": {"id": ticket.customer.id, "name": ticket.customer.display_name},
+            "labels": {"type": ticket.type, "category": ticket.category, "priority": ticket.priority,
+                       "confidence": ticket.confidence, "model_version": ticket.model_version},
+            "agent": ticket.assigned_agent.name if ticket.assigned_agent else None,
+            "created_at": ticket.created_at.isoformat(),
+            "messages": [
+                {"id": m.id, "direction": m.direction, "channel": m.channel, "sender": m.sender,
+                 "received_at": m.received_at.isoformat(), "text": m.text, "flags": m.flags,
+                 "attachments": len(m.attachments)}
+                for m in ticket.messages
+            ],
+            "events": [
+                {"at": e.at.isoformat(), "actor": e.actor, "kind": e.kind, "from": e.from_state,
+                 "to": e.to_state, "reason": e.reason}
+                for e in ticket.events
+            ],
+        }
+    if as_json:
+        click.echo(json.dumps(data, ensure_ascii=False, indent=2))
+        return
+    from paidan.logs import mask
+
+    out = console
+    out.print(f"[bold]{data['number']}[/bold]  {data['state']}  via {data['channel']}  created {data['created_at'][:19]}",
+              highlight=False)
+    out.print(f"subject:  {data['subject']}", markup=False, highlight=False)
+    out.print(f"customer: #{data['customer']['id']} {data['customer']['name']}", markup=False, highlight=False)
+    labels = data["labels"]
+    out.print(f"labels:   type={labels['type'] or '-'} category={labels['category'] or '-'} "
+              f"priority={labels['priority'] or '-'}   agent: {data['agent'] or '-'}", highlight=False)
+    out.print("\n[bold]messages[/bold]")
+    for m in data["messages"]:
+        flags = f" flags={','.join(m['flags'])}" if m["flags"] else ""
+        out.print(f"  #{m['id']} {m['direction']} {m['channel']} {mask(m['sender'])} {m['received_at'][:19]}"
+                  f" attachments={m['attachments']}{flags}", markup=False, highlight=False)
+        for line in m["text"].splitlines()[:20]:
+            out.print(f"    {line}", markup=False, highlight=False)
+    table = Table("when (UTC)", "who", "what", "from → to", "why", title="audit trail", title_justify="left")
+    for e in data["events"]:
+        table.add_row(e["at"][:19], e["actor"], e["kind"],
+                      f"{e['from'] or ''} → {e['to'] or ''}" if e["to"] else "", e["reason"])
+    out.print(table)

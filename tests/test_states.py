@@ -1,0 +1,50 @@
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy.orm import Session
+
+from models.errors import IllegalTransition
+from models.tables import Ticket, TicketEvent
+from router import states
+from router.intake import Intake
+from factories import make_message
+
+
+def _ticket(engine) -> str:
+    return Intake(engine).accept_now(make_message()).ticket_number
+
+
+def test_every_transition_is_an_audit_event(engine):
+    number = _ticket(engine)
+    now = datetime.now(UTC)
+    with Session(engine) as session, session.begin():
+        ticket = session.query(Ticket).filter_by(number=number).one()
+        for target in (states.ASSIGNED, states.IN_PROGRESS, states.AWAITING_CUSTOMER, states.RESOLVED, states.CLOSED):
+            states.transition(session, ticket, target, actor="agent:1", reason=f"test → {target}", at=now)
+    with Session(engine) as session:
+        events = session.query(TicketEvent).join(Ticket).filter(Ticket.number == number).order_by(TicketEvent.id).all()
+    moves = [(e.from_state, e.to_state) for e in events if e.kind == "transition"]
+    assert moves == [("new", "assigned"), ("assigned", "in_progress"), ("in_progress", "awaiting_customer"),
+                     ("awaiting_customer", "resolved"), ("resolved", "closed")]
+    assert all(e.actor and e.reason and e.at for e in events)
+
+
+@pytest.mark.parametrize("start,target", [("new", "reopened"), ("closed", "resolved"), ("merged", "new"),
+                                          ("resolved", "in_progress")])
+def test_illegal_transitions_are_refused_clearly(engine, start, target):
+    number = _ticket(engine)
+    with Session(engine) as session, session.begin():
+        ticket = session.query(Ticket).filter_by(number=number).one()
+        ticket.state = start
+    with Session(engine) as session:
+        ticket = session.query(Ticket).filter_by(number=number).one()
+        with pytest.raises(IllegalTransition) as err:
+            states.transition(session, ticket, target, actor="cli", reason="x", at=datetime.now(UTC))
+        assert number in str(err.value) and start in str(err.value) and target in str(err.value)
+        assert ticket.state == start
+
+
+def test_the_machine_has_no_dead_ends_but_merged():
+    for state in states.STATES:
+        assert states.TRANSITIONS[state] or state == states.MERGED
+        assert states.TRANSITIONS[state] <= set(states.STATES)
