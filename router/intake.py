@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from models.errors import PaidanError, StorageUnavailable
@@ -122,9 +122,9 @@ def store_batch(
                 "direction": "in",
                 "channel": msg.channel.value,
                 "external_id": msg.external_id,
-                "sender": str(msg.sender.identities[0])[:400],
-                "subject": msg.subject[:500],
-                "text": msg.text,
+                "sender": _no_nul(str(msg.sender.identities[0]))[:400],
+                "subject": _no_nul(msg.subject)[:500],
+                "text": _no_nul(msg.text),
                 "raw": msg.raw,
                 "email_message_id": msg.message_id,
                 "in_reply_to": msg.thread_refs.in_reply_to,
@@ -161,7 +161,12 @@ def store_batch(
 
 
 def _subject(msg: InboundMessage) -> str:
-    return (msg.subject.strip() or msg.text.strip().split("\n", 1)[0])[:500]
+    return _no_nul(msg.subject.strip() or msg.text.strip().split("\n", 1)[0])[:500]
+
+
+def _no_nul(text: str) -> str:
+    """PostgreSQL text cannot hold NUL; the exact bytes stay in `raw` (bytea)."""
+    return text.replace("\x00", "")
 
 
 def _existing_messages(session: Session, messages: list[InboundMessage]) -> dict[tuple[str, str], Receipt]:
@@ -212,7 +217,7 @@ def _customers_for(
         else:
             customer_id = session.execute(
                 insert(Customer).values(
-                    display_name=msg.sender.display_name[:200], language=msg.language, vip=False, created_at=now
+                    display_name=_no_nul(msg.sender.display_name)[:200], language=msg.language, vip=False, created_at=now
                 ).returning(Customer.id)
             ).scalar_one()
         for k in keys:
@@ -377,33 +382,36 @@ class Intake:
                 return
 
     def _commit_batch(self, messages: list[InboundMessage]) -> list[Receipt | Exception]:
-        """One transaction for the whole batch; if it fails, each message alone, so one bad
-        message (or a race with another process) fails only itself."""
+        """One transaction for the whole batch; if the data fails it, each message alone, so one
+        bad message (or a race with another process) fails only itself."""
         now = self.clock()
         try:
             with Session(self.engine, expire_on_commit=False) as session, session.begin():
-                return list(self._store(session, messages, now))
-        except (IntegrityError, PaidanError) as exc:
+                return self._store(session, messages, now)
+        except (OperationalError, InterfaceError) as exc:
+            # The database itself is unreachable, locked or full: every message would fail alike.
+            log.error("intake could not commit %d message(s): %s", len(messages), type(exc).__name__)
+            return [StorageUnavailable("the database could not store the message; try again later")] * len(messages)
+        except (SQLAlchemyError, PaidanError) as exc:
             if len(messages) == 1:
                 return [self._retry_alone(messages[0], now, exc)]
-        except SQLAlchemyError as exc:
-            log.error("intake commit failed for %d message(s): %s", len(messages), type(exc).__name__)
-            return [StorageUnavailable("the database could not store the message; try again later")] * len(messages)
         return [result for msg in messages for result in self._commit_batch([msg])]
 
     def _retry_alone(self, msg: InboundMessage, now: datetime, first_error: Exception) -> Receipt | Exception:
         if isinstance(first_error, PaidanError):
             return first_error
-        # Another process stored the same message or identity between our look-up and insert:
-        # once more, and the look-up now finds it.
-        try:
-            with Session(self.engine, expire_on_commit=False) as session, session.begin():
-                return self._store(session, [msg], now)[0]
-        except PaidanError as exc:
-            return exc
-        except SQLAlchemyError as exc:
-            log.warning("intake: %s message kept failing: %s", msg.channel, type(exc).__name__)
-            return StorageUnavailable("the database could not store the message; try again later")
+        if isinstance(first_error, IntegrityError):
+            # Another process stored the same message or identity between our look-up and insert:
+            # once more, and the look-up now finds it.
+            try:
+                with Session(self.engine, expire_on_commit=False) as session, session.begin():
+                    return self._store(session, [msg], now)[0]
+            except PaidanError as exc:
+                return exc
+            except SQLAlchemyError as exc:
+                first_error = exc
+        log.error("intake: a %s message could not be stored: %s", msg.channel, type(first_error).__name__)
+        return StorageUnavailable("the database could not store the message; try again later")
 
     def _store(self, session: Session, messages: list[InboundMessage], now: datetime) -> list[Receipt]:
         return store_batch(session, messages, tz=self.tz, first_response=self.first_response, now=now)

@@ -205,3 +205,10 @@ def test_unreachable_database_is_unavailable_not_a_crash(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path}/missing-dir/x.db")
     with pytest.raises(StorageUnavailable):
         Intake(engine).accept_now(make_message())
+
+
+def test_nul_bytes_in_text_are_kept_in_raw_and_dropped_from_text(engine):
+    receipt = Intake(engine).accept_now(make_message(text="a\x00b", subject="s\x00", raw=b"a\x00b", name="n\x00"))
+    with Session(engine) as session:
+        row = session.get(Message, receipt.message_id)
+        assert (row.text, row.subject, row.raw) == ("ab", "s", b"a\x00b")
