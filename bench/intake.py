@@ -1,0 +1,211 @@
+"""Intake throughput and latency: HTTP POST /api/v1/messages → committed ticket.
+
+Ours (group commit: concurrent requests share one transaction and one fsync) against the plain
+baseline (the same app and storage code, one transaction per message), side by side in one run,
+on SQLite and, when a PostgreSQL URL is given or a server is installed, on PostgreSQL.
+
+    python bench/intake.py [--requests 20000] [--concurrency 32] [--runs 5] [--pg URL] [--write]
+
+The server runs in its own process (as `paidan serve` does), the load generator in this one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "bench-token"
+
+
+def serve(database_url: str, mode: str) -> None:
+    """Child process: run the real web app on a free port and print it."""
+    import uvicorn
+
+    from paidan.db import make_engine, upgrade
+    from paidan.settings import Settings
+    from paidan.web import build_app
+    from router.intake import Intake
+    from router.queries import TicketQueries
+
+    settings = Settings(database_url=database_url, api_tokens=[TOKEN], secret_key="bench",
+                        web_port=0, log_level="WARNING")
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    intake = Intake(engine)
+    queries = TicketQueries(engine)
+    if mode == "ours":
+        sink = intake.accept
+    else:
+        async def sink(msg):  # the plain way: one transaction (and one fsync) per message
+            return await asyncio.to_thread(intake.accept_now, msg)
+    app = build_app(settings, sink=sink, ticket_view=queries.ticket_view, db_ok=queries.db_ok)
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+
+    async def main():
+        task = asyncio.create_task(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.01)
+        print(f"PORT={server.servers[0].sockets[0].getsockname()[1]}", flush=True)
+        await task
+
+    asyncio.run(main())
+    intake.close()
+
+
+async def load(port: int, requests: int, concurrency: int) -> tuple[float, list[float]]:
+    import aiohttp
+
+    url = f"http://127.0.0.1:{port}/api/v1/messages"
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    run_id = uuid.uuid4().hex[:8]
+    counter = iter(range(requests))
+    latencies: list[float] = []
+
+    async def worker(session):
+        for i in counter:
+            body = {"external_id": f"{run_id}-{i}", "email": f"c{i % 500}@example.com", "name": "客户",
+                    "subject": "订单问题", "text": f"订单 {i} 还没有发货，麻烦查一下物流。Order {i} not shipped yet."}
+            t0 = time.perf_counter()
+            async with session.post(url, json=body, headers=headers) as resp:
+                await resp.read()
+                if resp.status not in (200, 201):
+                    raise RuntimeError(f"HTTP {resp.status}: {await resp.text()}")
+            latencies.append(time.perf_counter() - t0)
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        # warm-up (not measured)
+        warm = iter(range(200))
+        async def warmup():
+            for i in warm:
+                async with session.post(url, json={"external_id": f"{run_id}-w{i}", "email": "w@example.com",
+                                                   "text": "warm"}, headers=headers) as r:
+                    await r.read()
+        await asyncio.gather(*(warmup() for _ in range(concurrency)))
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    return elapsed, latencies
+
+
+def one_run(database_url: str, mode: str, requests: int, concurrency: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", mode, "--db", database_url],
+                            stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        port = int(line.strip().split("=")[1])
+        elapsed, lat = asyncio.run(load(port, requests, concurrency))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    lat.sort()
+    return {"rate": requests / elapsed, "p50_ms": lat[len(lat) // 2] * 1000,
+            "p99_ms": lat[int(len(lat) * 0.99)] * 1000}
+
+
+def fresh_sqlite() -> str:
+    d = tempfile.mkdtemp(prefix="paidan-bench-")
+    return f"sqlite:///{d}/bench.db"
+
+
+def fresh_pg(base_url: str) -> str:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    url = make_url(base_url)
+    name = f"paidan_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return url.set(database=name).render_as_string(hide_password=False)
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, {platform.system()} {platform.release()}"
+
+
+def measure(label: str, make_url, args) -> list[str]:
+    rows = []
+    for mode in ("ours", "plain"):
+        runs = []
+        for _ in range(args.runs):
+            runs.append(one_run(make_url(), mode, args.requests, args.concurrency))
+            print(f"  {label} {mode}: {runs[-1]['rate']:.0f} msg/s p50 {runs[-1]['p50_ms']:.1f} ms "
+                  f"p99 {runs[-1]['p99_ms']:.1f} ms", file=sys.stderr)
+        rows.append((mode, {k: statistics.median(r[k] for r in runs) for k in runs[0]}))
+    ours, plain = rows[0][1], rows[1][1]
+    return [
+        f"| {label} | group commit (ours) | {ours['rate']:,.0f} | {ours['p50_ms']:.1f} | {ours['p99_ms']:.1f} |",
+        f"| {label} | one transaction per message (plain) | {plain['rate']:,.0f} | {plain['p50_ms']:.1f} | {plain['p99_ms']:.1f} |",
+        f"| {label} | ratio ours / plain | **{ours['rate'] / plain['rate']:.1f}×** | | |",
+    ]
+
+
+def write_results(lines: list[str], args) -> None:
+    path = ROOT / "bench" / "RESULTS.md"
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    section = "\n".join([
+        "<!-- intake:start -->",
+        "## Intake: HTTP POST to committed ticket",
+        "",
+        f"`python bench/intake.py --requests {args.requests} --concurrency {args.concurrency} --runs {args.runs}`, "
+        f"{date.today().isoformat()}, {machine()}. Server (uvicorn, one process) and load generator (aiohttp, "
+        f"{args.concurrency} concurrent clients) share the machine. Median of {args.runs} runs; each run a fresh database.",
+        "Goal (SQLite): >= 1,000 accepted messages/s with p99 <= 50 ms.",
+        "",
+        "| database | intake | messages/s | p50 ms | p99 ms |",
+        "|---|---|---:|---:|---:|",
+        *lines,
+        "<!-- intake:end -->",
+    ])
+    if "<!-- intake:start -->" in text:
+        text = re.sub(r"<!-- intake:start -->.*?<!-- intake:end -->", lambda _: section, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    path.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--pg", help="PostgreSQL URL (a fresh database is created on that server for each run)")
+    parser.add_argument("--write", action="store_true", help="record the figures in bench/RESULTS.md")
+    parser.add_argument("--serve", choices=["ours", "plain"], help=argparse.SUPPRESS)
+    parser.add_argument("--db", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.db, args.serve)
+        return
+    lines = measure("SQLite", fresh_sqlite, args)
+    if args.pg:
+        lines += measure("PostgreSQL", lambda: fresh_pg(args.pg), args)
+    print("\n".join(lines))
+    if args.write:
+        write_results(lines, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""The `paidan` command, run as a user would (click's runner, a real database)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from factories import make_message
+from paidan.cli import cli
+from router.intake import Intake
+
+
+@pytest.fixture
+def run(database_url, monkeypatch, tmp_path):
+    monkeypatch.setenv("PAIDAN_DATABASE_URL", database_url)
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+
+    def invoke(*args: str, ok: bool = True):
+        result = runner.invoke(cli, list(args), catch_exceptions=False)
+        if ok:
+            assert result.exit_code == 0, result.output
+        return result
+
+    return invoke
+
+
+def _all_commands(group, prefix=()):
+    for name, command in group.commands.items():
+        yield (*prefix, name)
+        if hasattr(command, "commands"):
+            yield from _all_commands(command, (*prefix, name))
+
+
+@pytest.mark.parametrize("path", list(_all_commands(cli)))
+def test_every_command_has_help(path):
+    result = CliRunner().invoke(cli, [*path, "--help"])
+    assert result.exit_code == 0 and "Usage:" in result.output
+    assert len(result.output.splitlines()) > 3
+
+
+def test_db_upgrade_is_repeatable(run):
+    assert "revision head" in run("db", "upgrade").output
+    run("db", "upgrade")
+
+
+def test_agents_add_list_set(run):
+    run("agents", "add", "李雷", "--skills", "Technical, zh", "--capacity", "8", "--seniority", "3")
+    run("agents", "add", "Ann", "--role", "supervisor", "--telegram-id", "12345")
+    data = json.loads(run("agents", "list", "--json").output)
+    assert [(a["name"], a["skills"], a["capacity"]) for a in data] == [("李雷", ["technical", "zh"], 8), ("Ann", [], 5)]
+    run("agents", "set", "李雷", "--online", "--capacity", "3")
+    assert json.loads(run("agents", "list", "--json").output)[0]["online"] is True
+
+
+@pytest.mark.parametrize("args,message", [
+    (("agents", "add", "Bob", "--capacity", "-1"), "capacity"),
+    (("agents", "set", "nobody", "--online"), "no agent called 'nobody'"),
+    (("tickets", "show", "GD20990101001"), "no ticket GD20990101001"),
+])
+def test_mistakes_get_one_readable_line(run, args, message):
+    result = run(*args, ok=False)
+    assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+
+
+def test_duplicate_agent_names_are_refused(run):
+    run("agents", "add", "Bob")
+    assert "already exists" in run("agents", "add", "Bob", ok=False).output
+
+
+def test_tickets_show_prints_messages_and_audit_trail(run, engine):
+    receipt = Intake(engine).accept_now(make_message(subject="发票抬头错了", text="<b>请</b>重新开具发票"))
+    out = run("tickets", "show", receipt.ticket_number.lower()).output
+    assert receipt.ticket_number in out and "发票抬头错了" in out and "<b>请</b>重新开具发票" in out
+    assert "audit trail" in out and "created" in out and "first message on api" in out
+    assert "kehu@example.com" not in out  # masked in human output
+    data = json.loads(run("tickets", "show", receipt.ticket_number, "--json").output)
+    assert data["events"][0]["kind"] == "created" and data["messages"][0]["text"] == "<b>请</b>重新开具发票"
+    listed = json.loads(run("tickets", "list", "--json").output)
+    assert [t["number"] for t in listed] == [receipt.ticket_number]
