@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import re
+import socket
 import statistics
 import subprocess
 import sys
@@ -52,15 +53,13 @@ def serve(database_url: str, mode: str) -> None:
         async def sink(msg):  # the plain way: one transaction (and one fsync) per message
             return await asyncio.to_thread(intake.accept_now, msg)
     app = build_app(settings, sink=sink, ticket_view=queries.ticket_view, db_ok=queries.db_ok)
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False)
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
 
     async def main():
-        task = asyncio.create_task(server.serve())
-        while not server.started:
-            await asyncio.sleep(0.01)
-        print(f"PORT={server.servers[0].sockets[0].getsockname()[1]}", flush=True)
-        await task
+        print(f"PORT={sock.getsockname()[1]}", flush=True)
+        await server.serve(sockets=[sock])
 
     asyncio.run(main())
     intake.close()
@@ -107,8 +106,8 @@ def one_run(database_url: str, mode: str, requests: int, concurrency: int) -> di
     proc = subprocess.Popen([sys.executable, __file__, "--serve", mode, "--db", database_url],
                             stdout=subprocess.PIPE, text=True, env=env)
     try:
-        line = proc.stdout.readline()
-        port = int(line.strip().split("=")[1])
+        port = int(proc.stdout.readline().strip().split("=")[1])
+        _wait_until_listening(port)
         elapsed, lat = asyncio.run(load(port, requests, concurrency))
     finally:
         proc.terminate()
@@ -116,6 +115,16 @@ def one_run(database_url: str, mode: str, requests: int, concurrency: int) -> di
     lat.sort()
     return {"rate": requests / elapsed, "p50_ms": lat[len(lat) // 2] * 1000,
             "p99_ms": lat[int(len(lat) * 0.99)] * 1000}
+
+
+def _wait_until_listening(port: int) -> None:
+    for _ in range(300):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"the server never listened on port {port}")
 
 
 def fresh_sqlite() -> str:

@@ -199,11 +199,28 @@ def _customers_for(
         rows = session.execute(
             select(Identity.kind, Identity.value, Identity.customer_id, Customer.merged_into_id)
             .join(Customer, Customer.id == Identity.customer_id)
-            .where(Identity.value.in_({v for _, v in wanted}))
+            # both columns, so the (kind, value) unique index answers it
+            .where(Identity.kind.in_({k for k, _ in wanted}), Identity.value.in_({v for _, v in wanted}))
         ).all()
         for r in rows:
             if (r.kind, r.value) in wanted:
                 owner[(r.kind, r.value)] = _root_customer(session, r.customer_id) if r.merged_into_id else r.customer_id
+    known = set(owner)  # identities already stored
+
+    # Senders we have never seen: one customer each (two messages of one new sender in this
+    # batch share theirs), created with one multi-row insert.
+    newcomers: dict[tuple[str, str], InboundMessage] = {}
+    for msg in messages:
+        keys = [(i.kind.value, i.value) for i in msg.sender.identities]
+        if not any(k in owner for k in keys) and not any(k in newcomers for k in keys):
+            newcomers[keys[0]] = msg
+    if newcomers:
+        ids = session.execute(
+            insert(Customer).returning(Customer.id, sort_by_parameter_order=True),
+            [{"display_name": _no_nul(m.sender.display_name)[:200], "language": m.language, "vip": False,
+              "created_at": now} for m in newcomers.values()],
+        ).scalars().all()
+        owner.update(zip(newcomers, ids))
 
     customer_ids: list[int] = []
     flags: list[list[str]] = []
@@ -212,17 +229,11 @@ def _customers_for(
         keys = [(i.kind.value, i.value) for i in msg.sender.identities]
         owners = sorted({owner[k] for k in keys if k in owner})
         msg_flags = ["identity_conflict"] if len(owners) > 1 else []
-        if owners:
-            customer_id = owners[0]  # deterministic: the oldest; the rest is evidence a human judges
-        else:
-            customer_id = session.execute(
-                insert(Customer).values(
-                    display_name=_no_nul(msg.sender.display_name)[:200], language=msg.language, vip=False, created_at=now
-                ).returning(Customer.id)
-            ).scalar_one()
+        customer_id = owners[0]  # deterministic: the oldest; the rest is evidence a human judges
         for k in keys:
-            if k not in owner:
-                owner[k] = customer_id  # later messages of this batch from the same sender find it
+            if k not in known:
+                known.add(k)
+                owner.setdefault(k, customer_id)  # later messages of this batch from the same sender find it
                 new_identities.append(
                     {"customer_id": customer_id, "kind": k[0], "value": k[1], "verified": False, "created_at": now}
                 )
