@@ -296,3 +296,7 @@ def tickets_show(number: str, as_json: bool) -> None:
         table.add_row(e["at"][:19], e["actor"], e["kind"],
                       f"{e['from'] or ''} → {e['to'] or ''}" if e["to"] else "", e["reason"])
     out.print(table)
+
+
+if __name__ == "__main__":
+    main()

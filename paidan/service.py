@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import signal
+import socket
+import threading
 
 import uvicorn
 
@@ -14,6 +17,15 @@ from router.queries import TicketQueries
 log = logging.getLogger("paidan")
 
 
+def bind(host: str, port: int) -> socket.socket:
+    """Bind before serving so port 0 works and the log can name the real address."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock
+
+
 async def run(settings: Settings, *, migrate: bool = True) -> None:
     from paidan.web import build_app
 
@@ -23,14 +35,23 @@ async def run(settings: Settings, *, migrate: bool = True) -> None:
     intake = Intake(engine, timezone=settings.timezone, first_response=settings.default_first_response)
     queries = TicketQueries(engine)
     app = build_app(settings, sink=intake.accept, ticket_view=queries.ticket_view, db_ok=queries.db_ok)
-    server = uvicorn.Server(uvicorn.Config(
-        app, host=settings.web_host, port=settings.web_port, log_config=None, access_log=False,
-        loop="auto", http="auto", lifespan="on",
-    ))
-    log.info("paidan serving web on http://%s:%s (database %s)", settings.web_host, settings.web_port,
-             normalise_url(settings.database_url).split("://", 1)[0])
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))
+    sock = bind(settings.web_host, settings.web_port)
+    host, port = sock.getsockname()[:2]
+    log.info("paidan serving http://%s:%s (web form /, status /status, API /api/v1/messages, docs /docs) "
+             "on %s", host, port, normalise_url(settings.database_url).split(":", 1)[0])
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it to whatever handler was there
+    # before; a no-op here lets our own shutdown below run instead of the default "die now".
+    previous = signal.signal(signal.SIGTERM, lambda *_: None) if _main_thread() else None
     try:
-        await server.serve()
+        await server.serve(sockets=[sock])
     finally:
         intake.close()  # finishes what is queued: nothing acknowledged is left behind
         engine.dispose()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        log.info("paidan stopped")
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
