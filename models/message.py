@@ -33,6 +33,12 @@ class Identity:
     kind: IdentityKind
     value: str
 
+    def __post_init__(self) -> None:
+        # One spelling per mailbox, whichever channel saw it: trimmed and lower-cased, local part
+        # included (mainstream providers ignore its case, and customers type it both ways).
+        if self.kind == IdentityKind.EMAIL:
+            object.__setattr__(self, "value", self.value.strip().lower())
+
     def __str__(self) -> str:
         return f"{self.kind}:{self.value}"
 

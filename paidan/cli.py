@@ -298,5 +298,18 @@ def tickets_show(number: str, as_json: bool) -> None:
     out.print(table)
 
 
+# ---------------------------------------------------------------- classifier
+
+
+def _add_classifier_commands() -> None:
+    from paidan.cli_classifier import benchmark, classify, evaluate, model, train
+
+    for command in (classify, evaluate, benchmark, train, model):
+        cli.add_command(command)
+
+
+_add_classifier_commands()
+
+
 if __name__ == "__main__":
     main()

@@ -35,7 +35,11 @@ async def run(settings: Settings, *, migrate: bool = True) -> None:
     intake = Intake(engine, timezone=settings.timezone, first_response=settings.default_first_response)
     queries = TicketQueries(engine)
     app = build_app(settings, sink=intake.accept, ticket_view=queries.ticket_view, db_ok=queries.db_ok)
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(
+        app, log_config=None, access_log=False, lifespan="on",
+        proxy_headers=settings.forwarded_allow_ips is not None,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+    ))
     sock = bind(settings.web_host, settings.web_port)
     host, port = sock.getsockname()[:2]
     log.info("paidan serving http://%s:%s (web form /, status /status, API /api/v1/messages, docs /docs) "

@@ -53,6 +53,14 @@ class Settings(BaseSettings):
     # Shown to the customer before a ticket is classified (P2 default of DESIGN.md).
     default_first_response_hours: float = 4.0
 
+    # Phone numbers typed without a country code are read as this region's (ISO 3166 code).
+    phone_region: str = "CN"
+    # The web pages' language when neither the browser nor the visitor's choice says otherwise.
+    default_language: str = "zh"
+    # Behind a reverse proxy: the proxy addresses whose X-Forwarded-For we trust (e.g. "10.0.0.1"),
+    # so rate limits see the customer's address rather than the proxy's.
+    forwarded_allow_ips: str | None = None
+
     log_level: str = "INFO"
     log_json: bool = False
 

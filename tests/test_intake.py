@@ -212,3 +212,12 @@ def test_nul_bytes_in_text_are_kept_in_raw_and_dropped_from_text(engine):
     with Session(engine) as session:
         row = session.get(Message, receipt.message_id)
         assert (row.text, row.subject, row.raw) == ("ab", "s", b"a\x00b")
+
+
+def test_an_email_address_is_one_identity_however_it_is_capitalised(engine):
+    intake = Intake(engine)
+    intake.accept_now(make_message(email="Zhang.Wei@Example.COM"))
+    intake.accept_now(make_message(email=" zhang.wei@example.com"))
+    with Session(engine) as session:
+        assert session.scalar(select(func.count()).select_from(Customer)) == 1
+        assert session.scalars(select(Identity.value)).all() == ["zhang.wei@example.com"]

@@ -1,0 +1,127 @@
+"""The web app as served: the web channel (connectors/webform) plus `/healthz` and Prometheus `/metrics`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from importlib.metadata import PackageNotFoundError, version
+
+from fastapi import FastAPI
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from connectors.webform import WebFormConfig
+from connectors.webform import build_app as build_webform
+from connectors.webform.site import Sink, TicketLookup
+from paidan.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DbCheck = Callable[[], Awaitable[bool]]
+HEALTH_TIMEOUT = 5.0  # a database that does not answer in this time is as bad as one that fails
+
+
+def _version() -> str:
+    try:
+        return version("paidan")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"
+
+
+def webform_config(settings: Settings) -> WebFormConfig:
+    return WebFormConfig(
+        secret=settings.secret,
+        api_tokens=tuple(settings.api_tokens),
+        max_attachments=settings.max_attachments,
+        max_attachment_bytes=settings.max_attachment_bytes,
+        max_api_body_bytes=settings.max_api_body_bytes,
+        rate_limit_per_minute=settings.form_rate_limit_per_minute,
+        default_first_response=settings.default_first_response,
+        timezone=settings.timezone,
+        default_region=settings.phone_region,
+        default_language=settings.default_language,
+    )
+
+
+class WebMetrics:
+    """The web app's Prometheus metrics, in a registry of its own (tests build many apps)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        self.submissions = Counter(
+            "paidan_web_submissions", "Messages and attempts by channel (web, api) and outcome",
+            ["channel", "outcome"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            "paidan_http_request_duration_seconds", "HTTP request latency by route template",
+            ["method", "route", "status"], registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+
+    def count(self, channel: str, outcome: str) -> None:
+        self.submissions.labels(channel, outcome).inc()
+
+
+class LatencyMiddleware:
+    """Times every request; labels by the matched route's template so /status/GD… is one series."""
+
+    def __init__(self, app: ASGIApp, *, metrics: WebMetrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 0
+
+        async def record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            template = getattr(scope.get("route"), "path", None)
+            if template is None:
+                template = "/static" if scope["path"].startswith("/static/") else "unmatched"
+            self.metrics.latency.labels(scope.get("method", ""), template, str(status or 0)).observe(
+                time.perf_counter() - started
+            )
+
+
+def build_app(settings: Settings, sink: Sink, ticket_view: TicketLookup, *, db_ok: DbCheck | None = None,
+              metrics: WebMetrics | None = None, health_timeout: float = HEALTH_TIMEOUT) -> FastAPI:
+    """The whole web app. `db_ok` backs /healthz (None: the database is not checked)."""
+    metrics = metrics or WebMetrics()
+    app = build_webform(webform_config(settings), sink, ticket_view, on_outcome=metrics.count,
+                        title="paidan", version=_version())
+    app.state.metrics = metrics
+
+    async def healthz(request: Request) -> Response:
+        if db_ok is None:
+            return JSONResponse({"status": "ok", "database": "not checked"})
+        try:
+            healthy = await asyncio.wait_for(db_ok(), health_timeout)
+        except Exception as exc:  # noqa: BLE001 — any failure of the check is "unhealthy", answered below
+            log.warning("health check failed: %s", type(exc).__name__)
+            healthy = False
+        if healthy:
+            return JSONResponse({"status": "ok", "database": "ok"})
+        return JSONResponse({"status": "unavailable", "database": "failing"}, status_code=503,
+                            headers={"Retry-After": "10", "Cache-Control": "no-store"})
+
+    async def metrics_endpoint(request: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_api_route("/healthz", healthz, methods=["GET"], tags=["operations"], summary="Liveness and database check")
+    app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
+    app.add_middleware(LatencyMiddleware, metrics=metrics)
+    return app

@@ -1,0 +1,165 @@
+"""`paidan classify | evaluate | benchmark | train | model …` through click's CliRunner."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import select
+
+from classifier.train import load_split
+from models.tables import LabelCorrection, ModelVersion
+from paidan.cli_classifier import COMMANDS
+from paidan.db import make_engine, transaction, upgrade
+from paidan.settings import Settings
+
+DATA = Path(__file__).resolve().parent.parent / "training_data"
+pytestmark = pytest.mark.skipif(not (DATA / "train").is_dir(), reason="training_data is absent")
+
+
+@click.group()
+def cli() -> None:
+    """Stand-in for the lead's `paidan` group."""
+
+
+for command in COMMANDS:
+    cli.add_command(command)
+
+
+def _write(path: Path, rows: list[dict[str, str]], columns: list[str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> dict:
+    """A small copy of the training data, a migrated SQLite database and a model made by `model ensure`."""
+    root = tmp_path_factory.mktemp("cli")
+    train, _ = load_split(DATA, "train")
+    heldout, _ = load_split(DATA, "heldout")
+    as_rows = lambda examples: [{"text": e.text, **e.labels, "lang": "x"} for e in examples]  # noqa: E731
+    columns = ["text", "type", "category", "priority", "lang"]
+    _write(root / "data" / "train" / "a.csv", as_rows(train[::3]), columns)
+    _write(root / "data" / "heldout" / "a.csv", as_rows(heldout[::2]), columns)
+    url = f"sqlite:///{root / 'paidan.db'}"
+    upgrade(url)
+    settings = Settings(model_dir=root / "models", training_data_dir=root / "data", database_url=url)
+    result = CliRunner().invoke(cli, ["model", "ensure"], obj=settings)
+    assert result.exit_code == 0, result.output
+    return {"root": root, "settings": settings, "url": url, "heldout": heldout, "train": train, "columns": columns}
+
+
+def run(workspace: dict, *args: str):
+    return CliRunner().invoke(cli, list(args), obj=workspace["settings"])
+
+
+def test_ensure_is_idempotent(workspace) -> None:
+    result = run(workspace, "model", "ensure")
+    assert result.exit_code == 0 and "active model:" in result.output
+    assert len(list((workspace["root"] / "models").glob("2*"))) == 1
+
+
+def test_classify_json(workspace) -> None:
+    result = run(workspace, "classify", "--json", "支付系统宕机了，所有顾客都付不了款！")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert set(data) == {"type", "category", "priority", "rules", "model_version"}
+    assert data["priority"]["label"] == "P0" and "payment_system_down" in data["rules"]
+    for head in ("type", "category", "priority"):
+        assert set(data[head]) == {"label", "confidence"} and 0 <= data[head]["confidence"] <= 1
+
+
+def test_classify_text_output_and_bad_input(workspace) -> None:
+    result = run(workspace, "classify", "")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0].startswith("type ")
+    assert "rules     -" in result.output
+
+
+def test_classify_without_a_model_is_a_clear_error(tmp_path) -> None:
+    settings = Settings(model_dir=tmp_path / "none", database_url=f"sqlite:///{tmp_path / 'x.db'}")
+    result = CliRunner().invoke(cli, ["classify", "hello"], obj=settings)
+    assert result.exit_code == 1
+    assert "no active model" in result.output and "paidan model ensure" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_evaluate_json_has_exactly_the_documented_shape(workspace, tmp_path) -> None:
+    rows = [{"text": e.text, "type": e.labels["type"], "priority": e.labels["priority"], "channel": "web"} for e in workspace["heldout"][:80]]
+    data = _write(tmp_path / "eval.csv", rows, ["text", "type", "priority", "channel"])
+    result = run(workspace, "evaluate", "--data", str(data), "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert set(out) == {"type", "priority"}  # only the heads the CSV has
+    for head, m in out.items():
+        assert set(m) == {"accuracy", "macro_f1", "per_class"}
+        assert 0 <= m["accuracy"] <= 1 and 0 <= m["macro_f1"] <= 1
+        for label, c in m["per_class"].items():
+            assert set(c) == {"precision", "recall", "f1", "support"}
+        assert sum(c["support"] for c in m["per_class"].values()) == 80
+
+
+def test_evaluate_text_output_has_table_and_confusion_matrix(workspace, tmp_path) -> None:
+    rows = [{"text": e.text, "category": e.labels["category"]} for e in workspace["heldout"][:40]]
+    data = _write(tmp_path / "eval.csv", rows, ["text", "category"])
+    result = run(workspace, "evaluate", "--data", str(data))
+    assert result.exit_code == 0, result.output
+    assert "macro-F1" in result.output and "confusion matrix" in result.output and "precision" in result.output
+
+
+def test_evaluate_rejects_a_csv_without_labels(workspace, tmp_path) -> None:
+    data = _write(tmp_path / "plain.csv", [{"text": "hi", "lang": "en"}], ["text", "lang"])
+    result = run(workspace, "evaluate", "--data", str(data))
+    assert result.exit_code != 0 and "plain.csv" in result.output and "type" in result.output
+
+
+def test_benchmark_on_any_label_column(workspace, tmp_path) -> None:
+    train = _write(tmp_path / "a.csv", [{"text": e.text, "lang": e.labels["category"]} for e in workspace["train"][:600]], ["text", "lang"])
+    test = _write(tmp_path / "b.csv", [{"text": e.text, "lang": e.labels["category"]} for e in workspace["heldout"][:100]], ["text", "lang"])
+    result = run(workspace, "benchmark", "--train", str(train), "--test", str(test), "--label", "lang", "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["accuracy"] > 0.5 and out["fit_seconds"] > 0 and out["train_rows"] == 600 and out["test_rows"] == 100
+    bad = run(workspace, "benchmark", "--train", str(train), "--test", str(test), "--label", "nope")
+    assert bad.exit_code == 1 and "a.csv: missing column 'nope'" in bad.output
+
+
+def test_train_with_corrections_then_list_promote_rollback(workspace) -> None:
+    engine = make_engine(workspace["url"])
+    example = workspace["train"][1]
+    with transaction(engine) as session:
+        session.add(LabelCorrection(text=example.text, head="priority", old_label=example.labels["priority"],
+                                    new_label="P1" if example.labels["priority"] != "P1" else "P2", corrected_by="sup"))
+    result = run(workspace, "train", "--force")
+    assert result.exit_code == 0, result.output
+    assert "held-out macro-F1" in result.output and "1 corrections" in result.output and "promoted" in result.output
+    listing = run(workspace, "model", "list", "--json")
+    versions = json.loads(listing.output)
+    assert len(versions) == 2 and versions[-1]["active"] and "type" in versions[-1]["heldout"]
+    first, second = versions[0]["version"], versions[1]["version"]
+
+    rolled = run(workspace, "model", "rollback")
+    assert rolled.exit_code == 0 and f"active model: {first}" in rolled.output
+    promoted = run(workspace, "model", "promote", second)
+    assert promoted.exit_code == 0 and f"active model: {second}" in promoted.output
+    missing = run(workspace, "model", "promote", "no-such-version")
+    assert missing.exit_code == 1 and "no model version 'no-such-version'" in missing.output
+
+    with transaction(engine) as session:
+        rows = {r.version: r.active for r in session.scalars(select(ModelVersion))}
+    engine.dispose()
+    assert rows == {second: True, first: False} or rows == {second: True}
+
+
+@pytest.mark.parametrize("args", [["classify"], ["evaluate"], ["benchmark"], ["train"], ["model"], ["model", "ensure"]])
+def test_every_command_has_help(args) -> None:
+    result = CliRunner().invoke(cli, [*args, "--help"])
+    assert result.exit_code == 0 and len(result.output) > 100

@@ -1,0 +1,84 @@
+"""Normalisation and jieba segmentation."""
+
+from __future__ import annotations
+
+import jieba
+import pytest
+
+from classifier.text import MAX_CHARS, Segmenter, build_dictionary, domain_dictionary, normalise
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("ＡＢＣ１２３，ＯＫ！", "abc123,ok!"),  # full-width to half-width, case folded
+        ("HELLO Support", "hello support"),
+        ("這個訂單的發票還沒開", "这个订单的发票还没开"),  # Traditional folded to Simplified
+        ("  多余\t\n 空白  ", "多余 空白"),
+        ("零宽\u200b字符\x00和\x07控制符", "零宽 字符 和 控制符"),
+    ],
+)
+def test_normalise_folds_width_case_script_and_whitespace(raw: str, expected: str) -> None:
+    assert normalise(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "placeholder"),
+    [
+        ("详情见 https://status.lianyun.example/incidents/42?x=1 谢谢", "xurl"),
+        ("see www.example.com/help", "xurl"),
+        ("状态页 status.lianyun.example 一直显示故障", "xurl"),
+        ("请回复到 Zhang.Wei+shop@example.com.cn", "xemail"),
+        ("电话13812345678或者+86 138 1234 5678", "xphone"),
+        ("座机 021-63451234", "xphone"),
+        ("订单号：DD2026112300123456 还没发货", "xorder"),
+        ("order 1234567890 is late", "xorder"),
+        ("工单GD20261123001有进展吗", "xticket"),
+    ],
+)
+def test_normalise_replaces_identifiers_with_placeholders(raw: str, placeholder: str) -> None:
+    out = normalise(raw)
+    assert placeholder in out.split()
+    assert not any(ch.isdigit() for ch in out.replace(placeholder, "")) or placeholder == "xurl"
+
+
+def test_normalise_keeps_amounts_and_short_numbers() -> None:
+    assert normalise("扣了我299.00元，三笔") == "扣了我299.00元,三笔"
+
+
+@pytest.mark.parametrize("raw", [None, "", b"\xff\xfe\x00binary", "😀" * 10, "x" * 200_000, 12345])
+def test_normalise_never_raises_and_bounds_length(raw) -> None:
+    out = normalise(raw)
+    assert isinstance(out, str)
+    assert len(out) <= MAX_CHARS
+
+
+def test_segmenter_keeps_domain_words_and_english_words_whole() -> None:
+    texts = [normalise("收银机连不上支付网关，支付宝和微信支付都报错"), normalise("The payment gateway returns HTTP 502")]
+    words, freqs, total = build_dictionary(texts)
+    segmenter = Segmenter(words, freqs, total)
+    zh = segmenter.words(texts[0])
+    assert {"收银机", "支付网关", "支付宝", "微信支付", "报错"} <= set(zh)
+    assert segmenter.words(texts[1]) == ["the", "payment", "gateway", "returns", "http", "502"]
+
+
+def test_model_dictionary_segments_training_texts_like_full_jieba() -> None:
+    """On the texts it was built from, the small dictionary cuts exactly like jieba's 349k-word one."""
+    texts = [
+        normalise(t)
+        for t in (
+            "我们店里的会员积分昨天突然清零了，顾客很不满意",
+            "希望商家后台能增加按门店导出对账单的功能",
+            "申请开具增值税专用发票，抬头是杭州某某科技有限公司",
+            "小程序下单后一直显示待支付，但是钱已经扣了",
+        )
+    ]
+    words, freqs, total = build_dictionary(texts)
+    small = Segmenter(words, freqs, total)
+    full = jieba.Tokenizer()
+    for word, freq in domain_dictionary().items():
+        full.add_word(word, freq)  # the domain dictionary, as jieba.load_userdict would add it
+    for text in texts:
+        expected = [w for w in full.lcut(text, HMM=False) if not w.isspace()]
+        assert small.words(text) == expected
+    assert len(words) < 2000  # the point: a tiny dictionary, not 349k words
