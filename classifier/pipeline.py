@@ -1,0 +1,281 @@
+"""The scikit-learn side of the classifier: features shared by every head, and one linear model per head.
+
+``TextFeatures`` turns raw messages into TF-IDF over jieba word n-grams plus TF-IDF over character
+n-grams (each block l2-normalised, then side by side). ``BlendedLinearClassifier`` is a LinearSVC and
+a LogisticRegression whose scaled decision scores are added; because both are linear the blend is one
+weight matrix, and a softmax with a temperature fitted on out-of-fold scores turns it into calibrated
+confidences. Both persist compactly with skops (vocabularies as arrays, never as millions of nodes).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.optimize import minimize_scalar
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold
+from sklearn.svm import LinearSVC
+
+from classifier.text import Segmenter, build_dictionary, join_words, normalise
+
+WORD_TOKEN_PATTERN = r"\S+"
+
+
+class TextFeatures(TransformerMixin, BaseEstimator):
+    """Normalise, segment with jieba, and vectorise: word n-gram TF-IDF ⊕ char n-gram TF-IDF."""
+
+    def __init__(
+        self,
+        word_ngram_range: tuple[int, int] = (1, 2),
+        char_ngram_range: tuple[int, int] = (2, 5),
+        char_analyzer: str = "char_wb",
+        word_min_df: int = 1,
+        char_min_df: int = 1,
+        sublinear_tf: bool = True,
+    ):
+        self.word_ngram_range = word_ngram_range
+        self.char_ngram_range = char_ngram_range
+        self.char_analyzer = char_analyzer
+        self.word_min_df = word_min_df
+        self.char_min_df = char_min_df
+        self.sublinear_tf = sublinear_tf
+
+    # -- fitting and transforming -------------------------------------------------------------
+
+    def _vectorizers(self) -> tuple[TfidfVectorizer, TfidfVectorizer]:
+        words = TfidfVectorizer(
+            token_pattern=WORD_TOKEN_PATTERN,
+            lowercase=False,
+            ngram_range=tuple(self.word_ngram_range),
+            min_df=self.word_min_df,
+            sublinear_tf=self.sublinear_tf,
+        )
+        chars = TfidfVectorizer(
+            analyzer=self.char_analyzer,
+            lowercase=False,
+            ngram_range=tuple(self.char_ngram_range),
+            min_df=self.char_min_df,
+            sublinear_tf=self.sublinear_tf,
+        )
+        return words, chars
+
+    def fit(self, X: Sequence[str], y=None):
+        self.fit_transform(X)
+        return self
+
+    def fit_transform(self, X: Sequence[str], y=None, progress: Callable[[], None] | None = None):
+        normalised = [normalise(t) for t in X]
+        words, freqs, total = build_dictionary(normalised)
+        self.dictionary_words_ = np.array(words, dtype=str)
+        self.dictionary_freqs_ = np.array(freqs, dtype=np.int64)
+        self.dictionary_total_ = int(total)
+        self._segmenter = Segmenter(words, freqs, total)
+        joined = [join_words(self._segmenter.words(t)) for t in normalised]
+        self.word_vectorizer_, self.char_vectorizer_ = self._vectorizers()
+        Xw = self.word_vectorizer_.fit_transform(joined)
+        Xc = self.char_vectorizer_.fit_transform(normalised)
+        self.n_features_out_ = Xw.shape[1] + Xc.shape[1]
+        return sp.hstack([Xw, Xc], format="csr")
+
+    def transform(self, X: Sequence[str]):
+        normalised = [normalise(t) for t in X]
+        joined = [join_words(self.segmenter.words(t)) for t in normalised]
+        return sp.hstack(
+            [self.word_vectorizer_.transform(joined), self.char_vectorizer_.transform(normalised)],
+            format="csr",
+        )
+
+    @property
+    def segmenter(self) -> Segmenter:
+        if getattr(self, "_segmenter", None) is None:
+            self._segmenter = Segmenter(
+                self.dictionary_words_.tolist(), self.dictionary_freqs_.tolist(), self.dictionary_total_
+            )
+        return self._segmenter
+
+    def coverage(self, texts: Sequence[str]) -> np.ndarray:
+        """Share of each text's character n-grams that the model has seen (0 for no n-grams)."""
+        analyse = self.char_vectorizer_.build_analyzer()
+        vocabulary = self.char_vectorizer_.vocabulary_
+        out = np.zeros(len(texts))
+        for i, text in enumerate(texts):
+            grams = analyse(normalise(text))
+            if grams:
+                out[i] = sum(g in vocabulary for g in grams) / len(grams)
+        return out
+
+    # -- compact persistence ------------------------------------------------------------------
+
+    def __getstate__(self):
+        # The fitted vectorizers' vocabulary dicts would become one skops node per n-gram (tens
+        # of MB); keep them as two arrays in column order and rebuild the dicts on load.
+        state = dict(super().__getstate__())
+        state.pop("_segmenter", None)
+        for name in ("word", "char"):
+            vectorizer = state.pop(f"{name}_vectorizer_", None)
+            if vectorizer is not None:
+                terms = np.empty(len(vectorizer.vocabulary_), dtype=object)
+                for term, column in vectorizer.vocabulary_.items():
+                    terms[column] = term
+                state[f"{name}_terms_"] = terms.astype(str)
+                state[f"{name}_idf_"] = np.asarray(vectorizer.idf_, dtype=np.float64)
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        terms = {name: (state.pop(f"{name}_terms_", None), state.pop(f"{name}_idf_", None)) for name in ("word", "char")}
+        super().__setstate__(state)
+        self._segmenter = None
+        if terms["word"][0] is None:
+            return
+        vectorizers = self._vectorizers()
+        for name, vectorizer in zip(("word", "char"), vectorizers):
+            vocab, idf = terms[name]
+            vectorizer.vocabulary_ = {term: column for column, term in enumerate(vocab.tolist())}
+            vectorizer.idf_ = idf
+            setattr(self, f"{name}_vectorizer_", vectorizer)
+
+    def term_arrays(self) -> dict[str, np.ndarray]:
+        """Vocabularies (column order) and idf weights, for the fast path's export."""
+        state = self.__getstate__()
+        return {k: state[k] for k in ("word_terms_", "word_idf_", "char_terms_", "char_idf_")}
+
+
+def softmax(scores: np.ndarray) -> np.ndarray:
+    shifted = scores - scores.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def fit_temperature(scores: np.ndarray, y_index: np.ndarray) -> float:
+    """The T minimising the negative log-likelihood of softmax(scores / T) (temperature scaling)."""
+
+    def nll(log_t: float) -> float:
+        p = softmax(scores / np.exp(log_t))
+        return -float(np.mean(np.log(np.clip(p[np.arange(len(y_index)), y_index], 1e-12, None))))
+
+    result = minimize_scalar(nll, bounds=(np.log(1e-3), np.log(1e3)), method="bounded")
+    return float(np.exp(result.x))
+
+
+class BlendedLinearClassifier(ClassifierMixin, BaseEstimator):
+    """LinearSVC + LogisticRegression on scaled scores, one weight matrix, temperature-calibrated.
+
+    ``svc_weight`` is the share of the LinearSVC (1: SVC only, 0: LR only). ``class_bias`` adds a
+    constant to a class's calibrated score. ``recall_targets`` ({label: recall}) instead *learns* that
+    constant: the smallest one with which the out-of-fold predictions reach the target recall for the
+    label (capped at ``max_bias``), trading that label's precision for recall (used for P0).
+    """
+
+    def __init__(
+        self,
+        svc_C: float = 1.0,
+        lr_C: float = 30.0,
+        svc_weight: float = 1.0,
+        class_weight: dict | str | None = None,
+        class_bias: dict | None = None,
+        recall_targets: dict | None = None,
+        max_bias: float = 3.0,
+        calibration_folds: int = 3,
+        max_iter: int = 1000,
+        random_state: int = 0,
+    ):
+        self.svc_C = svc_C
+        self.lr_C = lr_C
+        self.svc_weight = svc_weight
+        self.class_weight = class_weight
+        self.class_bias = class_bias
+        self.recall_targets = recall_targets
+        self.max_bias = max_bias
+        self.calibration_folds = calibration_folds
+        self.max_iter = max_iter
+        self.random_state = random_state
+
+    def _linear(self, X, y_index: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+        class_weight = self.class_weight
+        if isinstance(class_weight, dict):
+            class_weight = {int(np.searchsorted(self.classes_, k)): v for k, v in class_weight.items() if k in self.classes_}
+        coef = np.zeros((n_classes, X.shape[1]))
+        intercept = np.zeros(n_classes)
+        parts: list[tuple[float, LinearSVC | LogisticRegression]] = []
+        with warnings.catch_warnings():
+            # A capped iteration count is a deliberate speed/accuracy trade, not a fault to report.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            if self.svc_weight > 0:
+                svc = LinearSVC(C=self.svc_C, class_weight=class_weight, max_iter=self.max_iter, random_state=self.random_state)
+                parts.append((self.svc_weight, svc.fit(X, y_index)))
+            if self.svc_weight < 1:
+                lr = LogisticRegression(C=self.lr_C, class_weight=class_weight, max_iter=self.max_iter)
+                parts.append((1 - self.svc_weight, lr.fit(X, y_index)))
+        for share, model in parts:
+            w, b = _full_rank(model.coef_, model.intercept_, n_classes)
+            # Put both models on one scale (unit spread of training scores) before adding them.
+            spread = float(np.std(X @ w.T + b)) or 1.0
+            coef += share * w / spread
+            intercept += share * b / spread
+        return coef, intercept
+
+    def fit(self, X, y):
+        y = np.asarray(y)
+        self.classes_, y_index = np.unique(y, return_inverse=True)
+        n_classes = len(self.classes_)
+        if n_classes < 2:
+            raise ValueError(f"need at least two labels to learn, got only {self.classes_.tolist()}")
+        self.coef_, self.intercept_ = self._linear(X, y_index, n_classes)
+        self.bias_ = np.zeros(n_classes)
+        for label, value in (self.class_bias or {}).items():
+            if label in self.classes_:
+                self.bias_[int(np.searchsorted(self.classes_, label))] = value
+        self.temperature_ = 1.0
+        folds = min(self.calibration_folds, int(np.bincount(y_index).min()))
+        if folds >= 2:
+            oof = np.zeros((len(y), n_classes))
+            splitter = StratifiedKFold(folds, shuffle=True, random_state=self.random_state)
+            for train, test in splitter.split(np.zeros(len(y)), y_index):
+                if len(np.unique(y_index[train])) < n_classes:
+                    continue
+                w, b = self._linear(X[train], y_index[train], n_classes)
+                oof[test] = X[test] @ w.T + b
+            self.temperature_ = fit_temperature(oof, y_index)
+            for label, target in (self.recall_targets or {}).items():
+                if label in self.classes_:
+                    k = int(np.searchsorted(self.classes_, label))
+                    self.bias_[k] += _bias_for_recall(oof / self.temperature_, y_index, k, target, self.max_bias)
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def decision_function(self, X) -> np.ndarray:
+        return np.asarray(X @ self.coef_.T) + self.intercept_ + self.bias_ * self.temperature_
+
+    def predict_proba(self, X) -> np.ndarray:
+        return softmax(self.decision_function(X) / self.temperature_)
+
+    def predict(self, X) -> np.ndarray:
+        return self.classes_[np.argmax(self.decision_function(X), axis=1)]
+
+
+def _bias_for_recall(scores: np.ndarray, y_index: np.ndarray, k: int, target: float, cap: float) -> float:
+    """Smallest bias on class k's score that makes at least ``target`` of its examples predicted k."""
+    rows = scores[y_index == k]
+    if len(rows) == 0:
+        return 0.0
+    others = np.delete(rows, k, axis=1).max(axis=1)
+    needed = np.sort(others - rows[:, k])  # bias each example needs to be predicted k (<= 0: already is)
+    index = min(len(needed) - 1, max(0, int(np.ceil(target * len(needed))) - 1))
+    return float(np.clip(needed[index] + 1e-6, 0.0, cap))
+
+
+def _full_rank(coef: np.ndarray, intercept: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """One row per class: a binary model's single row w becomes (-w/2, +w/2), same softmax as sigmoid."""
+    coef = np.asarray(coef, dtype=np.float64)
+    intercept = np.asarray(intercept, dtype=np.float64)
+    if n_classes == 2 and coef.shape[0] == 1:
+        return np.vstack([-coef / 2, coef / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
+    return coef, intercept
+

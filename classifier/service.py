@@ -1,0 +1,114 @@
+"""The classifier the router uses: fast-path scores, out-of-vocabulary damping, then priority rules.
+
+Confidence is the calibrated probability of the chosen label, damped towards uniform when little of
+the message is known to the model (empty text, emoji, binary junk, a language never seen): with
+coverage c of the message's character n-grams seen in training, p' = a*p + (1-a)/K, a = min(1,
+c / COVERAGE_FULL). Damping never changes a label, only how sure we say we are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from classifier.errors import ModelIncompatible
+from classifier.fast import FastModel, HeadScores
+from classifier.rules import PRIORITY_ORDER, PriorityRule, apply_rules, fired_rules
+from classifier.store import ModelStore, load_serving_arrays
+from models.prediction import LabelScore, Prediction
+
+SERVICE_HEADS = ("type", "category", "priority")
+# In-distribution messages have >= ~0.6 of their char n-grams in the vocabulary (measured on the
+# held-out split); below half, the model is mostly guessing from a few fragments.
+COVERAGE_FULL = 0.5
+# Confidence reported for a priority set by a rule: the cue is explicit, but rules are not perfect.
+RULE_CONFIDENCE = 0.9
+PRIORITY_HEAD = "priority"
+
+
+@dataclass(frozen=True, slots=True)
+class HeadsResult:
+    """Labels for every head of a (possibly generic) model, with the rules that fired."""
+
+    labels: Mapping[str, LabelScore]
+    rules: tuple[str, ...]
+    coverage: float
+    model_labels: Mapping[str, str]  # the model's own choice per head, before rules
+
+
+class ModelClassifier:
+    """Implements ``models.prediction.Classifier`` over a trained model directory."""
+
+    def __init__(self, fast: FastModel, version: str, metadata: Mapping[str, Any] | None = None, use_rules: bool = True):
+        self.fast = fast
+        self.version = version
+        self.metadata = dict(metadata or {})
+        self.use_rules = use_rules and PRIORITY_HEAD in fast.heads and {"P0", "P1"} <= set(fast.labels[PRIORITY_HEAD])
+
+    @classmethod
+    def load(cls, path: Path | str, **kwargs) -> ModelClassifier:
+        arrays, meta = load_serving_arrays(path)
+        return cls(FastModel(arrays), str(meta.get("version", Path(path).name)), meta, **kwargs)
+
+    @classmethod
+    def load_active(cls, model_dir: Path | str, **kwargs) -> ModelClassifier:
+        return cls.load(ModelStore(model_dir).active_path(), **kwargs)
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        return self.fast.heads
+
+    # -- any heads ---------------------------------------------------------------------------
+
+    def predict_heads(self, text: str) -> HeadsResult:
+        scores, coverage, normalised = self.fast.scores(text)
+        return self._finish(scores, coverage, normalised)
+
+    def predict_heads_many(self, texts: Sequence[str]) -> list[HeadsResult]:
+        all_scores, coverages, normalised = self.fast.scores_many(list(texts))
+        return [self._finish(s, c, n) for s, c, n in zip(all_scores, coverages, normalised)]
+
+    def _finish(self, scores: Mapping[str, HeadScores], coverage: float, normalised: str) -> HeadsResult:
+        weight = min(1.0, coverage / COVERAGE_FULL)
+        labels: dict[str, LabelScore] = {}
+        model_labels: dict[str, str] = {}
+        for head, head_scores in scores.items():
+            label, p = head_scores.best
+            model_labels[head] = label
+            labels[head] = LabelScore(label, weight * p + (1 - weight) / len(head_scores.labels))
+        fired: tuple[PriorityRule, ...] = fired_rules(normalised) if self.use_rules and normalised else ()
+        if fired:
+            current = labels[PRIORITY_HEAD].label
+            raised = apply_rules(current, fired)
+            if raised != current:
+                labels[PRIORITY_HEAD] = LabelScore(raised, RULE_CONFIDENCE)
+        return HeadsResult(labels, tuple(r.name for r in fired), coverage, model_labels)
+
+    # -- the Classifier protocol -------------------------------------------------------------
+
+    def predict(self, text: str) -> Prediction:
+        return self._prediction(self.predict_heads(text))
+
+    def predict_many(self, texts: Sequence[str]) -> list[Prediction]:
+        return [self._prediction(r) for r in self.predict_heads_many(texts)]
+
+    def _prediction(self, result: HeadsResult) -> Prediction:
+        missing = [h for h in SERVICE_HEADS if h not in result.labels]
+        if missing:
+            raise ModelIncompatible(
+                f"model {self.version} has heads {list(self.heads)}; paidan needs {list(SERVICE_HEADS)} "
+                f"(missing {missing}): promote a model trained on paidan's training_data"
+            )
+        return Prediction(
+            type=result.labels["type"],
+            category=result.labels["category"],
+            priority=result.labels["priority"],
+            rules=result.rules,
+            model_version=self.version,
+        )
+
+
+def is_more_urgent(a: str, b: str) -> bool:
+    return a in PRIORITY_ORDER and b in PRIORITY_ORDER and PRIORITY_ORDER.index(a) < PRIORITY_ORDER.index(b)

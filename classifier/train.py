@@ -1,0 +1,216 @@
+"""Training: fit features and one linear model per head on any labelled examples; the promotion gate.
+
+``fit_model`` is generic (any heads, any labels). ``train_version`` is paidan's own flow: training
+CSVs merged with corrections, evaluated on the held-out split next to the active model, saved as a new
+version and promoted only when no head's macro-F1 drops by more than ``GATE_TOLERANCE``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from classifier.corrections import Correction, MergeStats, merge_corrections
+from classifier.data import TAXONOMY, Example, csv_files, data_sha256, read_csvs
+from classifier.errors import ClassifierError, ModelIncompatible, ModelNotFound, TrainingDataError
+from classifier.evaluate import evaluate_examples
+from classifier.fast import FastModel, export_arrays
+from classifier.pipeline import BlendedLinearClassifier, TextFeatures
+from classifier.rules import RULES
+from classifier.service import SERVICE_HEADS, ModelClassifier
+from classifier.store import ModelStore
+
+GATE_TOLERANCE = 0.01
+
+Progress = Callable[[str], None]  # called once per finished step, with what comes next
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters, chosen by 5-fold CV on the training split (see bench/classifier.py)."""
+
+    word_ngram_range: tuple[int, int] = (1, 2)
+    char_ngram_range: tuple[int, int] = (2, 5)
+    char_analyzer: str = "char_wb"
+    char_min_df: int = 2  # n-grams seen once add size, not accuracy
+    svc_C: float = 1.0
+    lr_C: float = 30.0
+    # LinearSVC only by default: on this data blending in LogisticRegression changed accuracy by
+    # < 0.5 point while costing 10-30x the training time (bench/RESULTS.md).
+    svc_weight: float = 1.0
+    calibration_folds: int = 3
+    max_iter: int = 1000
+    class_weight: Mapping[str, Any] = field(default_factory=dict)  # head -> class_weight
+    class_bias: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # head -> {label: bias}
+    recall_targets: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # head -> {label: recall}
+
+
+# paidan's default: a missed P0 costs most, so the priority head's P0 threshold is lowered until
+# out-of-fold P0 recall on the training split reaches 0.95 (the cost in false P0s is in bench/RESULTS.md).
+SERVICE_CONFIG = TrainConfig(recall_targets={"priority": {"P0": 0.95}})
+
+
+@dataclass
+class TrainedModel:
+    features: TextFeatures
+    heads: dict[str, BlendedLinearClassifier]
+    config: TrainConfig
+
+    def pipeline(self, head: str):
+        """A plain scikit-learn Pipeline for one head (the reference the fast path is tested against)."""
+        from sklearn.pipeline import Pipeline
+
+        return Pipeline([("features", self.features), ("model", self.heads[head])])
+
+    def serving_arrays(self) -> dict[str, np.ndarray]:
+        return export_arrays(self.features, self.heads)
+
+    def classifier(self, version: str = "candidate", **kwargs) -> ModelClassifier:
+        return ModelClassifier(FastModel(self.serving_arrays()), version, **kwargs)
+
+
+def count_steps(heads: Sequence[str], config: TrainConfig) -> int:
+    return 1 + len(heads)
+
+
+def fit_model(
+    examples: Sequence[Example], heads: Sequence[str], config: TrainConfig = TrainConfig(), progress: Progress | None = None
+) -> TrainedModel:
+    """Fit shared features on all texts, then each head on the examples labelled for it."""
+    if not examples:
+        raise ClassifierError("no training examples")
+    step = progress or (lambda _msg: None)
+    features = TextFeatures(
+        word_ngram_range=tuple(config.word_ngram_range),
+        char_ngram_range=tuple(config.char_ngram_range),
+        char_analyzer=config.char_analyzer,
+        char_min_df=config.char_min_df,
+    )
+    X = features.fit_transform([e.text for e in examples])
+    step("features")
+    models: dict[str, BlendedLinearClassifier] = {}
+    for head in heads:
+        rows = [i for i, e in enumerate(examples) if head in e.labels]
+        y = np.array([examples[i].labels[head] for i in rows])
+        if len(set(y.tolist())) < 2:
+            raise ClassifierError(f"head {head!r} needs at least two different labels to learn, got {sorted(set(y.tolist()))}")
+        model = BlendedLinearClassifier(
+            svc_C=config.svc_C,
+            lr_C=config.lr_C,
+            svc_weight=config.svc_weight,
+            class_weight=config.class_weight.get(head),
+            class_bias=dict(config.class_bias.get(head, {})) or None,
+            recall_targets=dict(config.recall_targets.get(head, {})) or None,
+            calibration_folds=config.calibration_folds,
+            max_iter=config.max_iter,
+        )
+        models[head] = model.fit(X[rows], y)
+        step(head)
+    return TrainedModel(features, models, config)
+
+
+def gate(old: Mapping[str, Any] | None, new: Mapping[str, Any], tolerance: float = GATE_TOLERANCE) -> tuple[bool, list[str]]:
+    """Promote only if no head's macro-F1 drops by more than ``tolerance``; returns (ok, reasons)."""
+    if not old:
+        return True, ["no active model to compare with"]
+    reasons = []
+    for head, m in new.items():
+        if head in old and m["macro_f1"] < old[head]["macro_f1"] - tolerance:
+            reasons.append(f"{head} macro-F1 {m['macro_f1']:.4f} < active {old[head]['macro_f1']:.4f} - {tolerance}")
+    return not reasons, reasons
+
+
+@dataclass
+class TrainResult:
+    version: str
+    path: Path
+    promoted: bool
+    reasons: list[str]
+    old_version: str | None
+    old_metrics: dict[str, Any] | None
+    new_metrics: dict[str, Any]
+    merge: MergeStats
+    train_rows: int
+    heldout_rows: int
+    seconds: float
+
+
+def load_split(data_dir: Path | str, split: str, heads: Sequence[str] = SERVICE_HEADS) -> tuple[list[Example], list[Path]]:
+    files = csv_files(Path(data_dir) / split)
+    return read_csvs(files, heads, label_sets=TAXONOMY), files
+
+
+def train_version(
+    data_dir: Path | str,
+    store: ModelStore,
+    corrections: Sequence[Correction] = (),
+    *,
+    force: bool = False,
+    config: TrainConfig = SERVICE_CONFIG,
+    progress: Progress | None = None,
+    promote: bool = True,
+) -> TrainResult:
+    """Train on train/*.csv plus corrections, evaluate on heldout/*.csv, save, and promote if the gate passes."""
+    started = time.perf_counter()
+    train, train_files = load_split(data_dir, "train")
+    if not train:
+        raise TrainingDataError(Path(data_dir) / "train", "no training CSV files (expected train/*.csv)")
+    heldout, heldout_files = load_split(data_dir, "heldout")
+    merged, stats = merge_corrections(
+        train, corrections, heldout_texts=[e.text for e in heldout], label_sets={h: TAXONOMY[h] for h in SERVICE_HEADS}
+    )
+    trained = fit_model(merged, SERVICE_HEADS, config, progress)
+    new_metrics = evaluate_examples(trained.classifier(), heldout, SERVICE_HEADS) if heldout else {}
+    if progress:
+        progress("evaluate")
+    old_version = store.active()
+    old_metrics = None
+    if old_version is not None and heldout:
+        try:
+            old_metrics = evaluate_examples(ModelClassifier.load(store.path(old_version)), heldout, SERVICE_HEADS)
+        except (ModelIncompatible, ModelNotFound):
+            old_metrics = None  # an unloadable active model cannot block its replacement
+    metadata = {
+        "heads": {h: {"labels": trained.heads[h].classes_.tolist()} for h in SERVICE_HEADS},
+        "heldout": new_metrics,
+        "training_data": {
+            "sha256": data_sha256(train_files),
+            "files": [p.name for p in train_files],
+            "rows": len(train),
+            "corrections": stats.corrections,
+            "corrections_applied": stats.overridden + stats.added,
+            "heldout_sha256": data_sha256(heldout_files) if heldout_files else None,
+            "heldout_files": [p.name for p in heldout_files],
+            "heldout_rows": len(heldout),
+        },
+        "config": _jsonable(asdict(config)),
+        "priority_rules": [r.name for r in RULES],
+        "features": int(trained.features.n_features_out_),
+        "train_seconds": round(time.perf_counter() - started, 2),
+    }
+    path = store.save(trained, trained.serving_arrays(), metadata)
+    ok, reasons = gate(old_metrics, new_metrics)
+    promoted = promote and (ok or force)
+    if promoted:
+        store.promote(path.name)
+        if not ok:
+            reasons.append("promoted anyway (--force)")
+    if progress:
+        progress("save")
+    return TrainResult(
+        path.name, path, promoted, reasons, old_version, old_metrics, new_metrics, stats,
+        len(merged), len(heldout), time.perf_counter() - started,
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
