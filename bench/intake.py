@@ -36,6 +36,7 @@ def serve(database_url: str, mode: str) -> None:
     import uvicorn
 
     from paidan.db import make_engine, upgrade
+    from paidan.service import freeze_startup_objects
     from paidan.settings import Settings
     from paidan.web import build_app
     from router.intake import Intake
@@ -58,10 +59,14 @@ def serve(database_url: str, mode: str) -> None:
     sock.bind(("127.0.0.1", 0))
 
     async def main():
+        freeze_startup_objects()
         print(f"PORT={sock.getsockname()[1]}", flush=True)
         await server.serve(sockets=[sock])
 
-    asyncio.run(main())
+    from paidan.service import loop_factory
+
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        runner.run(main())
     intake.close()
 
 

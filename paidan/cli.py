@@ -74,10 +74,8 @@ def main() -> None:
 @click.option("--no-migrate", is_flag=True, help="Do not apply database migrations at start.")
 def serve(host: str | None, port: int | None, no_migrate: bool) -> None:
     """Run paidan: web form, status page and JSON API (and every configured channel)."""
-    import asyncio
-
     from paidan import logs
-    from paidan.service import run
+    from paidan.service import serve_forever
 
     settings = _settings()
     logs.setup(settings.log_level, settings.log_json)
@@ -85,7 +83,7 @@ def serve(host: str | None, port: int | None, no_migrate: bool) -> None:
     if overrides:
         settings = settings.model_copy(update=overrides)
     try:
-        asyncio.run(run(settings, migrate=not no_migrate))
+        serve_forever(settings, migrate=not no_migrate)
     except KeyboardInterrupt:
         pass
 

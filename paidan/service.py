@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -15,6 +17,31 @@ from router.intake import Intake
 from router.queries import TicketQueries
 
 log = logging.getLogger("paidan")
+
+
+def loop_factory():
+    """uvloop where it is installed (it is a dependency on Linux and macOS): its socket writes
+    and callbacks cost a fraction of the standard loop's, which is most of a request's cost."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def serve_forever(settings: Settings, *, migrate: bool = True) -> None:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        runner.run(run(settings, migrate=migrate))
+
+
+def freeze_startup_objects() -> None:
+    """Move everything built at start-up (modules, app, mappers) out of the collector's sight.
+
+    Without this a full collection walks hundreds of thousands of long-lived objects and stalls
+    every request for ~100 ms; with it, collections only see what requests create.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -41,6 +68,7 @@ async def run(settings: Settings, *, migrate: bool = True) -> None:
         forwarded_allow_ips=settings.forwarded_allow_ips,
     ))
     sock = bind(settings.web_host, settings.web_port)
+    freeze_startup_objects()
     host, port = sock.getsockname()[:2]
     log.info("paidan serving http://%s:%s (web form /, status /status, API /api/v1/messages, docs /docs) "
              "on %s", host, port, normalise_url(settings.database_url).split(":", 1)[0])

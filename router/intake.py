@@ -79,7 +79,7 @@ def store_batch(
     ticket_ids: dict[int, int] = {}
     if new_ticket_positions:
         rows = session.execute(
-            insert(Ticket).returning(Ticket.id, sort_by_parameter_order=True),
+            insert(Ticket.__table__).returning(Ticket.__table__.c.id, sort_by_parameter_order=True),
             [
                 {
                     "number": number,
@@ -95,7 +95,7 @@ def store_batch(
             ],
         ).scalars().all()
         ticket_ids.update(zip(new_ticket_positions, rows))
-        session.execute(insert(TicketEvent), [
+        session.execute(insert(TicketEvent.__table__), [
             {
                 "ticket_id": ticket_ids[pos], "at": now, "actor": "customer", "kind": "created",
                 "to_state": states.NEW, "reason": f"first message on {by_pos[pos].channel.value}",
@@ -114,7 +114,7 @@ def store_batch(
     session.flush()
 
     message_ids = session.execute(
-        insert(Message).returning(Message.id, sort_by_parameter_order=True),
+        insert(Message.__table__).returning(Message.__table__.c.id, sort_by_parameter_order=True),
         [
             {
                 "ticket_id": ticket_ids[pos],
@@ -146,7 +146,7 @@ def store_batch(
         for a in msg.attachments
     ]
     if attachments:
-        session.execute(insert(AttachmentRow), attachments)
+        session.execute(insert(AttachmentRow.__table__), attachments)
 
     for (pos, msg), message_id in zip(originals, message_ids):
         new = pos in set(new_ticket_positions)
@@ -216,7 +216,7 @@ def _customers_for(
             newcomers[keys[0]] = msg
     if newcomers:
         ids = session.execute(
-            insert(Customer).returning(Customer.id, sort_by_parameter_order=True),
+            insert(Customer.__table__).returning(Customer.__table__.c.id, sort_by_parameter_order=True),
             [{"display_name": _no_nul(m.sender.display_name)[:200], "language": m.language, "vip": False,
               "created_at": now} for m in newcomers.values()],
         ).scalars().all()
@@ -240,7 +240,7 @@ def _customers_for(
         customer_ids.append(customer_id)
         flags.append(msg_flags)
     if new_identities:
-        session.execute(insert(Identity), new_identities)
+        session.execute(insert(Identity.__table__), new_identities)
     return customer_ids, flags
 
 

@@ -6,6 +6,8 @@ key ``err_<code>``) and the JSON API answers with its English text.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import io
 import re
 import unicodedata
@@ -62,6 +64,7 @@ def check_text(name: str, value: str | None, *, max_chars: int, required: bool, 
     return cleaned
 
 
+@lru_cache(maxsize=4096)  # pure, and customers write again and again: validation is a real cost per request
 def normalise_email(value: str) -> str:
     """The address as an identity: domain lower-cased (and IDNA-normalised), local part kept.
 
