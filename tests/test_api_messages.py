@@ -149,11 +149,11 @@ def test_too_large_body_is_413_with_json(live_app, api_client):
     assert httpx.post(live_app.url + "/api/v1/messages", json=big).status_code == 413
 
 
-def test_storage_failure_is_503_with_retry_after(web_engine):
+def test_storage_failure_is_503_with_retry_after(engine):
     async def broken(message):
         raise StorageUnavailable("down")
 
-    queries = TicketQueries(web_engine)
+    queries = TicketQueries(engine)
     with serve(build_app(make_settings(), broken, queries.ticket_view)) as url:
         answer = httpx.post(url + "/api/v1/messages", json=body(), headers={
             "Authorization": f"Bearer {API_TOKEN}", "Idempotency-Key": "k"})

@@ -114,9 +114,9 @@ def test_wrong_contact_on_the_status_page_reveals_nothing(live_app, browser):
     assert page.locator("#ticket").count() == 0
 
 
-def test_browser_refuses_a_too_large_file_before_uploading(web_engine, web_intake, browser):
+def test_browser_refuses_a_too_large_file_before_uploading(engine, web_intake, browser):
     settings = make_settings(max_attachment_bytes=1024)
-    queries = TicketQueries(web_engine)
+    queries = TicketQueries(engine)
     with serve(build_app(settings, web_intake.accept, queries.ticket_view)) as url:
         page = browser.new_page(locale="en-US")
         page.goto(url + "/contact")

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import csv
+import re
+from pathlib import Path
+
 import jieba
 import pytest
 
-from classifier.text import MAX_CHARS, Segmenter, build_dictionary, domain_dictionary, normalise
+from classifier.text import MAX_CHARS, NativeSegmenter, Segmenter, build_dictionary, domain_dictionary, normalise
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize(
@@ -64,21 +70,43 @@ def test_segmenter_keeps_domain_words_and_english_words_whole() -> None:
 
 def test_model_dictionary_segments_training_texts_like_full_jieba() -> None:
     """On the texts it was built from, the small dictionary cuts exactly like jieba's 349k-word one."""
-    texts = [
+    texts: list[str] = [
         normalise(t)
         for t in (
             "我们店里的会员积分昨天突然清零了，顾客很不满意",
             "希望商家后台能增加按门店导出对账单的功能",
             "申请开具增值税专用发票，抬头是杭州某某科技有限公司",
             "小程序下单后一直显示待支付，但是钱已经扣了",
+            "Hi, 我们的 POS v2.4.1 在 iOS 17 上 crash 了, error_code=E-1023 #urgent 50% 的单都失败",
+            "T恤 size M，order no. ab-12.5 和 c++ 接口 test_case；\t ¥299 😀 привет",
         )
     ]
+    training = ROOT / "training_data" / "train"
+    for path in sorted(training.glob("*.csv"))[:3]:
+        with path.open(encoding="utf-8", newline="") as f:
+            texts += [normalise(row["text"]) for row in list(csv.DictReader(f))[:150]]
     words, freqs, total = build_dictionary(texts)
     small = Segmenter(words, freqs, total)
     full = jieba.Tokenizer()
+    full.initialize()
+    for word in [w for w, f in full.FREQ.items() if f and not re.search("[\u4e00-\u9fff]", w)]:
+        full.FREQ[word] = 0  # by design English-only entries (e.g. "c++") are not words for us
     for word, freq in domain_dictionary().items():
         full.add_word(word, freq)  # the domain dictionary, as jieba.load_userdict would add it
     for text in texts:
         expected = [w for w in full.lcut(text, HMM=False) if not w.isspace()]
         assert small.words(text) == expected
-    assert len(words) < 2000  # the point: a tiny dictionary, not 349k words
+    assert len(words) < 10_000  # the point: a small dictionary, not 349k words
+
+
+def test_native_segmenter_equals_jieba_on_every_training_text() -> None:
+    """The fast path's jieba port cuts exactly like jieba itself (same dictionary, same routes)."""
+    texts = ["T恤 size M，order no. ab-12.5 和 c++ 接口；结婚的和尚未结婚的", "研究生命起源", "", "😀 привет 123abc中文abc"]
+    for path in sorted((ROOT / "training_data").glob("*/*.csv")):
+        with path.open(encoding="utf-8", newline="") as f:
+            texts += [row["text"] for row in csv.DictReader(f)]
+    normalised = [normalise(t) for t in texts]
+    words, freqs, total = build_dictionary(normalised)
+    reference, native = Segmenter(words, freqs, total), NativeSegmenter(words, freqs, total)
+    for text in normalised:
+        assert native.words(text) == reference.words(text), text

@@ -205,9 +205,9 @@ def test_too_many_attachments_is_413(live_app, form_client):
 
 
 @pytest.fixture
-def small_limits_app(web_engine, web_intake):
+def small_limits_app(engine, web_intake):
     settings = make_settings(max_attachments=2, max_attachment_bytes=1 * MB)
-    queries = TicketQueries(web_engine)
+    queries = TicketQueries(engine)
     with serve(build_app(settings, web_intake.accept, queries.ticket_view)) as url:
         yield url
 
@@ -251,9 +251,9 @@ def test_filled_honeypot_looks_like_success_but_creates_nothing(live_app, form_c
     assert 'paidan_web_submissions_total{channel="web",outcome="honeypot"} 1.0' in metrics
 
 
-def test_rate_limit_per_ip_answers_429_with_retry_after(web_engine, web_intake):
+def test_rate_limit_per_ip_answers_429_with_retry_after(engine, web_intake):
     settings = make_settings(form_rate_limit_per_minute=3)
-    queries = TicketQueries(web_engine)
+    queries = TicketQueries(engine)
     with serve(build_app(settings, web_intake.accept, queries.ticket_view)) as url:
         client = FormClient(url, **{"Accept-Language": "en"})
         try:
@@ -280,9 +280,9 @@ class BrokenSink:
         raise StorageUnavailable("database is down")
 
 
-def test_storage_failure_is_503_with_retry_after_and_keeps_the_text(web_engine):
+def test_storage_failure_is_503_with_retry_after_and_keeps_the_text(engine):
     sink = BrokenSink()
-    queries = TicketQueries(web_engine)
+    queries = TicketQueries(engine)
     with serve(build_app(make_settings(), sink, queries.ticket_view)) as url:
         client = FormClient(url, **{"Accept-Language": "en"})
         try:

@@ -27,7 +27,7 @@ from router.intake import Intake
 from router.queries import TicketQueries
 
 __all__ = [
-    "API_TOKEN", "FormClient", "LiveApp", "serve", "web_engine", "web_intake", "web_settings",
+    "API_TOKEN", "FormClient", "LiveApp", "serve", "web_intake", "web_settings",
     "live_app", "form_client", "api_client", "make_settings", "PNG_1X1", "ticket_number_in", "csrf_in",
 ]
 
@@ -80,15 +80,8 @@ class LiveApp:
 
 
 @pytest.fixture
-def web_engine(database_url):
-    engine = make_engine(database_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def web_intake(web_engine):
-    intake = Intake(web_engine)
+def web_intake(engine):
+    intake = Intake(engine)
     yield intake
     intake.close()
 
@@ -99,12 +92,12 @@ def web_settings() -> Settings:
 
 
 @pytest.fixture
-def live_app(web_settings, web_engine, web_intake) -> Iterator[LiveApp]:
-    queries = TicketQueries(web_engine)
+def live_app(web_settings, engine, web_intake) -> Iterator[LiveApp]:
+    queries = TicketQueries(engine)
     metrics = WebMetrics()
     app = build_app(web_settings, web_intake.accept, queries.ticket_view, db_ok=queries.db_ok, metrics=metrics)
     with serve(app) as url:
-        yield LiveApp(url, app, web_intake, web_engine, metrics)
+        yield LiveApp(url, app, web_intake, engine, metrics)
 
 
 def csrf_in(page: str) -> str:

@@ -33,7 +33,7 @@ from connectors.webform.validation import (
     parse_contact,
 )
 from models.errors import InvalidMessage, StorageUnavailable
-from models.message import Channel, TicketView
+from models.message import Channel, Identity, TicketView
 
 CONTACT_FIELDS = ("name", "email", "phone", "subject", "message")
 HONEYPOT = "website"
@@ -273,14 +273,8 @@ class Pages:
         finally:
             await asyncio.sleep(max(0.0, self.config.lookup_min_seconds - (time.monotonic() - started)))
 
-    async def status_lookup(self, request: Request) -> Response:
-        lang = self.site.language(request)
-        if limited := self.rate_limited(request, lang, self.site.status_limiter, "/status"):
-            return limited
-        try:
-            form = await self.read_form(request, max_part_size=65536)
-        except FormUnreadable as exc:
-            return self.unreadable(request, lang, exc, "/status")
+    async def _find_ticket(self, request: Request, lang: str, form) -> tuple[TicketView, str, Identity] | Response:
+        """The ticket a number + contact pair proves, or the page that says why not (400, 404, 503)."""
         number_in, contact_in, number, identity, errors = self._lookup_input(form, lang)
         if errors:
             return self.status_page(request, lang=lang, status=400, number=number_in, contact=contact_in, errors=errors)
@@ -293,6 +287,20 @@ class Pages:
             self.site.count("web", "lookup_miss")
             return self.status_page(request, lang=lang, status=404, number=number_in, contact=contact_in,
                                     notice=i18n.text("not_found", lang))
+        return view, contact_in, identity
+
+    async def status_lookup(self, request: Request) -> Response:
+        lang = self.site.language(request)
+        if limited := self.rate_limited(request, lang, self.site.status_limiter, "/status"):
+            return limited
+        try:
+            form = await self.read_form(request, max_part_size=65536)
+        except FormUnreadable as exc:
+            return self.unreadable(request, lang, exc, "/status")
+        found = await self._find_ticket(request, lang, form)
+        if isinstance(found, Response):
+            return found
+        view, contact_in, _ = found
         return self.status_page(request, lang=lang, view=view, number=view.number, contact=contact_in)
 
     async def status_message(self, request: Request) -> Response:
@@ -308,19 +316,11 @@ class Pages:
         check = site.csrf.check(_str(form.get("csrf_token")), site.session_id(request))
         if check.status in (CsrfStatus.MISSING, CsrfStatus.INVALID):
             return self.csrf_failed(request, lang, "/status")
-        number_in, contact_in, number, identity, errors = self._lookup_input(form, lang)
         draft = _str(form.get("message"))
-        if errors:
-            return self.status_page(request, lang=lang, status=400, number=number_in, contact=contact_in, errors=errors)
-        try:
-            view = await self._timed_view(number, identity)
-        except StorageUnavailable:
-            return self.status_page(request, lang=lang, status=503, number=number_in, contact=contact_in,
-                                    notice=i18n.text("unavailable_plain", lang), headers=self.unavailable_headers())
-        if view is None:
-            self.site.count("web", "lookup_miss")
-            return self.status_page(request, lang=lang, status=404, number=number_in, contact=contact_in,
-                                    notice=i18n.text("not_found", lang))
+        found = await self._find_ticket(request, lang, form)
+        if isinstance(found, Response):
+            return found
+        view, contact_in, identity = found
         keep = {"lang": lang, "view": view, "number": view.number, "contact": contact_in, "draft": draft,
                 "submission_id": check.submission_id}
         if check.status is CsrfStatus.EXPIRED:
