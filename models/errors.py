@@ -37,3 +37,7 @@ class InvalidInput(PaidanError):
 
 class InvalidMessage(InvalidInput):
     """Input that cannot become a message."""
+
+
+class ActionRefused(PaidanError):
+    """An agent action the rules do not allow (not their ticket, not an agent, wrong state)."""

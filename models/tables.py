@@ -101,6 +101,11 @@ class Agent(Base):
     telegram_id: Mapped[int | None] = mapped_column(BigInteger, unique=True)
     email: Mapped[str | None] = mapped_column(String(320))
     online: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Supervisors on call hear of P0/P1 tickets the moment they are created.
+    on_call: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Open tickets held, kept in step with every assignment in the same transaction; a
+    # conditional `load < capacity` update is what keeps an agent from ever going over capacity.
+    load: Mapped[int] = mapped_column(Integer, default=0)
     # Working hours, e.g. {"tz": "Asia/Shanghai", "days": [0,1,2,3,4], "start": "09:00", "end": "18:00"}
     shift: Mapped[dict | None] = mapped_column(JSON)
     last_assigned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -124,6 +129,15 @@ class Ticket(Base):
     model_version: Mapped[str | None] = mapped_column(String(64))
     language: Mapped[str | None] = mapped_column(String(16))
     assigned_agent_id: Mapped[int | None] = mapped_column(ForeignKey("agents.id"), index=True)
+    assigned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    accepted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Routing: NULL until the router has classified and dispatched (or queued) the ticket.
+    routed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    # Where an unassigned ticket waits: "assignment" (no agent free yet) or "triage" (a
+    # supervisor must look: low confidence, conflicting identities); with the reason.
+    queue: Mapped[str | None] = mapped_column(String(20), index=True)
+    queue_reason: Mapped[str | None] = mapped_column(Text)
+    flags: Mapped[list[str]] = mapped_column(JSON, default=list)
     merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
@@ -263,6 +277,87 @@ class ModelVersion(Base):
     metrics: Mapped[dict] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     promoted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class SlaClock(Base):
+    """One SLA target of one ticket (first response or resolution), on its calendar.
+
+    Warnings and breaches are claimed with a conditional update of `warned_at` / `breached_at`,
+    so each fires exactly once, whichever process sees it first and however often it restarts.
+    """
+
+    __tablename__ = "sla_clocks"
+    __table_args__ = (
+        UniqueConstraint("ticket_id", "kind"),
+        Index("ix_sla_clocks_due", "stopped_at", "paused_since", "warn_at", "due_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"))
+    kind: Mapped[str] = mapped_column(String(20))  # first_response | resolution
+    priority: Mapped[str] = mapped_column(String(8))
+    calendar: Mapped[str] = mapped_column(String(20))  # "24x7" | "business"
+    target_seconds: Mapped[int] = mapped_column(Integer)  # on that calendar
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    consumed_seconds: Mapped[int] = mapped_column(Integer, default=0)  # calendar time used before paused_since
+    paused_since: Mapped[datetime | None] = mapped_column(UTCDateTime)  # awaiting the customer
+    resumed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # start of the running segment
+    warn_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # 80 % of the target, projected
+    due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # projected while running
+    warned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    breached_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # met (responded / resolved)
+
+
+class Assignment(Base):
+    """An offer of a ticket to an agent: accepted, declined, or expired after the accept timeout."""
+
+    __tablename__ = "assignments"
+    __table_args__ = (Index("ix_assignments_open", "accepted_at", "ended_at", "expires_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    agent_id: Mapped[int] = mapped_column(ForeignKey("agents.id"), index=True)
+    offered_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    accepted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # declined, expired, reassigned, resolved
+    end_reason: Mapped[str | None] = mapped_column(String(40))
+    reason: Mapped[str] = mapped_column(Text, default="")  # why this agent was chosen
+    data: Mapped[dict] = mapped_column(JSON, default=dict)  # candidates considered and their scores
+
+
+class CustomerMerge(Base):
+    """A merge of one customer into another, with exactly what moved, so it can be undone."""
+
+    __tablename__ = "customer_merges"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
+    target_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
+    identity_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
+    ticket_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
+    evidence: Mapped[str] = mapped_column(Text, default="")
+    actor: Mapped[str] = mapped_column(String(120))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    undone_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    undone_by: Mapped[str | None] = mapped_column(String(120))
+
+
+class ReviewItem(Base):
+    """Something a supervisor must decide: conflicting identities, a rejected ticket reference, …"""
+
+    __tablename__ = "review_items"
+    __table_args__ = (Index("ix_review_items_open", "resolved_at", "kind"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), index=True)
+    customer_id: Mapped[int | None] = mapped_column(ForeignKey("customers.id"))
+    detail: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    resolved_by: Mapped[str | None] = mapped_column(String(120))
 
 
 class ChannelCursor(Base):

@@ -1,0 +1,74 @@
+"""Everything we send goes through the outbox, written in the transaction of the decision that caused it.
+
+Channel senders (email, Telegram) claim pending rows and deliver them; a channel without a sender
+yet simply leaves its rows pending, to be delivered when it lands.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from models.tables import Agent, Identity, OutboxItem, Ticket
+
+# Where a notification to an agent or supervisor goes: the agent console lives in Telegram.
+STAFF_CHANNEL = "telegram"
+
+
+def enqueue(
+    session: Session, *, kind: str, channel: str, recipient: str, payload: dict,
+    ticket_id: int | None = None, dedupe_key: str | None = None, now: datetime,
+) -> OutboxItem | None:
+    """Add one item to send; with a `dedupe_key` already queued, nothing is added (sent once)."""
+    if dedupe_key is not None and session.scalar(select(OutboxItem.id).where(OutboxItem.dedupe_key == dedupe_key)):
+        return None
+    item = OutboxItem(kind=kind, channel=channel, recipient=recipient, payload=payload, ticket_id=ticket_id,
+                      dedupe_key=dedupe_key, status="pending", attempts=0, next_attempt_at=now, created_at=now)
+    session.add(item)
+    return item
+
+
+def agent_address(agent: Agent) -> str:
+    """How the agent console reaches an agent: their Telegram id, else their name for a human to see."""
+    return f"telegram:{agent.telegram_id}" if agent.telegram_id else f"agent:{agent.id}"
+
+
+def notify_agent(session: Session, agent: Agent, *, kind: str, ticket: Ticket, text: str, now: datetime,
+                 dedupe_key: str | None = None, **extra) -> OutboxItem | None:
+    return enqueue(session, kind=kind, channel=STAFF_CHANNEL, recipient=agent_address(agent), ticket_id=ticket.id,
+                   payload={"ticket": ticket.number, "text": text, "agent_id": agent.id, **extra},
+                   dedupe_key=dedupe_key, now=now)
+
+
+def notify_supervisors(session: Session, *, kind: str, ticket: Ticket, text: str, now: datetime,
+                       on_call_only: bool = False, dedupe_key: str | None = None, **extra) -> list[OutboxItem]:
+    """Tell the supervisors (or only the on-call ones, falling back to all when none is on call)."""
+    supervisors = session.scalars(select(Agent).where(Agent.role.in_(("supervisor", "admin"))).order_by(Agent.id)).all()
+    if on_call_only and any(s.on_call for s in supervisors):
+        supervisors = [s for s in supervisors if s.on_call]
+    items = []
+    for supervisor in supervisors:
+        key = f"{dedupe_key}:{supervisor.id}" if dedupe_key else None
+        item = notify_agent(session, supervisor, kind=kind, ticket=ticket, text=text, now=now, dedupe_key=key, **extra)
+        if item is not None:
+            items.append(item)
+    if not supervisors:
+        # Nobody to tell yet: keep the notice anyway, addressed to the role, so it is not lost.
+        item = enqueue(session, kind=kind, channel=STAFF_CHANNEL, recipient="role:supervisor", ticket_id=ticket.id,
+                       payload={"ticket": ticket.number, "text": text, **extra}, dedupe_key=dedupe_key, now=now)
+        items += [item] if item else []
+    return items
+
+
+def customer_address(session: Session, ticket: Ticket, channel: str) -> tuple[str, str] | None:
+    """(channel, recipient) to reach the ticket's customer on `channel`, or on any channel they have."""
+    kinds = {"email": ["email"], "telegram": ["telegram"], "web": ["email", "phone"], "api": ["email", "phone"]}
+    identities = session.scalars(select(Identity).where(Identity.customer_id == ticket.customer_id)).all()
+    for kind in kinds.get(channel, []) + ["email", "telegram", "phone"]:
+        match = next((i for i in identities if i.kind == kind), None)
+        if match is not None:
+            out_channel = {"email": "email", "telegram": "telegram", "phone": "sms"}[kind]
+            return out_channel, match.value
+    return None
