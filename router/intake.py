@@ -303,7 +303,9 @@ def _next_ticket_numbers(session: Session, day: str, count: int) -> list[str]:
 
 
 def _customer_wrote_again(session: Session, ticket: Ticket, msg: InboundMessage, now: datetime) -> None:
-    """A customer message on an existing ticket restarts work on it where the state calls for it."""
+    """A customer message on an existing ticket restarts work on it where the state calls for it,
+    and hands the ticket back to the router (classify the new message, second-contact rule, tell the agent)."""
+    ticket.routed_at = None
     if ticket.state == states.AWAITING_CUSTOMER:
         states.transition(session, ticket, states.IN_PROGRESS, actor="customer",
                           reason=f"customer replied on {msg.channel.value}", at=now)

@@ -31,3 +31,41 @@ def make_message(
         raw=extra.pop("raw", text.encode()),
         **extra,
     )
+
+
+class KeywordClassifier:
+    """A simple implementation of the Classifier protocol for router tests: labels from keywords.
+
+    `priority:P0`-style tags in the text set a head directly; `lowconf` makes it unsure.
+    """
+
+    version = "keyword-test-1"
+
+    def predict(self, text: str):
+        from models.prediction import LabelScore, Prediction
+
+        labels = {"type": "inquiry", "category": "service", "priority": "P3"}
+        keywords = {
+            "宕机": {"type": "incident", "category": "technical", "priority": "P0"},
+            "down": {"type": "incident", "category": "technical", "priority": "P0"},
+            "扣款": {"type": "incident", "category": "transaction", "priority": "P1"},
+            "charge": {"type": "incident", "category": "transaction", "priority": "P1"},
+            "投诉": {"type": "complaint", "category": "service", "priority": "P2"},
+            "complain": {"type": "complaint", "category": "service", "priority": "P2"},
+            "建议": {"type": "suggestion", "category": "product", "priority": "P3"},
+            "退款": {"type": "request", "category": "service", "priority": "P2"},
+        }
+        for word, found in keywords.items():
+            if word in text.lower():
+                labels = dict(found)
+                break
+        for head in ("type", "category", "priority"):
+            for token in text.split():
+                if token.startswith(f"{head}:"):
+                    labels[head] = token.split(":", 1)[1]
+        confidence = 0.2 if "lowconf" in text else 0.9
+        return Prediction(LabelScore(labels["type"], confidence), LabelScore(labels["category"], confidence),
+                          LabelScore(labels["priority"], confidence), (), self.version)
+
+    def predict_many(self, texts):
+        return [self.predict(t) for t in texts]

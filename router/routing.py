@@ -1,0 +1,235 @@
+"""The routing step: classifier, priority rules, triage, SLA clocks, assignment and acknowledgement.
+
+Intake commits a message first (so the channel can acknowledge at once); this step then picks up
+every ticket whose `routed_at` is empty and routes it in one transaction, with its reasons. A
+ticket a customer writes to again comes back here too: the new message is classified, the
+second-contact rule may raise the priority, and the agent hears of it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from models.prediction import Classifier, Prediction
+from models.tables import Customer, Message, ReviewItem, SlaClock, Ticket, TicketEvent
+from router import states
+from router.config import PRIORITIES, RouterConfig
+from router.outbox import customer_address, enqueue, notify_agent, notify_supervisors
+
+log = logging.getLogger(__name__)
+
+# Channels whose customers get our acknowledgement through the outbox; the web form and the API
+# already showed the ticket number and the expected response time in their answer.
+ACK_CHANNELS = frozenset({"email", "telegram"})
+DEFAULT_PRIORITY = "P2"  # when no classifier is loaded: a supervisor triages, the clock still runs
+
+
+@dataclass(frozen=True, slots=True)
+class PriorityDecision:
+    priority: str
+    bumps: tuple[str, ...]  # the reasons each level was added, in order
+
+
+def raise_priority(priority: str, levels: int = 1, *, ceiling: str = "P0") -> str:
+    """`levels` more urgent, never past `ceiling` (P0 is the most urgent)."""
+    index = max(PRIORITIES.index(priority) - levels, PRIORITIES.index(ceiling))
+    return PRIORITIES[min(index, PRIORITIES.index(priority))]
+
+
+def first_priority(predicted: str, *, vip: bool) -> PriorityDecision:
+    """Priority of a new ticket: the classifier's (its rules included), one level up for a VIP."""
+    if vip and predicted != "P0":
+        return PriorityDecision(raise_priority(predicted), (f"VIP customer: {predicted} → {raise_priority(predicted)}",))
+    return PriorityDecision(predicted, ())
+
+
+def second_contact_priority(current: str, *, already_bumped: bool) -> PriorityDecision:
+    """A second contact on an open ticket within the window: one level up, never above P1 on this rule alone."""
+    bumped = raise_priority(current, ceiling="P1")
+    if already_bumped or bumped == current:
+        return PriorityDecision(current, ())
+    return PriorityDecision(bumped, (f"second contact within the window: {current} → {bumped}",))
+
+
+def needs_triage(prediction: Prediction | None, config: RouterConfig) -> str | None:
+    """Why a supervisor must look before anyone is assigned, or None."""
+    if prediction is None:
+        return "no classifier model is loaded (run `paidan model ensure`); labels need a human"
+    low = [f"{head} {score.label} at {score.confidence:.2f}"
+           for head, score in (("type", prediction.type), ("category", prediction.category))
+           if score.confidence < config.triage_threshold]
+    if low:
+        return f"low classifier confidence ({', '.join(low)} < {config.triage_threshold:.2f})"
+    return None
+
+
+def route_pending(
+    session: Session, classifier: Classifier | None, config: RouterConfig, now: datetime, *, limit: int = 200
+) -> int:
+    """Route up to `limit` tickets waiting for the router; returns how many were routed."""
+    tickets = session.scalars(
+        select(Ticket)
+        .where(Ticket.routed_at.is_(None), Ticket.state != states.MERGED)
+        .order_by(Ticket.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)  # several `paidan serve` on one PostgreSQL share the work
+    ).all()
+    if not tickets:
+        return 0
+    pending = _unclassified_messages(session, [t.id for t in tickets])
+    texts = [_text_for(ticket, pending.get(ticket.id, [])) for ticket in tickets]
+    predictions: Sequence[Prediction | None] = classifier.predict_many(texts) if classifier else [None] * len(tickets)
+    for ticket, prediction in zip(tickets, predictions):
+        messages = pending.get(ticket.id, [])
+        _label_messages(messages, prediction)
+        if ticket.priority is None:
+            _route_new(session, ticket, messages, prediction, config, now)
+        else:
+            _route_again(session, ticket, messages, prediction, config, now)
+        ticket.routed_at = now
+    return len(tickets)
+
+
+def _unclassified_messages(session: Session, ticket_ids: list[int]) -> dict[int, list[Message]]:
+    rows = session.scalars(
+        select(Message)
+        .where(Message.ticket_id.in_(ticket_ids), Message.direction == "in", Message.model_version.is_(None))
+        .order_by(Message.id)
+    ).all()
+    by_ticket: dict[int, list[Message]] = {}
+    for row in rows:
+        by_ticket.setdefault(row.ticket_id, []).append(row)
+    return by_ticket
+
+
+def _text_for(ticket: Ticket, messages: list[Message]) -> str:
+    """What the classifier reads: the subject of a new ticket and the customer's new words."""
+    body = "\n".join(m.text for m in messages)
+    if ticket.priority is None and ticket.subject and ticket.subject not in body:
+        return f"{ticket.subject}\n{body}"
+    return body
+
+
+def _label_messages(messages: list[Message], prediction: Prediction | None) -> None:
+    if prediction is None:
+        return
+    for message in messages:
+        message.type, message.category = prediction.type.label, prediction.category.label
+        message.priority, message.model_version = prediction.priority.label, prediction.model_version
+        message.confidence = min(prediction.type.confidence, prediction.category.confidence)
+
+
+def _route_new(session: Session, ticket: Ticket, messages: list[Message], prediction: Prediction | None,
+               config: RouterConfig, now: datetime) -> None:
+    from router import assignment, sla
+
+    customer = session.get(Customer, ticket.customer_id)
+    predicted = prediction.priority.label if prediction else DEFAULT_PRIORITY
+    decision = first_priority(predicted, vip=bool(customer and customer.vip))
+    if prediction is not None:
+        ticket.type, ticket.category = prediction.type.label, prediction.category.label
+        ticket.confidence = min(prediction.type.confidence, prediction.category.confidence)
+        ticket.model_version = prediction.model_version
+    ticket.priority = decision.priority
+    _record_classification(session, ticket, prediction, decision, now)
+
+    _review_flags(session, ticket, messages, now)
+    sla.start_clocks(session, ticket, config, now)
+    if ticket.priority in ("P0", "P1"):
+        sla.notify_on_call_at_creation(session, ticket, now)
+
+    triage = needs_triage(prediction, config)
+    if triage:
+        ticket.queue, ticket.queue_reason = "triage", triage
+        session.add(TicketEvent(ticket_id=ticket.id, at=now, actor="router", kind="queued", reason=f"triage: {triage}",
+                                data={"queue": "triage"}))
+        notify_supervisors(session, kind="triage", ticket=ticket, now=now, dedupe_key=f"triage:{ticket.id}",
+                           text=f"{ticket.number} needs triage: {triage}")
+    else:
+        assignment.assign(session, ticket, config, now)
+    _acknowledge(session, ticket, now)
+
+
+def _route_again(session: Session, ticket: Ticket, messages: list[Message], prediction: Prediction | None,
+                 config: RouterConfig, now: datetime) -> None:
+    """The customer wrote again on a ticket that was already routed."""
+    from router import assignment, sla
+
+    if ticket.state in states.OPEN_STATES and _is_second_contact(session, ticket, messages, config):
+        decision = second_contact_priority(ticket.priority, already_bumped="second_contact" in (ticket.flags or []))
+        if decision.bumps:
+            old = ticket.priority
+            ticket.priority = decision.priority
+            ticket.flags = [*(ticket.flags or []), "second_contact"]
+            session.add(TicketEvent(ticket_id=ticket.id, at=now, actor="router", kind="priority_raised",
+                                    reason=decision.bumps[0], data={"from": old, "to": ticket.priority}))
+            sla.reprioritise(session, ticket, config, now)
+    if ticket.assigned_agent_id is not None:
+        latest = messages[-1].id if messages else None
+        notify_agent(session, ticket.assigned_agent, kind="customer_message", ticket=ticket, now=now,
+                     text=f"{ticket.number}: the customer wrote again",
+                     dedupe_key=f"msg:{latest}" if latest else None)
+    elif ticket.queue is None and ticket.state in (states.NEW, states.REOPENED):
+        assignment.assign(session, ticket, config, now)
+
+
+def _is_second_contact(session: Session, ticket: Ticket, new: list[Message], config: RouterConfig) -> bool:
+    if not new:
+        return False
+    earlier = session.scalar(
+        select(Message.received_at)
+        .where(Message.ticket_id == ticket.id, Message.direction == "in", Message.id < new[0].id)
+        .order_by(Message.id.desc()).limit(1)
+    )
+    return earlier is not None and new[0].received_at - earlier <= config.second_contact_window
+
+
+def _record_classification(session: Session, ticket: Ticket, prediction: Prediction | None,
+                           decision: PriorityDecision, now: datetime) -> None:
+    if prediction is None:
+        reason = f"not classified (no model); priority {decision.priority} until a supervisor relabels"
+        data: dict = {"prediction": None}
+    else:
+        reason = (f"classified {prediction.type.label}/{prediction.category.label}/{prediction.priority.label} "
+                  f"(confidence {prediction.type.confidence:.2f}/{prediction.category.confidence:.2f}/"
+                  f"{prediction.priority.confidence:.2f}, model {prediction.model_version})")
+        if prediction.rules:
+            reason += f"; rules: {', '.join(prediction.rules)}"
+        data = {"prediction": prediction.as_dict()}
+    if decision.bumps:
+        reason += "; " + "; ".join(decision.bumps)
+    data |= {"priority": decision.priority, "priority_bumps": list(decision.bumps)}
+    session.add(TicketEvent(ticket_id=ticket.id, at=now, actor="router", kind="classified", reason=reason, data=data))
+
+
+def _review_flags(session: Session, ticket: Ticket, messages: list[Message], now: datetime) -> None:
+    """Evidence intake could not judge goes to a supervisor, once per ticket and kind."""
+    flags = {flag for m in messages for flag in (m.flags or [])}
+    if "ticket_ref_rejected" in flags:
+        exists = session.scalar(select(ReviewItem.id).where(ReviewItem.ticket_id == ticket.id,
+                                                            ReviewItem.kind == "ticket_ref_rejected"))
+        if exists is None:
+            session.add(ReviewItem(kind="ticket_ref_rejected", ticket_id=ticket.id, customer_id=ticket.customer_id,
+                                   created_at=now, detail={"reason": "the message named a ticket of another customer; "
+                                                           "a new ticket was opened instead"}))
+
+
+def _acknowledge(session: Session, ticket: Ticket, now: datetime) -> None:
+    if ticket.channel not in ACK_CHANNELS:
+        return
+    address = customer_address(session, ticket, ticket.channel)
+    if address is None:
+        return
+    channel, recipient = address
+    due = session.scalar(select(SlaClock.due_at).where(SlaClock.ticket_id == ticket.id,
+                                                       SlaClock.kind == "first_response"))
+    enqueue(session, kind="ack", channel=channel, recipient=recipient, ticket_id=ticket.id, now=now,
+            dedupe_key=f"ack:{ticket.id}",
+            payload={"ticket": ticket.number, "subject": ticket.subject, "language": ticket.language,
+                     "first_response_due": due.isoformat() if due else None})
