@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
+from functools import lru_cache
+from itertools import repeat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from classifier.text import Segmenter, join_words, normalise
+from classifier.text import NativeSegmenter, normalise, unpack_table, unpack_terms
 
-SERVING_FORMAT = 1
+SERVING_FORMAT = 2
 _WHITE_SPACES = re.compile(r"\s\s+")  # as scikit-learn's analyzers
+_NO_COLUMNS = np.zeros(0, dtype=np.intp)
+_NO_VALUES = np.zeros(0, dtype=np.float64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +59,8 @@ def export_arrays(features, heads: Mapping[str, object]) -> dict[str, np.ndarray
         "dictionary_words": features.dictionary_words_,
         "dictionary_freqs": features.dictionary_freqs_,
         "dictionary_total": np.array(features.dictionary_total_),
+        "simplified_from": features.simplified_from_,
+        "simplified_to": features.simplified_to_,
         "heads": np.array(names, dtype=str),
         "head_sizes": np.array([len(heads[h].classes_) for h in names]),
         "labels": np.concatenate([np.asarray(heads[h].classes_, dtype=str) for h in names]),
@@ -69,18 +76,25 @@ class FastModel:
     def __init__(self, arrays: Mapping[str, np.ndarray]):
         if int(arrays["format"]) != SERVING_FORMAT:
             raise ValueError(f"serving arrays format {int(arrays['format'])}, this code reads {SERVING_FORMAT}")
-        self.word_index = {t: i for i, t in enumerate(arrays["word_terms"].tolist())}
-        n_words = len(self.word_index)
-        self.char_index = {t: i + n_words for i, t in enumerate(arrays["char_terms"].tolist())}
-        self.idf = np.concatenate([arrays["word_idf"], arrays["char_idf"]]).tolist()
+        word_terms = unpack_terms(arrays["word_terms"])
+        char_terms = unpack_terms(arrays["char_terms"])
+        self.word_index = dict(zip(word_terms, range(len(word_terms))))
+        self.char_index = dict(zip(char_terms, range(len(word_terms), len(word_terms) + len(char_terms))))
+        self.idf = np.concatenate([arrays["word_idf"], arrays["char_idf"]]).astype(np.float64)
         self.word_min_n, self.word_max_n = (int(v) for v in arrays["word_ngram_range"])
         self.char_min_n, self.char_max_n = (int(v) for v in arrays["char_ngram_range"])
         self.char_wb = str(arrays["char_analyzer"]) == "char_wb"
         if str(arrays["char_analyzer"]) not in ("char", "char_wb"):
             raise ValueError(f"unsupported char analyzer {arrays['char_analyzer']}")
         self.sublinear = bool(arrays["sublinear_tf"])
-        self.segmenter = Segmenter(
-            arrays["dictionary_words"].tolist(), arrays["dictionary_freqs"].tolist(), int(arrays["dictionary_total"])
+        self.simplified = unpack_table(arrays["simplified_from"], arrays["simplified_to"])
+        self.coverage_n = min(3, self.char_max_n)
+        self.n_word_features = len(word_terms)
+        self.long_column = np.fromiter(map(len, char_terms), dtype=np.intp, count=len(char_terms)) >= self.coverage_n
+        # Bounded per-model cache: a pure function of the word, so it cannot change any result.
+        self._cached_wb_grams = lru_cache(maxsize=50_000)(self._wb_grams)
+        self.segmenter = NativeSegmenter(
+            unpack_terms(arrays["dictionary_words"]), arrays["dictionary_freqs"].tolist(), int(arrays["dictionary_total"])
         )
         self.heads = tuple(arrays["heads"].tolist())
         sizes = [int(s) for s in arrays["head_sizes"]]
@@ -96,63 +110,88 @@ class FastModel:
         self.weights = np.ascontiguousarray(arrays["weights"], dtype=np.float64)
         self.intercepts = np.asarray(arrays["intercepts"], dtype=np.float64)
         self.n_features = len(self.idf)
+        if self.weights.shape[0] != self.n_features:
+            raise ValueError(f"weights have {self.weights.shape[0]} rows for {self.n_features} features")
 
     # -- features ----------------------------------------------------------------------------
 
-    def _word_counts(self, words: list[str], counts: dict[int, int]) -> None:
-        index = self.word_index
+    def _word_grams(self, words: list[str]) -> list[str]:
         n_tokens = len(words)
-        for n in range(self.word_min_n, min(self.word_max_n, n_tokens) + 1):
-            for i in range(n_tokens - n + 1):
-                column = index.get(words[i] if n == 1 else " ".join(words[i : i + n]))
-                if column is not None:
-                    counts[column] = counts.get(column, 0) + 1
+        grams = list(words) if self.word_min_n == 1 else []
+        for n in range(max(self.word_min_n, 2), min(self.word_max_n, n_tokens) + 1):
+            grams.extend([" ".join(words[i : i + n]) for i in range(n_tokens - n + 1)])
+        return grams
 
-    def _char_counts(self, text: str, counts: dict[int, int]) -> tuple[int, int]:
-        """Adds char n-gram counts; returns (n-grams seen in the vocabulary, all n-grams)."""
-        index = self.char_index
+    def _char_grams(self, text: str) -> tuple[list[str], int]:
+        """The char n-grams of a normalised text, and how many are at least ``coverage_n`` long."""
         min_n, max_n = self.char_min_n, self.char_max_n
-        known = total = 0
         text = _WHITE_SPACES.sub(" ", text)
-        pieces = [f" {w} " for w in text.split()] if self.char_wb else [text]
-        for w in pieces:
-            length = len(w)
-            for n in range(min_n, max_n + 1):
-                if self.char_wb and length <= n:
-                    # scikit-learn's char_wb counts a word no longer than n once, then stops.
-                    grams = (w,)
-                elif length < n:
-                    break
-                else:
-                    grams = (w[i : i + n] for i in range(length - n + 1))
-                for gram in grams:
-                    total += 1
-                    column = index.get(gram)
-                    if column is not None:
-                        known += 1
-                        counts[column] = counts.get(column, 0) + 1
-                if self.char_wb and length <= n:
-                    break
-        return known, total
+        grams: list[str] = []
+        if not self.char_wb:
+            length = len(text)
+            long_grams = 0
+            for n in range(min_n, min(max_n, length) + 1):
+                grams.extend([text[i : i + n] for i in range(length - n + 1)])
+                if n >= self.coverage_n:
+                    long_grams += length - n + 1
+            return grams, long_grams
+        long_grams = 0
+        cached = self._cached_wb_grams
+        for word in text.split():
+            # Short words recur across messages (English words, 您好); long Chinese clauses do not.
+            word_grams, word_long = cached(word) if len(word) <= 16 else self._wb_grams(word)
+            grams.extend(word_grams)
+            long_grams += word_long
+        return grams, long_grams
+
+    def _wb_grams(self, word: str) -> tuple[tuple[str, ...], int]:
+        """One word's char_wb n-grams as scikit-learn makes them, and how many are >= coverage_n long."""
+        w = f" {word} "
+        length = len(w)
+        grams: list[str] = []
+        long_grams = 0
+        for n in range(self.char_min_n, self.char_max_n + 1):
+            if length <= n:
+                grams.append(w)  # scikit-learn's char_wb counts a short word once, then stops
+                long_grams += length >= self.coverage_n
+                break
+            grams.extend([w[i : i + n] for i in range(length - n + 1)])
+            if n >= self.coverage_n:
+                long_grams += length - n + 1
+        return tuple(grams), long_grams
+
+    def _block(self, grams: list[str], index: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(columns, l2-normalised tf-idf values, raw counts) of the n-grams the vocabulary knows."""
+        if not grams:
+            return _NO_COLUMNS, _NO_VALUES, _NO_VALUES
+        counter = Counter(grams)
+        size = len(counter)
+        # map/np.fromiter keep the per-gram work in C; -1 marks a gram outside the vocabulary.
+        columns = np.fromiter(map(index.get, counter, repeat(-1, size)), dtype=np.intp, count=size)
+        known = columns >= 0
+        if not known.any():
+            return _NO_COLUMNS, _NO_VALUES, _NO_VALUES
+        counts = np.fromiter(counter.values(), dtype=np.float64, count=size)[known]
+        columns = columns[known]
+        tf = np.log(counts) + 1.0 if self.sublinear else counts
+        values = tf * self.idf[columns]
+        values /= math.sqrt(float(values @ values))
+        return columns, values, counts
 
     def features(self, text: str) -> tuple[np.ndarray, np.ndarray, float, str]:
-        """(columns, tf-idf values, coverage, normalised text) of one message, as TextFeatures.transform."""
-        normalised = normalise(text)
-        words = self.segmenter.words(normalised)
-        word_counts: dict[int, int] = {}
-        self._word_counts(join_words(words).split(), word_counts)
-        char_counts: dict[int, int] = {}
-        known, total = self._char_counts(normalised, char_counts)
-        columns: list[int] = []
-        values: list[float] = []
-        for counts in (word_counts, char_counts):
-            block = [(c, (1.0 + math.log(n) if self.sublinear else float(n)) * self.idf[c]) for c, n in counts.items()]
-            norm = math.sqrt(sum(v * v for _, v in block))
-            if norm > 0:
-                columns.extend(c for c, _ in block)
-                values.extend(v / norm for _, v in block)
-        coverage = known / total if total else 0.0
-        return np.array(columns, dtype=np.intp), np.array(values), coverage, normalised
+        """(columns, tf-idf values, coverage, normalised text) of one message, as TextFeatures.transform.
+
+        Coverage is the share of the message's char n-grams of length >= ``coverage_n`` that the
+        vocabulary knows (0 for none): single characters are known for almost any junk, so they do
+        not count.
+        """
+        normalised = normalise(text, self.simplified)
+        word_cols, word_values, _ = self._block(self._word_grams(self.segmenter.words(normalised)), self.word_index)
+        char_grams, long_grams = self._char_grams(normalised)
+        char_cols, char_values, char_counts = self._block(char_grams, self.char_index)
+        known_long = float(char_counts[self.long_column[char_cols - self.n_word_features]].sum()) if len(char_cols) else 0.0
+        coverage = known_long / long_grams if long_grams else 0.0
+        return np.concatenate([word_cols, char_cols]), np.concatenate([word_values, char_values]), coverage, normalised
 
     # -- scores ------------------------------------------------------------------------------
 
@@ -164,7 +203,7 @@ class FastModel:
 
     def scores_many(self, texts: Sequence[str]) -> tuple[list[dict[str, HeadScores]], list[float], list[str]]:
         """The same as ``scores`` for many messages, with one sparse-dense product."""
-        import scipy.sparse as sp
+        import scipy.sparse as sp  # here, not at the top: importing it costs ~0.1 s of every load
 
         indptr = [0]
         all_columns: list[np.ndarray] = []

@@ -22,7 +22,17 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from sklearn.svm import LinearSVC
 
-from classifier.text import Segmenter, build_dictionary, join_words, normalise
+from classifier.text import (
+    NativeSegmenter,
+    build_dictionary,
+    join_words,
+    normalise,
+    pack_table,
+    pack_terms,
+    simplified_table,
+    unpack_table,
+    unpack_terms,
+)
 
 WORD_TOKEN_PATTERN = r"\S+"
 
@@ -33,7 +43,7 @@ class TextFeatures(TransformerMixin, BaseEstimator):
     def __init__(
         self,
         word_ngram_range: tuple[int, int] = (1, 2),
-        char_ngram_range: tuple[int, int] = (2, 5),
+        char_ngram_range: tuple[int, int] = (1, 4),
         char_analyzer: str = "char_wb",
         word_min_df: int = 1,
         char_min_df: int = 1,
@@ -70,12 +80,14 @@ class TextFeatures(TransformerMixin, BaseEstimator):
         return self
 
     def fit_transform(self, X: Sequence[str], y=None, progress: Callable[[], None] | None = None):
-        normalised = [normalise(t) for t in X]
+        self.simplified_from_, self.simplified_to_ = pack_table(simplified_table())
+        self._simplified = None
+        normalised = [normalise(t, self.simplified) for t in X]
         words, freqs, total = build_dictionary(normalised)
-        self.dictionary_words_ = np.array(words, dtype=str)
+        self.dictionary_words_ = pack_terms(words)
         self.dictionary_freqs_ = np.array(freqs, dtype=np.int64)
         self.dictionary_total_ = int(total)
-        self._segmenter = Segmenter(words, freqs, total)
+        self._segmenter = NativeSegmenter(words, freqs, total)
         joined = [join_words(self._segmenter.words(t)) for t in normalised]
         self.word_vectorizer_, self.char_vectorizer_ = self._vectorizers()
         Xw = self.word_vectorizer_.fit_transform(joined)
@@ -84,7 +96,7 @@ class TextFeatures(TransformerMixin, BaseEstimator):
         return sp.hstack([Xw, Xc], format="csr")
 
     def transform(self, X: Sequence[str]):
-        normalised = [normalise(t) for t in X]
+        normalised = [normalise(t, self.simplified) for t in X]
         joined = [join_words(self.segmenter.words(t)) for t in normalised]
         return sp.hstack(
             [self.word_vectorizer_.transform(joined), self.char_vectorizer_.transform(normalised)],
@@ -92,23 +104,19 @@ class TextFeatures(TransformerMixin, BaseEstimator):
         )
 
     @property
-    def segmenter(self) -> Segmenter:
+    def simplified(self) -> dict[int, str]:
+        """The Traditional-to-Simplified table this model was trained with."""
+        if getattr(self, "_simplified", None) is None:
+            self._simplified = unpack_table(self.simplified_from_, self.simplified_to_)
+        return self._simplified
+
+    @property
+    def segmenter(self) -> NativeSegmenter:
         if getattr(self, "_segmenter", None) is None:
-            self._segmenter = Segmenter(
-                self.dictionary_words_.tolist(), self.dictionary_freqs_.tolist(), self.dictionary_total_
+            self._segmenter = NativeSegmenter(
+                unpack_terms(self.dictionary_words_), self.dictionary_freqs_.tolist(), self.dictionary_total_
             )
         return self._segmenter
-
-    def coverage(self, texts: Sequence[str]) -> np.ndarray:
-        """Share of each text's character n-grams that the model has seen (0 for no n-grams)."""
-        analyse = self.char_vectorizer_.build_analyzer()
-        vocabulary = self.char_vectorizer_.vocabulary_
-        out = np.zeros(len(texts))
-        for i, text in enumerate(texts):
-            grams = analyse(normalise(text))
-            if grams:
-                out[i] = sum(g in vocabulary for g in grams) / len(grams)
-        return out
 
     # -- compact persistence ------------------------------------------------------------------
 
@@ -117,13 +125,14 @@ class TextFeatures(TransformerMixin, BaseEstimator):
         # of MB); keep them as two arrays in column order and rebuild the dicts on load.
         state = dict(super().__getstate__())
         state.pop("_segmenter", None)
+        state.pop("_simplified", None)
         for name in ("word", "char"):
             vectorizer = state.pop(f"{name}_vectorizer_", None)
             if vectorizer is not None:
-                terms = np.empty(len(vectorizer.vocabulary_), dtype=object)
+                terms = [""] * len(vectorizer.vocabulary_)
                 for term, column in vectorizer.vocabulary_.items():
                     terms[column] = term
-                state[f"{name}_terms_"] = terms.astype(str)
+                state[f"{name}_terms_"] = pack_terms(terms)
                 state[f"{name}_idf_"] = np.asarray(vectorizer.idf_, dtype=np.float64)
         return state
 
@@ -132,12 +141,14 @@ class TextFeatures(TransformerMixin, BaseEstimator):
         terms = {name: (state.pop(f"{name}_terms_", None), state.pop(f"{name}_idf_", None)) for name in ("word", "char")}
         super().__setstate__(state)
         self._segmenter = None
+        self._simplified = None
         if terms["word"][0] is None:
             return
         vectorizers = self._vectorizers()
         for name, vectorizer in zip(("word", "char"), vectorizers):
             vocab, idf = terms[name]
-            vectorizer.vocabulary_ = {term: column for column, term in enumerate(vocab.tolist())}
+            terms_ = unpack_terms(vocab)
+            vectorizer.vocabulary_ = dict(zip(terms_, range(len(terms_))))
             vectorizer.idf_ = idf
             setattr(self, f"{name}_vectorizer_", vectorizer)
 

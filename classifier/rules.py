@@ -23,11 +23,29 @@ class PriorityRule:
     name: str
     priority: str
     doc: str
-    pattern: re.Pattern[str]
+    zh: re.Pattern[str] | None  # run on text with Chinese characters
+    en: re.Pattern[str] | None  # run on text with Latin letters
+
+    def patterns(self, text: str) -> list[re.Pattern[str]]:
+        """Only the patterns for the scripts present: half the work on a monolingual message."""
+        out = []
+        if self.zh is not None and _HAS_CJK.search(text):
+            out.append(self.zh)
+        if self.en is not None and _HAS_LATIN.search(text):
+            out.append(self.en)
+        return out
 
 
-def _rx(*parts: str) -> re.Pattern[str]:
-    return re.compile("|".join(f"(?:{p})" for p in parts))
+_HAS_CJK = re.compile("[\u4e00-\u9fff]")
+_HAS_LATIN = re.compile("[a-z]")
+
+
+def _rx(*parts: str) -> tuple[re.Pattern[str] | None, re.Pattern[str] | None]:
+    """(Chinese pattern, English pattern): a part with a Chinese character belongs to the first."""
+    zh = [p for p in parts if _HAS_CJK.search(p)]
+    en = [p for p in parts if not _HAS_CJK.search(p)]
+    join = lambda ps: re.compile("|".join(f"(?:{p})" for p in ps)) if ps else None  # noqa: E731
+    return join(zh), join(en)
 
 
 _ALL_ZH = r"(?:所有|全部|全体|整个|全站|全平台|每个|一切|任何)"
@@ -51,7 +69,7 @@ RULES: tuple[PriorityRule, ...] = (
         "P0",
         "Everyone is blocked: all users/customers/stores cannot log in, pay or use the service. "
         "zh 全部用户无法登录, 所有客户都登不上; en all users can't log in, no one can log in.",
-        _rx(
+        *_rx(
             _ALL_ZH + r"的? ?(?:\d+ ?(?:家|个) ?)?" + _PEOPLE_ZH + r"[^。！？!?；;]{0,12}?" + _CANNOT_ZH,
             r"(?:没有人|没人|谁都|大家都)[^。！？!?]{0,6}(?:能|可以)?(?:登录|登陆|登不|支付|付款|下单|进不|用不)",
             _ALL_EN + _PEOPLE_EN + r"\b[^.!?;]{0,40}?\b" + _CANNOT_EN,
@@ -64,7 +82,7 @@ RULES: tuple[PriorityRule, ...] = (
         "P0",
         "Payments are down for everyone: 支付系统/支付网关/收款 宕机 or all payments failing; "
         "en payment gateway down, all payments failing.",
-        _rx(
+        *_rx(
             r"(?:支付系统|支付网关|网关|支付通道|支付渠道|支付接口|收款系统|收单|支付服务|支付功能)[^。！？!?；;]{0,8}?" + _DOWN_ZH,
             r"(?:所有|全部|每一?笔|任何)的?(?:订单|交易|支付|付款|收款)[^。！？!?；;]{0,8}?(?:失败|付不了|无法支付|报错|不成功|都不行)",
             r"(?:拒绝|拒掉)(?:了)?(?:所有|全部)[^。！？!?；;]{0,30}?(?:交易|支付|付款)",
@@ -78,7 +96,7 @@ RULES: tuple[PriorityRule, ...] = (
         "P0",
         "The whole platform is down: 全站/整个平台/系统 宕机/瘫痪, 大面积故障, all tills of every store down; "
         "en site/platform/API is down, major outage. (A bare 'outage' is left to the model: it is often a past one.)",
-        _rx(
+        *_rx(
             r"(?:全站|全平台|整个平台|整个系统|整个网站|整个商城|整个后台|平台|系统|服务器|网站|商城|后台|app|小程序|api|接口)[^。！？!?；;]{0,6}?(?:宕机|瘫痪|全挂|彻底挂了|全部挂了)",
             r"大面积(?:故障|宕机|瘫痪|不可用|报错)|全线(?:瘫痪|故障|中断)",
             r"(?:所有|全部)门店的?(?:收银|pos)",
@@ -90,7 +108,7 @@ RULES: tuple[PriorityRule, ...] = (
         "data_leak",
         "P0",
         "Customer data exposed or systems breached: 数据泄露, 信息泄露, 拖库, 被黑客入侵; en data leak/breach, hacked.",
-        _rx(
+        *_rx(
             r"(?:数据|信息|隐私|资料|订单信息|手机号|身份证)[^。！？!?；;]{0,4}?(?:泄露|泄漏|外泄|被盗|被窃)",
             r"(?:泄露|泄漏|外泄)了?[^。！？!?；;]{0,6}?(?:数据|信息|隐私|资料)",
             r"拖库|撞库|被黑了|被黑客|黑客入侵|被入侵|钓鱼(?:短信|邮件|网站|链接)",
@@ -102,7 +120,7 @@ RULES: tuple[PriorityRule, ...] = (
         "funds_stolen",
         "P0",
         "Money is being stolen: 盗刷, 资金被盗/被转走, 异常提现; en stolen funds, fraudulent or unauthorised transactions.",
-        _rx(
+        *_rx(
             r"盗刷|盗用|(?:账号|账户)被盗|(?:资金|钱|余额|货款)[^。！？!?；;]{0,4}?(?:被盗|被转走|被偷|不翼而飞)"
             r"|(?:大量|多笔|异常)(?:未授权|异常)?(?:提现|转账|交易)|转到[^。！？!?；;]{0,10}?不认识的",
             r"\b(?:account|login|admin) (?:was |has been |got )?(?:compromised|taken over|hijacked)\b"
@@ -113,7 +131,7 @@ RULES: tuple[PriorityRule, ...] = (
         "mass_wrong_charges",
         "P0",
         "Many customers charged wrongly: 大量用户重复扣款/多扣; en many customers double charged.",
-        _rx(
+        *_rx(
             r"(?:大量|很多|好多|大批|一大批|上百|几百|数百|成百|所有|全部)(?:多?[个名位笔])?的?(?:用户|客户|顾客|会员|买家|订单)[^。！？!?；;]{0,10}?(?:重复扣款|重复扣费|扣了两次|多扣|被扣|乱扣|扣错)",
             r"\b(?:many|lots of|hundreds of|dozens of|all|multiple|several) (?:of )?(?:our |the )?(?:customers|users|buyers|members)\b[^.!?;]{0,30}?\b(?:double[- ]charged|charged twice|charged multiple times|overcharged|wrongly charged)",
         ),
@@ -122,7 +140,7 @@ RULES: tuple[PriorityRule, ...] = (
         "charged_twice",
         "P1",
         "One customer's money is wrong: 重复扣款, 扣了两次, 多扣钱; en charged twice, double charge. (P1 floor)",
-        _rx(
+        *_rx(
             r"重复扣款|重复扣费|重复支付|扣了两次|扣了两笔|扣两次|多扣了?",
             r"\b(?:charged|billed|debited) (?:me )?(?:twice|two times|double)|\bdouble[- ](?:charged|charge|billed|payment)\b",
         ),
@@ -131,7 +149,7 @@ RULES: tuple[PriorityRule, ...] = (
         "store_tills_down",
         "P1",
         "All tills/POS of a store are offline (cash may still work): 收银机全部离线; en all our tills are down. (P1 floor)",
-        _rx(
+        *_rx(
             r"(?:所有|全部|整个店|店里)的?(?:收银机|收银台|收银系统|pos机?|收款机)[^。！？!?；;]{0,8}?(?:离线|掉线|连不上|无法|用不了|不能用|宕机|死机|登不上)",
             r"(?:收银机|收银台|收银系统|pos机?)[^。！？!?；;]{0,4}?(?:全部|都)(?:离线|掉线|连不上|用不了|不能用|宕机|死机)",
             r"\ball (?:of )?(?:our |the |my )?(?:tills|registers|pos|pos terminals|terminals|cash registers)\b[^.!?;]{0,25}?\b(?:down|offline|not working|can't|cannot|unable|frozen|failing)",
@@ -161,7 +179,7 @@ def _clause_before(text: str, start: int, width: int) -> str:
 
 
 def _fires(rule: PriorityRule, text: str) -> bool:
-    for match in rule.pattern.finditer(text):
+    for match in (m for pattern in rule.patterns(text) for m in pattern.finditer(text)):
         before = _clause_before(text, match.start(), 24)
         if _BEFORE_VETO.search(before) or _BEFORE_VETO.search(match.group(0)[:6]):
             continue

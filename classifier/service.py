@@ -2,8 +2,9 @@
 
 Confidence is the calibrated probability of the chosen label, damped towards uniform when little of
 the message is known to the model (empty text, emoji, binary junk, a language never seen): with
-coverage c of the message's character n-grams seen in training, p' = a*p + (1-a)/K, a = min(1,
-c / COVERAGE_FULL). Damping never changes a label, only how sure we say we are.
+coverage c, the share of the message's character n-grams of length >= 3 seen in training,
+p' = a*p + (1-a)/K, a = min(1, c / COVERAGE_FULL). Damping never changes a label, only how sure we
+say we are.
 """
 
 from __future__ import annotations
@@ -15,14 +16,15 @@ from typing import Any
 
 from classifier.errors import ModelIncompatible
 from classifier.fast import FastModel, HeadScores
-from classifier.rules import PRIORITY_ORDER, PriorityRule, apply_rules, fired_rules
+from classifier.rules import PriorityRule, apply_rules, fired_rules
 from classifier.store import ModelStore, load_serving_arrays
 from models.prediction import LabelScore, Prediction
 
 SERVICE_HEADS = ("type", "category", "priority")
-# In-distribution messages have >= ~0.6 of their char n-grams in the vocabulary (measured on the
-# held-out split); below half, the model is mostly guessing from a few fragments.
-COVERAGE_FULL = 0.5
+# Measured on the held-out split: 95 % of real messages have coverage >= 0.17 (median 0.42; 4-grams
+# are often new), while emoji, junk and unseen scripts have 0-0.03. Below 0.15 the model is
+# mostly guessing from a few fragments.
+COVERAGE_FULL = 0.15
 # Confidence reported for a priority set by a rule: the cue is explicit, but rules are not perfect.
 RULE_CONFIDENCE = 0.9
 PRIORITY_HEAD = "priority"
@@ -49,6 +51,7 @@ class ModelClassifier:
 
     @classmethod
     def load(cls, path: Path | str, **kwargs) -> ModelClassifier:
+        """Load a version directory (serving arrays only: no scikit-learn, skops, jieba or zhconv import)."""
         arrays, meta = load_serving_arrays(path)
         return cls(FastModel(arrays), str(meta.get("version", Path(path).name)), meta, **kwargs)
 
@@ -108,7 +111,3 @@ class ModelClassifier:
             rules=result.rules,
             model_version=self.version,
         )
-
-
-def is_more_urgent(a: str, b: str) -> bool:
-    return a in PRIORITY_ORDER and b in PRIORITY_ORDER and PRIORITY_ORDER.index(a) < PRIORITY_ORDER.index(b)

@@ -32,7 +32,7 @@ import numpy as np
 
 from classifier.errors import ModelIncompatible, ModelNotFound
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: serving arrays carry the Traditional-to-Simplified table
 MODEL_FILE = "model.skops"
 SERVING_FILE = "serving.npz"
 METADATA_FILE = "metadata.json"

@@ -39,7 +39,7 @@ class PaidanGroup(click.Group):
         try:
             return super().invoke(ctx)
         except PaidanError as exc:
-            console.print(f"[red]error:[/red] {exc}", highlight=False)
+            console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
             sys.exit(1)
 
 
@@ -307,6 +307,17 @@ def _add_classifier_commands() -> None:
 
 
 _add_classifier_commands()
+
+
+def _add_router_commands() -> None:
+    from paidan.cli_router import TICKET_COMMANDS, queue
+
+    cli.add_command(queue)
+    for command in TICKET_COMMANDS:
+        tickets.add_command(command)
+
+
+_add_router_commands()
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from classifier.corrections import Correction, load_corrections, record_version
-from classifier.data import TAXONOMY, csv_columns, read_csv
+from classifier.data import csv_columns, read_csv
 from classifier.errors import ClassifierError, ModelIncompatible, ModelNotFound
 from classifier.evaluate import compact, evaluate_examples
 from classifier.service import SERVICE_HEADS, ModelClassifier

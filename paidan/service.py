@@ -13,8 +13,10 @@ import uvicorn
 
 from paidan.db import make_engine, normalise_url, upgrade
 from paidan.settings import Settings
+from router.config import BusinessCalendar, RouterConfig
 from router.intake import Intake
 from router.queries import TicketQueries
+from router.scheduler import Scheduler, router_jobs
 
 log = logging.getLogger("paidan")
 
@@ -32,6 +34,24 @@ def loop_factory():
 def serve_forever(settings: Settings, *, migrate: bool = True) -> None:
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         runner.run(run(settings, migrate=migrate))
+
+
+def load_classifier(settings: Settings):
+    """The active model, or None (tickets then wait in triage for a human, and the log says why)."""
+    from classifier.errors import ClassifierError
+    from classifier.service import ModelClassifier
+
+    try:
+        model = ModelClassifier.load_active(settings.model_dir)
+    except ClassifierError as exc:
+        log.error("no classifier: %s — tickets go to the triage queue until `paidan model ensure` has run", exc)
+        return None
+    log.info("classifier model %s loaded from %s", model.version, settings.model_dir)
+    return model
+
+
+def router_config(settings: Settings) -> RouterConfig:
+    return RouterConfig(calendar=BusinessCalendar(timezone=settings.timezone))
 
 
 def freeze_startup_objects() -> None:
@@ -61,7 +81,14 @@ async def run(settings: Settings, *, migrate: bool = True) -> None:
     engine = make_engine(settings.database_url)
     intake = Intake(engine, timezone=settings.timezone, first_response=settings.default_first_response)
     queries = TicketQueries(engine)
-    app = build_app(settings, sink=intake.accept, ticket_view=queries.ticket_view, db_ok=queries.db_ok)
+    scheduler = Scheduler(engine, router_jobs(load_classifier(settings), router_config(settings)))
+
+    async def sink(message):
+        receipt = await intake.accept(message)
+        scheduler.wake()  # route it now rather than at the next tick
+        return receipt
+
+    app = build_app(settings, sink=sink, ticket_view=queries.ticket_view, db_ok=queries.db_ok)
     server = uvicorn.Server(uvicorn.Config(
         app, log_config=None, access_log=False, lifespan="on",
         proxy_headers=settings.forwarded_allow_ips is not None,
@@ -75,9 +102,13 @@ async def run(settings: Settings, *, migrate: bool = True) -> None:
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it to whatever handler was there
     # before; a no-op here lets our own shutdown below run instead of the default "die now".
     previous = signal.signal(signal.SIGTERM, lambda *_: None) if _main_thread() else None
+    stop = asyncio.Event()
+    timers = asyncio.create_task(scheduler.run_forever(stop))
     try:
         await server.serve(sockets=[sock])
     finally:
+        stop.set()
+        await timers
         intake.close()  # finishes what is queued: nothing acknowledged is left behind
         engine.dispose()
         if previous is not None:

@@ -13,10 +13,11 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -28,11 +29,15 @@ from models.tables import (
     Customer,
     Identity,
     Message,
+    ReviewItem,
     Ticket,
     TicketCounter,
     TicketEvent,
 )
 from router import states
+from router.config import RouterConfig
+from router.identity import conflicts, describe_conflicts, identities_of, merge_customers, root_customer
+from router.topics import has_topic, topic_similarity
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +47,15 @@ def utcnow() -> datetime:
 
 
 def store_batch(
-    session: Session, messages: list[InboundMessage], *, tz: ZoneInfo, first_response: timedelta, now: datetime
+    session: Session, messages: list[InboundMessage], *, tz: ZoneInfo, first_response: timedelta, now: datetime,
+    config: RouterConfig | None = None,
 ) -> list[Receipt]:
     """Write messages (and new tickets for those that start a conversation). Never commits.
 
     Set-based on purpose: a handful of multi-row statements for the whole batch instead of a
     dozen per message, which is most of intake's cost. A batch of one is the careful path.
     """
+    config = config or RouterConfig()
     receipts: dict[int, Receipt] = {}
     already = _existing_messages(session, messages)
     fresh: list[tuple[int, InboundMessage]] = []
@@ -64,17 +71,14 @@ def store_batch(
             fresh.append((pos, msg))
 
     originals = [(pos, msg) for pos, msg in fresh if seen_keys[(msg.channel.value, msg.external_id)] == pos]
-    customers, customer_flags = _customers_for(session, [msg for _, msg in originals], now)
+    senders = _customers_for(session, [msg for _, msg in originals], now)
+    threads = _find_threads(session, originals, senders, config, now)
 
-    threads: dict[int, tuple[int | None, list[str]]] = {}
-    for (pos, msg), customer_id in zip(originals, customers):
-        threads[pos] = _find_thread(session, customer_id, msg)
-
-    new_ticket_positions = [pos for pos, _ in originals if threads[pos][0] is None]
+    new_ticket_positions = [pos for pos, _ in originals if threads[pos].opens_ticket]
     numbers = _next_ticket_numbers(session, now.astimezone(tz).strftime("%Y%m%d"), len(new_ticket_positions))
     by_pos = dict(originals)
-    customer_of = {pos: cid for (pos, _), cid in zip(originals, customers)}
-    flags_of = {pos: [*flags, *threads[pos][1]] for (pos, _), flags in zip(originals, customer_flags)}
+    customer_of = {pos: s.customer_id for (pos, _), s in zip(originals, senders)}
+    flags_of = {pos: [*s.flags, *threads[pos].flags] for (pos, _), s in zip(originals, senders)}
 
     ticket_ids: dict[int, int] = {}
     if new_ticket_positions:
@@ -88,6 +92,7 @@ def store_batch(
                     "subject": _subject(by_pos[pos]),
                     "state": states.NEW,
                     "language": by_pos[pos].language,
+                    "flags": flags_of[pos],  # identity conflicts and rejected references: for triage
                     "created_at": now,
                     "updated_at": now,
                 }
@@ -98,19 +103,41 @@ def store_batch(
         session.execute(insert(TicketEvent.__table__), [
             {
                 "ticket_id": ticket_ids[pos], "at": now, "actor": "customer", "kind": "created",
-                "to_state": states.NEW, "reason": f"first message on {by_pos[pos].channel.value}",
-                "data": {"external_id": by_pos[pos].external_id, "flags": flags_of[pos]},
+                "to_state": states.NEW, "reason": f"first message on {by_pos[pos].channel.value}; {threads[pos].reason}",
+                "data": {"external_id": by_pos[pos].external_id, "flags": flags_of[pos], "thread": threads[pos].data},
             }
             for pos in new_ticket_positions
         ])
     number_of = dict(zip(new_ticket_positions, numbers))
+    continued = {t.ticket_id for t in threads.values() if t.ticket_id is not None}
+    current = {r.id: r for r in session.execute(
+        select(Ticket.id, Ticket.number, Ticket.state, Ticket.flags).where(Ticket.id.in_(continued)))} if continued else {}
+    first_message: dict[int, InboundMessage] = {}
+    conflicted: set[int] = set()
+    message_events = []  # one multi-row insert, not an ORM object per message
     for pos, msg in originals:
-        ticket_id = threads[pos][0]
-        if ticket_id is not None:
-            ticket = session.get(Ticket, ticket_id)
-            _customer_wrote_again(session, ticket, msg, now)
-            ticket_ids[pos] = ticket_id
-            number_of[pos] = ticket.number
+        thread = threads[pos]
+        if thread.ticket_id is not None:
+            row = current[thread.ticket_id]
+            first_message.setdefault(row.id, msg)
+            if "identity_conflict" in flags_of[pos] and "identity_conflict" not in row.flags:
+                conflicted.add(row.id)
+            ticket_ids[pos], number_of[pos] = row.id, row.number
+        elif thread.join_pos is not None:  # continues a ticket an earlier message of this batch opened
+            ticket_ids[pos], number_of[pos] = ticket_ids[thread.join_pos], number_of[thread.join_pos]
+        else:
+            continue
+        message_events.append({"ticket_id": ticket_ids[pos], "at": now, "actor": "customer", "kind": "message",
+                               "reason": f"message on {msg.channel.value}; {thread.reason}",
+                               "data": {"external_id": msg.external_id, "thread": thread.data}})
+    _customer_wrote_again(session, {tid: row.state for tid, row in current.items()}, first_message, now)
+    for ticket_id in conflicted:
+        ticket = session.get(Ticket, ticket_id)
+        ticket.flags = [*ticket.flags, "identity_conflict"]
+    session.flush()  # state transitions' events first, so the audit trail reads in order
+    if message_events:
+        session.execute(insert(TicketEvent.__table__), message_events)
+    _record_notes(session, originals, senders, ticket_ids, now)
     session.flush()
 
     message_ids = session.execute(
@@ -148,8 +175,9 @@ def store_batch(
     if attachments:
         session.execute(insert(AttachmentRow.__table__), attachments)
 
+    new_positions = set(new_ticket_positions)
     for (pos, msg), message_id in zip(originals, message_ids):
-        new = pos in set(new_ticket_positions)
+        new = pos in new_positions
         receipts[pos] = Receipt(number_of[pos], ticket_ids[pos], message_id, duplicate=False, new_ticket=new,
                                 first_response_due=first_response if new else None)
     for pos, msg in fresh:
@@ -185,13 +213,41 @@ def _existing_messages(session: Session, messages: list[InboundMessage]) -> dict
     return found
 
 
-def _customers_for(
-    session: Session, messages: list[InboundMessage], now: datetime
-) -> tuple[list[int], list[list[str]]]:
-    """The customer id each sender is, creating customers on first contact.
+@dataclass(slots=True)
+class _Note:
+    """Something that happened to a message's customer, told on its ticket once the ticket exists."""
 
-    Identities not yet known are attached to the sender's customer. Identities that already belong
-    to *different* customers are never merged here: the message is flagged for a supervisor.
+    kind: str  # customer_merged | identity_conflict | ticket_ref_rejected
+    reason: str
+    data: dict
+    review: dict | None = None  # detail of a ReviewItem for a supervisor, when one is needed
+    skip_tickets: frozenset[int] = frozenset()  # tickets already told (a merge tells the ones it moved)
+
+
+@dataclass(slots=True)
+class _Sender:
+    customer_id: int
+    new: bool = False  # first contact: created by this batch, so no tickets yet
+    flags: list[str] = field(default_factory=list)
+    notes: list[_Note] = field(default_factory=list)
+
+
+_CHANNEL_WORDS = {"web": "web form", "email": "email", "telegram": "Telegram message", "api": "API message"}
+
+
+def _evidence(msg: InboundMessage) -> str:
+    """`web form gave email a@x and phone +86… together`: the words a supervisor reads on a merge."""
+    gave = " and ".join(f"{i.kind.value.replace('_', ' ')} {i.value}" for i in msg.sender.identities)
+    return f"{_CHANNEL_WORDS.get(msg.channel.value, msg.channel.value)} {msg.external_id!r} gave {gave} together"
+
+
+def _customers_for(session: Session, messages: list[InboundMessage], now: datetime) -> list[_Sender]:
+    """The customer each sender is, creating customers on first contact.
+
+    Identities not yet known are attached to the sender's customer. A message carrying identities
+    of two customers is evidence they are one person: they are merged into the older one, unless
+    they hold different identities of the same kind — then nothing is merged, the message is
+    flagged and a supervisor gets a review item. Queries beyond the look-up happen only then.
     """
     wanted = {(i.kind.value, i.value) for msg in messages for i in msg.sender.identities}
     owner: dict[tuple[str, str], int] = {}
@@ -222,63 +278,280 @@ def _customers_for(
         ).scalars().all()
         owner.update(zip(newcomers, ids))
 
-    customer_ids: list[int] = []
-    flags: list[list[str]] = []
-    new_identities: list[dict] = []
+    merged_into: dict[int, int] = {}  # merges made by this batch, so later messages find the survivor
+    held: dict[int, list[tuple[str, str]]] = {}  # identities of customers a message ties together
+    pending: list[dict] = []  # identities to attach, inserted together
+
+    def current(customer_id: int) -> int:
+        while customer_id in merged_into:
+            customer_id = merged_into[customer_id]
+        return customer_id
+
+    def write_pending() -> None:
+        if pending:
+            session.execute(insert(Identity.__table__), pending)
+            pending.clear()
+
+    senders: list[_Sender] = []
     for msg in messages:
         keys = [(i.kind.value, i.value) for i in msg.sender.identities]
-        owners = sorted({owner[k] for k in keys if k in owner})
-        msg_flags = ["identity_conflict"] if len(owners) > 1 else []
-        customer_id = owners[0]  # deterministic: the oldest; the rest is evidence a human judges
+        owners = sorted({current(owner[k]) for k in keys if k in owner})
+        sender = _Sender(owners[0])  # the oldest survives a merge, and keeps a conflicting message
+        if len(owners) > 1:
+            write_pending()  # the merge moves identities in the database, these included
+            missing = [c for c in owners if c not in held]
+            held.update(identities_of(session, missing))
+            for other in owners[1:]:
+                _tie(session, msg, sender, other, held, merged_into, now)
         for k in keys:
             if k not in known:
                 known.add(k)
-                owner.setdefault(k, customer_id)  # later messages of this batch from the same sender find it
-                new_identities.append(
-                    {"customer_id": customer_id, "kind": k[0], "value": k[1], "verified": False, "created_at": now}
-                )
-        customer_ids.append(customer_id)
-        flags.append(msg_flags)
-    if new_identities:
-        session.execute(insert(Identity.__table__), new_identities)
-    return customer_ids, flags
+                owner.setdefault(k, sender.customer_id)  # later messages of this batch from the same sender find it
+                if sender.customer_id in held:
+                    held[sender.customer_id].append(k)
+                pending.append({"customer_id": sender.customer_id, "kind": k[0], "value": k[1], "verified": False,
+                                "created_at": now})
+        senders.append(sender)
+    write_pending()
+    created = set(owner[k] for k in newcomers)
+    for sender in senders:  # a later message of the batch may have merged an earlier one's customer
+        sender.customer_id = current(sender.customer_id)
+        sender.new = sender.customer_id in created
+    return senders
+
+
+def _tie(session: Session, msg: InboundMessage, sender: _Sender, other: int,
+         held: dict[int, list[tuple[str, str]]], merged_into: dict[int, int], now: datetime) -> None:
+    """One message names `sender.customer_id` and `other`: merge them, or flag the conflict."""
+    target = sender.customer_id
+    evidence = _evidence(msg)
+    clash = conflicts(held[target], held[other])
+    if not clash:
+        merge = merge_customers(session, other, target, actor="intake", evidence=evidence, now=now)
+        merged_into[other] = target
+        held[target].extend(held.pop(other))
+        sender.notes.append(_Note(
+            "customer_merged", f"customer #{other} merged into #{target}: {evidence} (merge #{merge.id}, undoable)",
+            {"merge_id": merge.id, "source_id": other, "target_id": target, "tickets_moved": merge.ticket_ids},
+            skip_tickets=frozenset(merge.ticket_ids),
+        ))
+        return
+    if "identity_conflict" not in sender.flags:
+        sender.flags.append("identity_conflict")
+    why = describe_conflicts(clash, target, other)
+    sender.notes.append(_Note(
+        "identity_conflict",
+        f"not merged: {evidence}, but {why}; kept with #{target}, a supervisor decides",
+        {"customers": [target, other], "conflicts": clash},
+        review={"customers": [target, other],
+                "identities": {str(target): [f"{k}:{v}" for k, v in held[target]],
+                               str(other): [f"{k}:{v}" for k, v in held[other]]},
+                "conflicts": clash, "evidence": evidence,
+                "message": {"channel": msg.channel.value, "external_id": msg.external_id}},
+    ))
+
+
+def _record_notes(session: Session, originals: list[tuple[int, InboundMessage]], senders: list[_Sender],
+                  ticket_ids: dict[int, int], now: datetime) -> None:
+    """Merges, conflicts and rejected references of this batch, on the tickets the messages went to.
+    Rare, so one statement each is fine."""
+    for (pos, _), sender in zip(originals, senders):
+        for note in sender.notes:
+            ticket_id = ticket_ids[pos]
+            data = dict(note.data)
+            reason = note.reason
+            if note.review is not None:
+                review_id = session.execute(
+                    insert(ReviewItem.__table__).returning(ReviewItem.__table__.c.id),
+                    {"kind": note.kind, "ticket_id": ticket_id, "customer_id": sender.customer_id,
+                     "detail": note.review, "created_at": now},
+                ).scalar_one()
+                data["review_item_id"] = review_id
+                reason += f" (review item #{review_id})"
+            if ticket_id not in note.skip_tickets:
+                session.execute(insert(TicketEvent.__table__), {
+                    "ticket_id": ticket_id, "at": now, "actor": "intake", "kind": note.kind, "reason": reason,
+                    "data": data,
+                })
 
 
 def _root_customer(session: Session, customer_id: int) -> int:
-    seen = set()
-    while customer_id not in seen:
-        seen.add(customer_id)
-        merged = session.scalar(select(Customer.merged_into_id).where(Customer.id == customer_id))
-        if merged is None:
-            break
-        customer_id = merged
-    return customer_id
+    return root_customer(session, customer_id)
 
 
-def _find_thread(session: Session, customer_id: int, msg: InboundMessage) -> tuple[int | None, list[str]]:
-    """The existing ticket this message continues, by explicit evidence only (DESIGN.md order):
-    the ticket number when the sender is that ticket's customer, then In-Reply-To, then References."""
+@dataclass(slots=True)
+class _Thread:
+    """Where a message goes: an existing ticket, a ticket an earlier message of the batch opens, or a new one."""
+
+    ticket_id: int | None = None
+    join_pos: int | None = None
+    reason: str = "no earlier ticket matched"
+    flags: list[str] = field(default_factory=list)
+    data: dict = field(default_factory=dict)  # {"how": ticket_number|in_reply_to|references|topic|greeting|no_topic|new, …}
+
+    @property
+    def opens_ticket(self) -> bool:
+        return self.ticket_id is None and self.join_pos is None
+
+
+@dataclass(slots=True)
+class _Candidate:
+    """An open ticket (or one this batch opens) a message of the same customer might continue."""
+
+    text: str
+    number: str | None  # None for a ticket this batch opens (not numbered yet)
+    ticket_id: int | None = None
+    pos: int | None = None
+
+
+def _find_threads(
+    session: Session, originals: list[tuple[int, InboundMessage]], senders: list[_Sender], config: RouterConfig,
+    now: datetime,
+) -> dict[int, _Thread]:
+    """The ticket each message continues, in DESIGN.md's order: its ticket number (only when the
+    sender is that ticket's customer; someone else's number opens a new, flagged ticket), email
+    In-Reply-To, References, then the same customer's open ticket on the same topic within the
+    window, whatever the channel; otherwise a new ticket.
+
+    Explicit references cost a query only for messages that carry them; topic threading one query
+    for the whole batch, and only when some sender existed before it.
+    """
+    threads: dict[int, _Thread] = {}
+    for (pos, msg), sender in zip(originals, senders):
+        threads[pos] = _explicit_thread(session, sender, msg)
+    looking = [(pos, msg, s.customer_id) for (pos, msg), s in zip(originals, senders)
+               if threads[pos].opens_ticket and "ticket_ref_rejected" not in threads[pos].flags]
+    if not looking or config.topic_window <= timedelta(0):  # a zero window turns topic threading off
+        return threads
+    returning = {s.customer_id for s in senders if not s.new}  # only they can have tickets already
+    candidates = _open_tickets(session, returning & {cid for _, _, cid in looking}, config, now)
+    threshold = config.topic_threshold
+    for pos, msg, customer_id in looking:
+        thread = threads[pos]
+        mine = candidates.setdefault(customer_id, [])
+        text = _topic_text(msg)
+        chosen: _Candidate | None = None
+        best: tuple[float, str | None] | None = None  # the highest similarity seen, and its ticket
+        if mine and not has_topic(text):
+            chosen = mine[0]  # "好的谢谢", a photo without caption: it belongs with the latest conversation
+            thread.reason = "nothing topical to compare: continues the latest open ticket"
+            thread.data = {"how": "no_topic", "ticket": chosen.number}
+        greeting: _Candidate | None = None  # the latest ticket that was only "在吗" / "hello?"
+        for cand in mine if chosen is None else ():
+            if not has_topic(cand.text):
+                greeting = greeting or cand
+                continue
+            score = round(topic_similarity(text, cand.text), 3)
+            if best is None or score > best[0]:
+                best = (score, cand.number)
+            if score >= threshold:
+                chosen = cand
+                thread.reason = (f"same topic as {cand.number or 'a ticket opened just before'} (similarity "
+                                 f"{score:.2f} >= {threshold:.2f}) within {_hours(config.topic_window)}")
+                thread.data = {"how": "topic", "ticket": cand.number, "similarity": score}
+                break
+        if chosen is None and greeting is not None:  # no topic matched: this is what the greeting was about
+            chosen = greeting
+            thread.reason = "the open ticket was only a greeting: this continues it"
+            thread.data = {"how": "greeting", "ticket": greeting.number}
+        if chosen is not None:
+            thread.ticket_id, thread.join_pos = chosen.ticket_id, chosen.pos
+            continue
+        if best is not None:
+            thread.reason = (f"no open ticket on the same topic (best {best[1] or 'a ticket opened just before'} "
+                             f"at similarity {best[0]:.2f} < {threshold:.2f})")
+            thread.data = {"how": "new", "best_ticket": best[1], "best_similarity": best[0]}
+        # later messages of this batch from the same customer may continue this new ticket
+        mine.insert(0, _Candidate(text, None, pos=pos))
+    return threads
+
+
+def _explicit_thread(session: Session, sender: _Sender, msg: InboundMessage) -> _Thread:
     refs = msg.thread_refs
-    flags = []
+    thread = _Thread()
     if refs.ticket_number:
+        number = refs.ticket_number.strip().upper()
         row = session.execute(
-            select(Ticket.id, Ticket.customer_id, Ticket.state).where(Ticket.number == refs.ticket_number.strip().upper())
+            select(Ticket.id, Ticket.number, Ticket.customer_id, Ticket.state, Ticket.merged_into_id)
+            .where(Ticket.number == number)
         ).first()
-        if row is not None and row.state != states.MERGED and _root_customer(session, row.customer_id) == customer_id:
-            return row.id, flags
-        flags.append("ticket_ref_rejected")
-    for ref in [refs.in_reply_to, *reversed(refs.references)]:
+        for _ in range(8):  # a merged ticket's number leads on to the ticket it was merged into
+            if row is None or row.state != states.MERGED or row.merged_into_id is None:
+                break
+            row = session.execute(
+                select(Ticket.id, Ticket.number, Ticket.customer_id, Ticket.state, Ticket.merged_into_id)
+                .where(Ticket.id == row.merged_into_id)
+            ).first()
+        if row is not None and row.state != states.MERGED:
+            if _same_customer(session, row.customer_id, sender.customer_id):
+                return _Thread(row.id, reason=f"ticket number {number} given",
+                               data={"how": "ticket_number", "ticket": row.number})
+            # Someone else's ticket: never attach to it, never guess further; a person looks.
+            thread.flags.append("ticket_ref_rejected")
+            thread.reason = f"ticket number {number} belongs to another customer: new ticket, flagged"
+            thread.data = {"how": "new", "rejected_ticket": number}
+            sender.notes.append(_Note(
+                "ticket_ref_rejected",
+                f"the message named ticket {number}, which belongs to customer #{row.customer_id}, "
+                f"not to the sender #{sender.customer_id}",
+                {"ticket_number": number},
+                review={"ticket_number": number, "ticket_customer_id": row.customer_id,
+                        "sender_customer_id": sender.customer_id,
+                        "sender": [str(i) for i in msg.sender.identities],
+                        "message": {"channel": msg.channel.value, "external_id": msg.external_id}},
+            ))
+            return thread
+        thread.flags.append("ticket_ref_unknown")
+    for how, ref in [("in_reply_to", refs.in_reply_to), *(("references", r) for r in reversed(refs.references))]:
         if not ref:
             continue
         row = session.execute(
-            select(Ticket.id, Ticket.customer_id)
+            select(Ticket.id, Ticket.number, Ticket.customer_id)
             .join(Message, Message.ticket_id == Ticket.id)
             .where(Message.email_message_id == ref, Ticket.state != states.MERGED)
             .limit(1)
         ).first()
-        if row is not None and _root_customer(session, row.customer_id) == customer_id:
-            return row.id, flags
-    return None, flags
+        if row is not None and _same_customer(session, row.customer_id, sender.customer_id):
+            label = "In-Reply-To" if how == "in_reply_to" else "References"
+            return _Thread(row.id, reason=f"{label} {ref}", flags=thread.flags,
+                           data={"how": how, "ticket": row.number})
+    return thread
+
+
+def _same_customer(session: Session, ticket_customer_id: int, customer_id: int) -> bool:
+    return ticket_customer_id == customer_id or _root_customer(session, ticket_customer_id) == customer_id
+
+
+def _open_tickets(session: Session, customer_ids: set[int], config: RouterConfig,
+                  now: datetime) -> dict[int, list[_Candidate]]:
+    """Each customer's open tickets active within the topic window, latest first, with the text to
+    compare (subject and first customer message). One query for the batch, none for newcomers."""
+    if not customer_ids:
+        return {}
+    first_in = (
+        select(func.min(Message.id)).where(Message.ticket_id == Ticket.id, Message.direction == "in")
+        .correlate(Ticket).scalar_subquery()
+    )
+    rows = session.execute(
+        select(Ticket.id, Ticket.number, Ticket.customer_id, Ticket.subject, Ticket.updated_at, Message.text)
+        .outerjoin(Message, Message.id == first_in)
+        .where(Ticket.customer_id.in_(customer_ids), Ticket.state.in_(states.OPEN_STATES),
+               Ticket.updated_at >= now - config.topic_window)
+        .order_by(Ticket.updated_at.desc(), Ticket.id.desc())
+    ).all()
+    found: dict[int, list[_Candidate]] = {}
+    for r in rows:
+        found.setdefault(r.customer_id, []).append(
+            _Candidate(f"{r.subject}\n{r.text or ''}", r.number, ticket_id=r.id))
+    return found
+
+
+def _topic_text(msg: InboundMessage) -> str:
+    return f"{msg.subject}\n{msg.text}"
+
+
+def _hours(window: timedelta) -> str:
+    return f"{window.total_seconds() / 3600:g} h"
 
 
 def _next_ticket_numbers(session: Session, day: str, count: int) -> list[str]:
@@ -302,20 +575,32 @@ def _next_ticket_numbers(session: Session, day: str, count: int) -> list[str]:
     return [f"GD{day}{seq:03d}" for seq in range(last - count + 1, last + 1)]
 
 
-def _customer_wrote_again(session: Session, ticket: Ticket, msg: InboundMessage, now: datetime) -> None:
-    """A customer message on an existing ticket restarts work on it where the state calls for it,
-    and hands the ticket back to the router (classify the new message, second-contact rule, tell the agent)."""
-    ticket.routed_at = None
-    if ticket.state == states.AWAITING_CUSTOMER:
-        states.transition(session, ticket, states.IN_PROGRESS, actor="customer",
-                          reason=f"customer replied on {msg.channel.value}", at=now)
-    elif ticket.state in (states.RESOLVED, states.CLOSED):
-        states.transition(session, ticket, states.REOPENED, actor="customer",
-                          reason=f"customer wrote again on {msg.channel.value} after {ticket.state}", at=now)
-    else:
-        ticket.updated_at = now
-    session.add(TicketEvent(ticket=ticket, at=now, actor="customer", kind="message",
-                            reason=f"message on {msg.channel.value}", data={"external_id": msg.external_id}))
+# A customer message restarts work on a ticket in these states (the rest just take the message).
+_RESTARTED_BY = {states.AWAITING_CUSTOMER: states.IN_PROGRESS, states.RESOLVED: states.REOPENED,
+                 states.CLOSED: states.REOPENED}
+
+
+def _customer_wrote_again(
+    session: Session, state_of: dict[int, str], first_message: dict[int, InboundMessage], now: datetime
+) -> None:
+    """Customer messages on existing tickets restart work on them where the state calls for it, and
+    hand the tickets back to the router (classify the new message, second-contact rule, tell the agent).
+
+    Set-based: one UPDATE for the common case; ORM objects (and their transition events) only for
+    the tickets that change state.
+    """
+    plain = [tid for tid, state in state_of.items() if state not in _RESTARTED_BY]
+    if plain:
+        session.execute(update(Ticket.__table__).where(Ticket.__table__.c.id.in_(plain))
+                        .values(routed_at=None, updated_at=now))
+    for ticket_id in state_of.keys() - set(plain):
+        ticket, msg = session.get(Ticket, ticket_id), first_message[ticket_id]
+        ticket.routed_at = None
+        if ticket.state == states.AWAITING_CUSTOMER:
+            reason = f"customer replied on {msg.channel.value}"
+        else:
+            reason = f"customer wrote again on {msg.channel.value} after {ticket.state}"
+        states.transition(session, ticket, _RESTARTED_BY[ticket.state], actor="customer", reason=reason, at=now)
 
 
 class Intake:
@@ -329,8 +614,10 @@ class Intake:
         first_response: timedelta = timedelta(hours=4),
         max_batch: int = 256,
         clock: Callable[[], datetime] = utcnow,
+        config: RouterConfig | None = None,
     ):
         self.engine = engine
+        self.config = config or RouterConfig()
         self.tz = ZoneInfo(timezone)
         self.first_response = first_response
         self.max_batch = max_batch
@@ -427,7 +714,8 @@ class Intake:
         return StorageUnavailable("the database could not store the message; try again later")
 
     def _store(self, session: Session, messages: list[InboundMessage], now: datetime) -> list[Receipt]:
-        return store_batch(session, messages, tz=self.tz, first_response=self.first_response, now=now)
+        return store_batch(session, messages, tz=self.tz, first_response=self.first_response, now=now,
+                           config=self.config)
 
 
 def _settle(future: asyncio.Future, result: Receipt | Exception) -> None:

@@ -161,6 +161,13 @@ def _route_again(session: Session, ticket: Ticket, messages: list[Message], pred
     """The customer wrote again on a ticket that was already routed."""
     from router import assignment, sla
 
+    # Intake already moved the state (awaiting_customer → in_progress, resolved → reopened);
+    # the clocks follow: running again, or started afresh for a reopened ticket.
+    if ticket.state == states.REOPENED:
+        sla.restart_clocks(session, ticket, config, now)
+    elif ticket.state != states.AWAITING_CUSTOMER:
+        sla.resume_clocks(session, ticket, config, now)
+
     if ticket.state in states.OPEN_STATES and _is_second_contact(session, ticket, messages, config):
         decision = second_contact_priority(ticket.priority, already_bumped="second_contact" in (ticket.flags or []))
         if decision.bumps:

@@ -49,8 +49,9 @@ def transition(
         ticket.closed_at = at
     elif to_state == REOPENED:
         ticket.resolved_at = ticket.closed_at = None
+    # ticket_id, not the relationship: events of one flush then keep the order they happened in.
     event = TicketEvent(
-        ticket=ticket, at=at, actor=actor, kind="transition",
+        ticket_id=ticket.id, at=at, actor=actor, kind="transition",
         from_state=from_state, to_state=to_state, reason=reason,
     )
     session.add(event)

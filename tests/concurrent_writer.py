@@ -10,8 +10,11 @@ from router.intake import Intake
 
 async def main(url: str, worker: int, n: int) -> None:
     intake = Intake(make_engine(url), max_batch=16)
-    mine = [make_message(f"w{worker}-{i}", email=f"w{worker}c{i % 5}@example.com") for i in range(n)]
-    shared = [make_message(f"w0-{i}", email=f"w0c{i % 5}@example.com") for i in range(10)]
+    def message(w: int, i: int):  # a topic of its own each, so none threads onto another's ticket
+        return make_message(f"w{w}-{i}", email=f"w{w}c{i % 5}@example.com", text=f"工单 {w}-{i}: 问题 {(w * 1000 + i) * 7919}")
+
+    mine = [message(worker, i) for i in range(n)]
+    shared = [message(0, i) for i in range(10)]
     receipts = await asyncio.gather(*(intake.accept(m) for m in mine + shared))
     intake.close()
     print("\n".join(r.ticket_number for r in receipts))

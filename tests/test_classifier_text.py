@@ -48,6 +48,11 @@ def test_normalise_replaces_identifiers_with_placeholders(raw: str, placeholder:
     assert not any(ch.isdigit() for ch in out.replace(placeholder, "")) or placeholder == "xurl"
 
 
+def test_traditional_folding_uses_the_given_table() -> None:
+    assert normalise("發票") == "发票"
+    assert normalise("發票", {ord("發"): "X"}) == "X票"  # a model's own table wins over zhconv's
+
+
 def test_normalise_keeps_amounts_and_short_numbers() -> None:
     assert normalise("扣了我299.00元，三笔") == "扣了我299.00元,三笔"
 

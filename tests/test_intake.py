@@ -65,8 +65,11 @@ async def _accept_all(intake, messages):
 
 def test_concurrent_submissions_get_unique_numbers_and_duplicates_collapse(engine):
     intake = Intake(engine)
-    messages = [make_message(f"m{i}", email=f"c{i % 37}@example.com") for i in range(400)]
-    repeats = [make_message(f"m{i}", email=f"c{i % 37}@example.com") for i in range(0, 400, 7)]
+    # 37 customers, each writing about different orders (the same topic would thread onto one ticket)
+    def message(i):
+        return make_message(f"m{i}", email=f"c{i % 37}@example.com", text=f"第 {i} 个问题：{'ABCDEFGHIJ'[i % 10] * 3} {i * 7919}")
+    messages = [message(i) for i in range(400)]
+    repeats = [message(i) for i in range(0, 400, 7)]
     receipts = asyncio.run(_accept_all(intake, messages + repeats))
     intake.close()
     first = receipts[:400]
@@ -148,9 +151,10 @@ def test_form_with_email_and_phone_gives_one_customer_with_two_identities(engine
 
 def test_conflicting_identities_are_flagged_not_merged(engine):
     intake = Intake(engine)
-    intake.accept_now(make_message(email="a@example.com"))
-    intake.accept_now(make_message(email=None, phone="+8613900000000"))
-    both = intake.accept_now(make_message(email="a@example.com", phone="+8613900000000"))
+    # One phone claimed by two customers with different emails: a supervisor decides, not intake.
+    intake.accept_now(make_message(email="a@example.com", phone="+8613900000000"))
+    intake.accept_now(make_message(email="b@example.com"))
+    both = intake.accept_now(make_message(email="b@example.com", phone="+8613900000000"))
     with Session(engine) as session:
         assert session.scalar(select(func.count()).select_from(Customer)) == 2
         assert "identity_conflict" in session.get(Message, both.message_id).flags

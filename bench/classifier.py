@@ -1,0 +1,331 @@
+"""Classifier benchmark: accuracy on public data and on paidan's held-out split, speed, size, load time.
+
+    .venv/bin/python bench/classifier.py [--runs 3] [--no-write]
+
+Writes its figures into bench/RESULTS.md between <!-- classifier:start --> and <!-- classifier:end -->
+(other sections of that file are left alone). Public data is read from ../shared/benchmarks/ and
+skipped when absent; it is never copied into the project.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from classifier.data import Example  # noqa: E402
+from classifier.evaluate import evaluate_examples  # noqa: E402
+from classifier.service import SERVICE_HEADS, ModelClassifier  # noqa: E402
+from classifier.store import ModelStore  # noqa: E402
+from classifier.train import SERVICE_CONFIG, TrainConfig, fit_model, load_split  # noqa: E402
+
+BENCHMARKS = ROOT.parent / "shared" / "benchmarks"
+RESULTS = ROOT / "bench" / "RESULTS.md"
+START, END = "<!-- classifier:start -->", "<!-- classifier:end -->"
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    return (f"{os.cpu_count()} cores, {model}, Python {platform.python_version()}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
+            f"load average at start {load} (the cores are shared: timings move with it)")
+
+
+def read(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def plain_pipeline(with_lr: bool = False):
+    """The reference baseline from ../shared/benchmarks/README.md: TF-IDF (jieba words 1-2 + chars 1-3) + LinearSVC."""
+    import jieba
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import FeatureUnion, Pipeline
+    from sklearn.svm import LinearSVC
+
+    features = FeatureUnion([
+        ("words", TfidfVectorizer(tokenizer=jieba.lcut, token_pattern=None, ngram_range=(1, 2))),
+        ("chars", TfidfVectorizer(analyzer="char", ngram_range=(1, 3))),
+    ])
+    model = LogisticRegression(C=10, max_iter=1000) if with_lr else LinearSVC()
+    return Pipeline([("features", features), ("model", model)])
+
+
+def public(name: str, train: list[dict], test: list[dict], runs: int, plain_lr: bool) -> dict:
+    """Ours (default TrainConfig, no rules) against the plain baseline, both fitted in this run."""
+    train_ex = [Example(r["text"], {"label": r["label"]}) for r in train]
+    test_ex = [Example(r["text"], {"label": r["label"]}) for r in test]
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        trained = fit_model(train_ex, ["label"], TrainConfig())
+        times.append(time.perf_counter() - started)
+    ours = evaluate_examples(trained.classifier(use_rules=False), test_ex, ["label"])["label"]
+    out = {"name": name, "train": len(train), "test": len(test), "ours_acc": ours["accuracy"], "ours_f1": ours["macro_f1"],
+           "fit_s": statistics.median(times)}
+    texts, labels = [r["text"] for r in train], [r["label"] for r in train]
+    for key, lr in (("plain_svc", False), ("plain_lr", True)) if plain_lr else (("plain_svc", False),):
+        started = time.perf_counter()
+        pipe = plain_pipeline(lr).fit(texts, labels)
+        out[f"{key}_fit_s"] = time.perf_counter() - started
+        predicted = pipe.predict([r["text"] for r in test])
+        out[key] = float(np.mean(predicted == np.array([r["label"] for r in test])))
+    return out
+
+
+def ece(confidences: list[float], correct: list[bool], bins: int = 10) -> float:
+    """Expected calibration error: |accuracy - confidence| averaged over equal-width confidence bins."""
+    conf, hit = np.array(confidences), np.array(correct, dtype=float)
+    edges = np.linspace(0, 1, bins + 1)
+    total = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (conf > lo) & (conf <= hi)
+        if inside.any():
+            total += inside.mean() * abs(hit[inside].mean() - conf[inside].mean())
+    return float(total)
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.array(values), q))
+
+
+def speed(trained, classifier: ModelClassifier, texts: list[str], runs: int) -> dict:
+    plain = trained.pipeline("type")
+    sample = texts  # every held-out message: short chats and long emails alike
+    for t in sample[:20]:  # warm numpy and the plain path before timing
+        classifier.predict(t)
+        plain.predict([t])
+    fast_ms, plain_ms = [], []
+    best = np.full(len(sample), np.inf)
+    for _ in range(runs):
+        for i, t in enumerate(sample):
+            started = time.perf_counter()
+            classifier.predict(t)
+            fast_ms.append((time.perf_counter() - started) * 1000)
+            best[i] = min(best[i], fast_ms[-1])
+            started = time.perf_counter()
+            plain.predict([t])
+            plain_ms.append((time.perf_counter() - started) * 1000)
+    batch = (texts * (5000 // max(1, len(texts)) + 1))[:5000]
+    rates = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        classifier.predict_many(batch)
+        rates.append(len(batch) / (time.perf_counter() - started))
+    plain_rates = []
+    for _ in range(max(1, runs // 2)):
+        started = time.perf_counter()
+        for head in SERVICE_HEADS:
+            trained.pipeline(head).predict(batch)
+        plain_rates.append(len(batch) / (time.perf_counter() - started))
+    return {
+        "fast_p50": percentile(fast_ms, 50), "fast_p99": percentile(fast_ms, 99),
+        "best_p50": percentile(best.tolist(), 50), "best_p99": percentile(best.tolist(), 99),
+        "plain_p50": percentile(plain_ms, 50), "plain_p99": percentile(plain_ms, 99),
+        "batch_rate": statistics.median(rates), "plain_batch_rate": statistics.median(plain_rates),
+        "n_single": len(fast_ms),
+    }
+
+
+LOAD_SNIPPET = """
+import time, sys
+t0 = time.perf_counter()
+sys.path.insert(0, {root!r})
+from classifier.service import ModelClassifier
+t1 = time.perf_counter()
+c = ModelClassifier.load({path!r})
+t2 = time.perf_counter()
+c.predict("你好，我们的收银机连不上网络了")
+t3 = time.perf_counter()
+print(t1 - t0, t2 - t1, t3 - t2)
+"""
+
+
+def load_times(path: Path, runs: int) -> dict:
+    imports, loads, firsts = [], [], []
+    for _ in range(max(runs, 5)):
+        out = subprocess.run([sys.executable, "-c", LOAD_SNIPPET.format(root=str(ROOT), path=str(path))],
+                             capture_output=True, text=True, check=True).stdout.split()
+        imports.append(float(out[0]))
+        loads.append(float(out[1]))
+        firsts.append(float(out[2]))
+    return {"imports": statistics.median(imports), "load": statistics.median(loads), "first": statistics.median(firsts)}
+
+
+def dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3, help="repetitions for timings (medians are reported)")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
+    parser.add_argument("--skip-public", action="store_true", help="skip Banking77 and COCC")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    lines: list[str] = []
+    say = lines.append
+    say(f"Machine: {machine()}. Figures are medians of {args.runs} runs where timed; `.venv/bin/python bench/classifier.py`.")
+    say("")
+
+    # -- paidan's held-out split ----------------------------------------------------------------
+    train, _ = load_split(ROOT / "training_data", "train")
+    heldout, _ = load_split(ROOT / "training_data", "heldout")
+    times = []
+    for _ in range(args.runs):
+        started = time.perf_counter()
+        trained = fit_model(train, SERVICE_HEADS, SERVICE_CONFIG)
+        times.append(time.perf_counter() - started)
+    classifier = trained.classifier("bench")
+    metrics = evaluate_examples(classifier, heldout, SERVICE_HEADS)
+    p0 = metrics["priority"]["p0"]
+    no_bias = fit_model(train, SERVICE_HEADS, TrainConfig())
+    p0_plain = evaluate_examples(no_bias.classifier("bench"), heldout, ["priority"])["priority"]
+    goals = {"type": 0.90, "category": 0.90, "priority": 0.80}
+    say(f"### Held-out split ({len(train)} training rows, {len(heldout)} held-out rows; service model trained in "
+        f"{statistics.median(times):.1f} s)")
+    say("")
+    say("| head | accuracy | macro-F1 | goal | met |")
+    say("|---|---|---|---|---|")
+    for head in SERVICE_HEADS:
+        m = metrics[head]
+        say(f"| {head} | {m['accuracy']:.3f} | {m['macro_f1']:.3f} | >= {goals[head]:.2f} | {'yes' if m['macro_f1'] >= goals[head] else '**no**'} |")
+    wr, mo = p0["with_rules"], p0["model_only"]
+    pr = p0_plain["p0"]
+    say("")
+    say(f"P0 recall (goal >= 0.95): **{wr['recall']:.3f}** ({wr['true_positives']}/{wr['support']}), "
+        f"costing {wr['false_positives']} false P0 among {len(heldout) - wr['support']} non-P0 messages. "
+        f"Without the rules layer {mo['recall']:.3f} ({mo['false_positives']} false P0); without the learned P0 bias "
+        f"(TrainConfig default, rules on) {pr['with_rules']['recall']:.3f} ({pr['with_rules']['false_positives']} false P0, "
+        f"priority macro-F1 {p0_plain['macro_f1']:.3f}). Rules fired on {p0['rule_fired']} held-out messages and changed "
+        f"{p0['rule_changed']} priorities.")
+    results = classifier.predict_heads_many([e.text for e in heldout])
+    calibration = []
+    for head in SERVICE_HEADS:
+        confidences = [r.labels[head].confidence for r in results]
+        correct = [r.labels[head].label == e.labels[head] for r, e in zip(results, heldout)]
+        calibration.append(f"{head} {np.mean(confidences):.3f} vs {np.mean(correct):.3f} (ECE {ece(confidences, correct):.3f})")
+    say("")
+    say("Calibration on held-out, mean confidence vs accuracy: " + "; ".join(calibration) + ".")
+    say("")
+    say("Priority confusion (rows true, columns predicted, " + ", ".join(metrics["priority"]["confusion"]["labels"]) + "): "
+        + "; ".join(" ".join(str(v) for v in row) for row in metrics["priority"]["confusion"]["matrix"]) + ".")
+    say("")
+
+    # -- speed, size, load ----------------------------------------------------------------------
+    texts = [e.text for e in heldout]
+    s = speed(trained, classifier, texts, args.runs)
+    store_dir = Path(tempfile.mkdtemp(prefix="paidan-bench-"))
+    try:
+        path = ModelStore(store_dir).save(trained, trained.serving_arrays(), {"training_data": {"sha256": "bench"}})
+        size = dir_size(path)
+        loads = load_times(path, args.runs)
+    finally:
+        shutil.rmtree(store_dir, ignore_errors=True)
+    ratio = s["plain_p50"] / s["fast_p50"]
+    say("### Speed, size, load (service model, held-out messages)")
+    say("")
+    say("| figure | value | goal |")
+    say("|---|---|---|")
+    say(f"| single message, fast path (3 heads + rules) p50 / p99 | {s['fast_p50']:.3f} / {s['fast_p99']:.3f} ms | p99 <= 1 ms |")
+    say(f"| same, each message's best of {args.runs} runs (less interference from other processes) p50 / p99 | "
+        f"{s['best_p50']:.3f} / {s['best_p99']:.3f} ms | |")
+    say(f"| single message, plain `Pipeline.predict` (1 head) p50 / p99 | {s['plain_p50']:.3f} / {s['plain_p99']:.3f} ms | |")
+    say(f"| fast vs plain, p50 ratio / p99 ratio | {ratio:.1f}x / {s['plain_p99'] / s['fast_p99']:.1f}x | >= 3x |")
+    say(f"| batch `predict_many` (3 heads + rules) | {s['batch_rate']:,.0f} msgs/s | >= 5,000 |")
+    say(f"| batch, plain `Pipeline.predict` x 3 heads | {s['plain_batch_rate']:,.0f} msgs/s | |")
+    say(f"| training, paidan's {len(train):,} rows (3 heads, 3-fold calibration, P0 bias) | {statistics.median(times):.1f} s | |")
+    say("| training, 10,000 rows | see Banking77 'ours fit' below (10,003 rows, 77 classes) | <= 15 s |")
+    say(f"| model directory | {size / 1e6:.1f} MB | <= 20 MB |")
+    say(f"| load (`ModelClassifier.load`, libraries imported) | {loads['load']:.3f} s | <= 0.3 s |")
+    say(f"| imports in a fresh process (numpy, classifier; serving needs no scikit-learn, skops, jieba) | {loads['imports']:.3f} s | |")
+    say(f"| first prediction after load | {loads['first'] * 1000:.1f} ms | |")
+    say("")
+
+    # -- public data ----------------------------------------------------------------------------
+    if args.skip_public or not BENCHMARKS.is_dir():
+        say("Public benchmarks: skipped (../shared/benchmarks absent or --skip-public).")
+    else:
+        from sklearn.model_selection import train_test_split
+
+        results = []
+        b77 = BENCHMARKS / "banking77"
+        if b77.is_dir():
+            results.append(public("Banking77 (official split)", read(b77 / "train.csv"), read(b77 / "test.csv"), args.runs, False))
+        cocc = BENCHMARKS / "cocc" / "cocc.csv"
+        if cocc.exists():
+            rows = read(cocc)
+            tr, te = train_test_split(rows, test_size=0.2, stratify=[r["label"] for r in rows], random_state=0)
+            results.append(public("COCC (80/20 stratified, random_state 0)", tr, te, args.runs, True))
+        say("### Public data (same run, same machine)")
+        say("")
+        say("| data | train / test | ours accuracy | ours macro-F1 | ours fit | plain TF-IDF + LinearSVC | plain + LogisticRegression | goal |")
+        say("|---|---|---|---|---|---|---|---|")
+        goal = {"Banking77": 0.930, "COCC": 0.920}
+        for r in results:
+            g = next(v for k, v in goal.items() if r["name"].startswith(k))
+            lr = f"{r['plain_lr']:.4f}" if "plain_lr" in r else "-"
+            met = "met" if r["ours_acc"] >= g else "**not met**"
+            say(f"| {r['name']} | {r['train']:,} / {r['test']:,} | {r['ours_acc']:.4f} | {r['ours_f1']:.4f} | {r['fit_s']:.1f} s | "
+                f"{r['plain_svc']:.4f} ({r['plain_svc_fit_s']:.1f} s) | {lr} | >= {g:.3f}, {met} |")
+    say("")
+    say(NOTES)
+    say(f"Load average at the end: {', '.join(f'{v:.1f}' for v in os.getloadavg())}.")
+    body = "\n".join(lines)
+    print(body)
+    if not args.no_write:
+        write_section(body)
+
+
+NOTES = """Notes (not re-measured by this script):
+- Public goals not reached. Tried on Banking77 (2026-11-23, this machine): LinearSVC C in {0.3, 0.5, 0.6, 1, 2}
+  with word 1-2/1-3 grams and char_wb 1-4/1-5/1-6/2-4/2-5 (min_df 1 or 2): 0.912-0.917;
+  LogisticRegression C=30 alone 0.920 but 16-20 s to fit (lbfgs; liblinear OvR 31 s); SVC+LR score blends
+  0.913-0.920; SGD (log, modified Huber) 0.908-0.913. On COCC the same grid gives 0.885-0.904 (best:
+  LogisticRegression C=10 on word unigrams + char 1-3). A linear bag-of-n-grams model seems to top out
+  about 1.5 points (Banking77) and 2-3 points (COCC) below the goals; the default keeps LinearSVC for its
+  fit time.
+- Single-message latency is dominated by normalisation (NFKC, placeholder regexes), jieba-style segmentation
+  and n-gram look-ups in Python: about 1 ms for the longest held-out messages (~300 characters) on an
+  idle core, more when the two shared cores are busy, which the p99 above reflects.
+- Batch throughput is the same per-message Python work (no per-call scikit-learn overhead left to
+  remove); reaching 5,000 msgs/s would need several processes or a compiled tokenizer."""
+
+
+def write_section(body: str) -> None:
+    section = f"{START}\n## Classifier\n\n{body}\n{END}"
+    text = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n"
+    if START in text and END in text:
+        before, rest = text.split(START, 1)
+        after = rest.split(END, 1)[1]
+        text = before + section + after
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    RESULTS.write_text(text, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""`paidan queue` and the agent actions `paidan tickets accept|decline|reply|wait|resolve|reopen|assign|relabel|explain`.
+
+The lead's `paidan.cli` adds them: ``cli.add_command(queue)`` and ``tickets.add_command(...)`` for
+each of `TICKET_COMMANDS`. Every action runs in one transaction through `router.actions`, the same
+API the Telegram console and the web use; refusals (our PaidanError types) reach the root group,
+which prints them as one line with exit status 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from paidan.settings import Settings
+
+AS_HELP = "The agent acting (name or id); defaults to $PAIDAN_AGENT."
+
+
+def _settings() -> Settings:
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_root().obj if ctx is not None else None
+    return obj if isinstance(obj, Settings) else Settings()
+
+
+def _engine():
+    from paidan.db import make_engine
+
+    return make_engine(_settings().database_url)
+
+
+def _router_config():
+    """The same RouterConfig `paidan serve` builds from these settings."""
+    from paidan.service import router_config
+
+    return router_config(_settings())
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _console() -> Console:
+    # Piped or captured output keeps whole rows (ticket numbers, reasons) instead of wrapping at 80 columns.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+
+
+def _run(action: Callable, number: str, actor: str, as_json: bool, **kwargs) -> None:
+    """One action in one transaction, then its outcome on stdout."""
+    from paidan.db import transaction
+
+    engine = _engine()
+    try:
+        with transaction(engine) as session:
+            outcome = action(session, number, actor, config=_router_config(), now=_now(), **kwargs)
+    finally:
+        engine.dispose()
+    if as_json:
+        click.echo(json.dumps(outcome.as_dict(), ensure_ascii=False, indent=2, default=str))
+        return
+    holder = f"  (held by {outcome.agent})" if outcome.agent else ""
+    click.echo(f"{outcome.summary}\nstate: {outcome.state}{holder}")
+    if outcome.data.get("warning"):
+        click.echo(f"note: {outcome.data['warning']}")
+
+
+def _as_option(f):
+    return click.option("--as", "actor", envvar="PAIDAN_AGENT", required=True, metavar="AGENT", help=AS_HELP)(f)
+
+
+def _json_option(f):
+    return click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")(f)
+
+
+# ---------------------------------------------------------------- queue
+
+
+@click.command("queue")
+@click.option("--queue", "which", type=click.Choice(["assignment", "triage"]),
+              help="Only this queue: assignment (no agent free) or triage (a supervisor must look).")
+@click.option("--priority", type=click.Choice(["P0", "P1", "P2", "P3"], case_sensitive=False), help="Only this priority.")
+@click.option("--category", help="Only this category (technical, service, transaction, product, …).")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def queue(which: str | None, priority: str | None, category: str | None, limit: int, as_json: bool) -> None:
+    """Unassigned tickets waiting for an agent or for triage: most urgent, then oldest, first."""
+    from sqlalchemy.orm import Session
+
+    from router.actions import waiting
+
+    engine = _engine()
+    try:
+        with Session(engine) as session:
+            rows = waiting(session, _now(), queue=which, priority=priority, category=category, limit=limit)
+    finally:
+        engine.dispose()
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    if not rows:
+        click.echo("the queue is empty: every open ticket has an agent")
+        return
+    table = Table("number", "queue", "priority", "category", "age", "channel", "subject", "why waiting")
+    for r in rows:
+        table.add_row(r["number"], r["queue"], r["priority"] or "-", r["category"] or "-", _age(r["age_seconds"]),
+                      r["channel"], r["subject"][:40], r["reason"])
+    _console().print(table)
+
+
+def _age(seconds: int) -> str:
+    if seconds < 3600:
+        return f"{seconds // 60}m"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600}h"
+
+
+# ---------------------------------------------------------------- actions
+
+
+@click.command("accept")
+@click.argument("number")
+@_as_option
+@_json_option
+def accept(number: str, actor: str, as_json: bool) -> None:
+    """Accept ticket NUMBER offered to you: it moves to in_progress."""
+    from router import actions
+
+    _run(actions.accept, number, actor, as_json)
+
+
+@click.command("decline")
+@click.argument("number")
+@_as_option
+@click.option("--reason", default="", help="Why (kept in the audit trail).")
+@_json_option
+def decline(number: str, actor: str, reason: str, as_json: bool) -> None:
+    """Decline ticket NUMBER offered to you: it goes to another agent or back to the queue."""
+    from router import actions
+
+    _run(actions.decline, number, actor, as_json, reason=reason)
+
+
+@click.command("reply")
+@click.argument("number")
+@click.argument("text", required=False)
+@_as_option
+@click.option("--note", is_flag=True, help="An internal note: stored on the ticket, never sent to the customer.")
+@_json_option
+def reply(number: str, text: str | None, actor: str, note: bool, as_json: bool) -> None:
+    """Reply to the customer of ticket NUMBER with TEXT (or read it from stdin with - or no TEXT).
+
+    The reply goes through the outbox on the customer's channel; the first one stops the
+    first-response SLA clock.
+    """
+    from router import actions
+
+    if text is None or text == "-":
+        text = sys.stdin.read()
+    _run(actions.reply, number, actor, as_json, text=text, public=not note)
+
+
+@click.command("wait")
+@click.argument("number")
+@_as_option
+@click.option("--note", default="", help="What you are waiting for (kept in the audit trail).")
+@_json_option
+def wait(number: str, actor: str, note: str, as_json: bool) -> None:
+    """Ticket NUMBER waits for the customer: its SLA clocks pause until they write again."""
+    from router import actions
+
+    _run(actions.wait_for_customer, number, actor, as_json, note=note)
+
+
+@click.command("resolve")
+@click.argument("number")
+@_as_option
+@click.option("--note", default="", help="How it was solved (kept in the audit trail).")
+@_json_option
+def resolve(number: str, actor: str, note: str, as_json: bool) -> None:
+    """Resolve ticket NUMBER: clocks stop and your freed capacity goes to the queue."""
+    from router import actions
+
+    _run(actions.resolve, number, actor, as_json, note=note)
+
+
+@click.command("reopen")
+@click.argument("number")
+@_as_option
+@click.option("--reason", default="", help="Why it is not solved (kept in the audit trail).")
+@_json_option
+def reopen(number: str, actor: str, reason: str, as_json: bool) -> None:
+    """Reopen resolved or closed ticket NUMBER (a supervisor or its last holder); it is assigned again."""
+    from router import actions
+
+    _run(actions.reopen, number, actor, as_json, reason=reason)
+
+
+@click.command("assign")
+@click.argument("number")
+@click.argument("agent", required=False)
+@_as_option
+@click.option("--force", is_flag=True, help="Supervisors: assign even without the skills the ticket needs.")
+@click.option("--reason", default="", help="Why (kept in the audit trail).")
+@_json_option
+def assign(number: str, agent: str | None, actor: str, force: bool, reason: str, as_json: bool) -> None:
+    """Give ticket NUMBER to AGENT (name or id), or without AGENT to the best other available agent.
+
+    The holder or a supervisor may reassign. AGENT needs the ticket's skills (unless a supervisor
+    uses --force) and spare capacity (never forced).
+    """
+    from router import actions
+
+    _run(actions.reassign, number, actor, as_json, to=agent, force=force, reason=reason)
+
+
+@click.command("relabel")
+@click.argument("number")
+@click.argument("head", type=click.Choice(["type", "category", "priority"], case_sensitive=False))
+@click.argument("label")
+@_as_option
+@_json_option
+def relabel(number: str, head: str, label: str, actor: str, as_json: bool) -> None:
+    """Correct one label of ticket NUMBER, e.g. `relabel GD… priority P1`; kept as a label correction
+    the classifier retrains from."""
+    from router import actions
+
+    _run(actions.relabel, number, actor, as_json, head=head, new_label=label)
+
+
+@click.command("explain")
+@click.argument("number")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def explain(number: str, as_json: bool) -> None:
+    """Why ticket NUMBER went where it went: identity and merges, thread, labels and rules,
+    candidate agents and the choice, SLA targets and state, and the audit trail."""
+    from sqlalchemy.orm import Session
+
+    from paidan.logs import mask
+    from router.explain import explain as explain_ticket, format_explanation
+
+    engine = _engine()
+    try:
+        with Session(engine) as session:
+            data = explain_ticket(session, number, now=_now(), config=_router_config())
+    finally:
+        engine.dispose()
+    if as_json:
+        click.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str))
+        return
+    click.echo(format_explanation(data, mask=mask))
+
+
+TICKET_COMMANDS = (accept, decline, reply, wait, resolve, reopen, assign, relabel, explain)

@@ -1,0 +1,644 @@
+"""Agent actions: the one API the Telegram console, the web and the CLI share.
+
+Every action takes the session, the ticket number, the acting agent (an Agent row, or a name or
+id), its own arguments, the RouterConfig and `now`; it never commits (the caller owns the
+transaction), writes audit events with actor ``agent:<id>`` and a reason, and returns an
+`Outcome` the edge can show. Whatever the rules do not allow is refused with `ActionRefused`
+(or `NotFound` for a ticket or agent that does not exist) carrying a sentence that tells the
+person what to do instead; a state change the state machine forbids raises `IllegalTransition`.
+
+Who may do what:
+- accept, decline: only the agent the ticket is offered to.
+- reply, note, wait, resolve, relabel: the holder or a supervisor. When the holder works on a
+  ticket offered to them but not yet accepted (a public reply, wait, resolve), that is taken as
+  accepting it first, with its own audit event, so the offer cannot expire under their hands.
+- reopen: a supervisor or the ticket's last holder.
+- reassign: a supervisor or the holder; only a supervisor may `force` past the skills check.
+  Capacity is never forced: raise the agent's capacity first (`paidan agents set`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import case, select, update
+from sqlalchemy.orm import Session
+
+from models.errors import ActionRefused, NotFound
+from models.tables import Agent, Assignment, LabelCorrection, Message, Ticket, TicketEvent
+from router import states
+from router.config import PRIORITIES, RouterConfig
+from router.outbox import customer_address, enqueue
+
+SUPERVISOR_ROLES = frozenset({"supervisor", "admin"})
+
+# DESIGN.md's default taxonomy; a deployment with its own label sets passes them as `labels`
+# (RouterConfig.labels when the lead adds it).
+DEFAULT_LABELS: dict[str, tuple[str, ...]] = {
+    "type": ("inquiry", "incident", "complaint", "suggestion", "request"),
+    "category": ("technical", "service", "transaction", "product"),
+    "priority": PRIORITIES,
+}
+QUEUES = ("assignment", "triage")
+MAX_REPLY_CHARS = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What an action did, for the edge to show to the person who acted."""
+
+    ticket: str
+    action: str
+    state: str
+    agent: str | None  # who holds the ticket afterwards (name), if anyone
+    summary: str  # one readable sentence
+    data: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"ticket": self.ticket, "action": self.action, "state": self.state, "agent": self.agent,
+                "summary": self.summary, "data": self.data}
+
+
+# ---------------------------------------------------------------- who and which ticket
+
+
+def resolve_agent(session: Session, actor: Agent | str | int) -> Agent:
+    """The Agent an edge names by row, name or id; NotFound (pointing at the agent list) otherwise."""
+    if isinstance(actor, Agent):
+        return actor
+    if isinstance(actor, int):
+        agent = session.get(Agent, actor)
+        if agent is None:
+            raise NotFound(f"no agent with id {actor} (see `paidan agents list`)")
+        return agent
+    text = str(actor or "").strip()
+    if not text:
+        raise ActionRefused("say which agent is acting (e.g. `--as NAME`); see `paidan agents list`")
+    from router.agents import get_agent
+
+    return get_agent(session, text)
+
+
+def agent_for_telegram(session: Session, telegram_id: int) -> Agent:
+    """The agent behind a Telegram user, for the agent console; a clear refusal for anyone else."""
+    agent = session.scalar(select(Agent).where(Agent.telegram_id == telegram_id))
+    if agent is None:
+        raise ActionRefused(
+            f"Telegram user {telegram_id} is not registered as an agent; a supervisor can add you with "
+            f"`paidan agents add NAME --telegram-id {telegram_id}`"
+        )
+    return agent
+
+
+def is_supervisor(agent: Agent) -> bool:
+    return agent.role in SUPERVISOR_ROLES
+
+
+def _actor(agent: Agent) -> str:
+    return f"agent:{agent.id}"
+
+
+def _ticket(session: Session, number: str) -> Ticket:
+    """The ticket, locked for this transaction on PostgreSQL so two actions on it take turns."""
+    wanted = (number or "").strip().upper()
+    ticket = session.scalar(select(Ticket).where(Ticket.number == wanted).with_for_update())
+    if ticket is None:
+        raise NotFound(f"no ticket {number!r} (see `paidan tickets list` or `paidan queue`)")
+    return ticket
+
+
+def _refuse_if_finished(session: Session, ticket: Ticket, action: str) -> None:
+    if ticket.state == states.MERGED:
+        target = session.get(Ticket, ticket.merged_into_id) if ticket.merged_into_id else None
+        where = f"act on {target.number} instead" if target else "act on the ticket it was merged into"
+        raise ActionRefused(f"ticket {ticket.number} was merged; {where}")
+    if ticket.state == states.CLOSED and action != "reopen":
+        raise ActionRefused(f"ticket {ticket.number} is closed; reopen it first (`paidan tickets reopen {ticket.number}`)")
+
+
+def _name(session: Session, agent_id: int | None) -> str | None:
+    if agent_id is None:
+        return None
+    agent = session.get(Agent, agent_id)
+    return agent.name if agent else f"agent {agent_id}"
+
+
+def _holder_id(ticket: Ticket) -> int | None:
+    """Who holds the ticket now. A queued ticket has nobody, even when `assigned_agent_id` still
+    names its last agent (assignment keeps that as the record of who worked it)."""
+    return None if ticket.queue else ticket.assigned_agent_id
+
+
+def _not_yours(session: Session, ticket: Ticket, agent: Agent, action: str) -> ActionRefused:
+    holder = _name(session, _holder_id(ticket))
+    if holder is None:
+        where = f" (it waits in the {ticket.queue} queue)" if ticket.queue else ""
+        return ActionRefused(
+            f"you cannot {action} ticket {ticket.number}: it is not assigned to anyone{where}; "
+            f"a supervisor assigns it with `paidan tickets assign {ticket.number} AGENT`"
+        )
+    return ActionRefused(
+        f"you cannot {action} ticket {ticket.number}: it is held by {holder}, not by {agent.name}; "
+        f"ask {holder} or a supervisor to reassign it to you"
+    )
+
+
+def _require_holder_or_supervisor(session: Session, ticket: Ticket, agent: Agent, action: str) -> None:
+    if _holder_id(ticket) != agent.id and not is_supervisor(agent):
+        raise _not_yours(session, ticket, agent, action)
+
+
+def _event(session: Session, ticket: Ticket, agent: Agent, kind: str, reason: str, now: datetime,
+           data: dict | None = None) -> TicketEvent:
+    event = TicketEvent(ticket_id=ticket.id, at=now, actor=_actor(agent), kind=kind, reason=reason, data=data or {})
+    session.add(event)
+    session.flush()  # written now, so the audit trail keeps the order things happened in
+    return event
+
+
+def _move(session: Session, ticket: Ticket, agent: Agent, to_state: str, reason: str, now: datetime,
+          data: dict) -> TicketEvent:
+    event = states.transition(session, ticket, to_state, actor=_actor(agent), reason=reason, at=now)
+    event.data = data
+    session.flush()  # see _event
+    return event
+
+
+def _outcome(session: Session, ticket: Ticket, action: str, summary: str, data: dict | None = None) -> Outcome:
+    return Outcome(ticket.number, action, ticket.state, _name(session, _holder_id(ticket)), summary, data or {})
+
+
+# ---------------------------------------------------------------- offers
+
+
+def _open_offer(session: Session, ticket: Ticket, agent_id: int) -> Assignment | None:
+    return session.scalar(
+        select(Assignment)
+        .where(Assignment.ticket_id == ticket.id, Assignment.agent_id == agent_id, Assignment.ended_at.is_(None))
+        .order_by(Assignment.id.desc())
+        .limit(1)
+    )
+
+
+def _pending_offer(session: Session, ticket: Ticket, agent: Agent, action: str) -> Assignment:
+    """The offer of this ticket to `agent` that waits for an answer; refused with the reason otherwise."""
+    if _holder_id(ticket) != agent.id:
+        raise _not_yours(session, ticket, agent, action)
+    offer = _open_offer(session, ticket, agent.id)
+    if offer is None:
+        last = session.scalar(select(Assignment).where(Assignment.ticket_id == ticket.id,
+                                                       Assignment.agent_id == agent.id)
+                              .order_by(Assignment.id.desc()).limit(1))
+        ended = f" ended at {last.ended_at:%Y-%m-%d %H:%M} UTC ({last.end_reason})" if last and last.ended_at else \
+            " is not open"
+        raise ActionRefused(f"the offer of {ticket.number} to {agent.name}{ended}; "
+                            f"see `paidan tickets explain {ticket.number}`")
+    if offer.accepted_at is not None:
+        if action == "decline":
+            raise ActionRefused(f"{agent.name} accepted {ticket.number} already; hand it on with "
+                                f"`paidan tickets assign {ticket.number}` instead of declining")
+        raise ActionRefused(f"{agent.name} already accepted {ticket.number} "
+                            f"at {offer.accepted_at:%Y-%m-%d %H:%M} UTC; nothing to do")
+    return offer
+
+
+def _take_offer(session: Session, ticket: Ticket, agent: Agent, offer: Assignment, now: datetime, *,
+                how: str) -> TicketEvent:
+    """Accept `offer` and start work on the ticket (assigned → in_progress).
+
+    The offer is claimed with a conditional update, so an accept racing the offer-expiry timer in
+    another process either wins cleanly or is refused: never both.
+    """
+    claimed = session.execute(
+        update(Assignment)
+        .where(Assignment.id == offer.id, Assignment.accepted_at.is_(None), Assignment.ended_at.is_(None))
+        .values(accepted_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if claimed != 1:
+        raise ActionRefused(
+            f"the offer of {ticket.number} to {agent.name} ended a moment ago (it expired or was withdrawn); "
+            f"see `paidan tickets explain {ticket.number}`"
+        )
+    session.refresh(offer)
+    data: dict = {"action": "accept", "how": how, "assignment_id": offer.id}
+    if now > offer.expires_at:
+        data["late_by_seconds"] = int((now - offer.expires_at).total_seconds())
+    ticket.accepted_at = now
+    reason = f"{agent.name} accepted the ticket" + (f" ({how})" if how != "accepted" else "")
+    if ticket.state == states.IN_PROGRESS:
+        return _event(session, ticket, agent, "accepted", reason, now, data)
+    return _move(session, ticket, agent, states.IN_PROGRESS, reason, now, data)
+
+
+def _accept_if_offered(session: Session, ticket: Ticket, agent: Agent, now: datetime, *, how: str) -> bool:
+    """The holder working on a ticket not yet accepted accepts it by doing so."""
+    if _holder_id(ticket) != agent.id:
+        return False
+    offer = _open_offer(session, ticket, agent.id)
+    if offer is None or offer.accepted_at is not None:
+        return False
+    _take_offer(session, ticket, agent, offer, now, how=how)
+    return True
+
+
+def accept(session: Session, ticket_number: str, actor: Agent | str | int, config: RouterConfig,
+           now: datetime) -> Outcome:
+    """The agent the ticket is offered to takes it: assigned → in_progress."""
+    agent = resolve_agent(session, actor)
+    ticket = _ticket(session, ticket_number)
+    _refuse_if_finished(session, ticket, "accept")
+    offer = _pending_offer(session, ticket, agent, "accept")
+    _take_offer(session, ticket, agent, offer, now, how="accepted")
+    return _outcome(session, ticket, "accept", f"{agent.name} accepted {ticket.number}; it is in progress")
+
+
+def decline(session: Session, ticket_number: str, actor: Agent | str | int, config: RouterConfig,
+            now: datetime, *, reason: str = "") -> Outcome:
+    """The offered agent says no: the offer ends and the ticket goes to someone else (or the queue)."""
+    from router import assignment
+
+    agent = resolve_agent(session, actor)
+    ticket = _ticket(session, ticket_number)
+    _refuse_if_finished(session, ticket, "decline")
+    offer = _pending_offer(session, ticket, agent, "decline")
+    why = reason.strip() or "no reason given"
+    _event(session, ticket, agent, "declined", f"{agent.name} declined the offer: {why}", now,
+           {"action": "decline", "reason": why, "assignment_id": offer.id})
+    # "declined" marks the offer as a refusal, so assignment never offers this ticket to them again.
+    assignment.release(session, ticket, now, why="declined", actor=_actor(agent))
+    session.flush()  # the release before the new offer, in the audit trail too
+    result = assignment.assign(session, ticket, config, now, actor=_actor(agent), exclude=frozenset({agent.id}))
+    return _outcome(session, ticket, "decline", f"{agent.name} declined {ticket.number}; {_where_now(session, ticket)}",
+                    {"assignment": _result_dict(result)})
+
+
+# ---------------------------------------------------------------- replies and notes
+
+
+def reply(session: Session, ticket_number: str, actor: Agent | str | int, text: str, config: RouterConfig,
+          now: datetime, *, public: bool = True) -> Outcome:
+    """Write to the customer (public) or leave an internal note (public=False).
+
+    A public reply is stored as an outbound message and queued in the outbox for the customer's
+    channel; the first one stops the first-response clock. A note is stored and sends nothing.
+    """
+    from router import sla
+
+    agent = resolve_agent(session, actor)
+    ticket = _ticket(session, ticket_number)
+    _refuse_if_finished(session, ticket, "reply to")
+    action = "reply to" if public else "add a note to"
+    _require_holder_or_supervisor(session, ticket, agent, action)
+    body = (text or "").replace("\x00", "").strip()
+    if not body:
+        raise ActionRefused("the reply is empty; write some text (nothing was sent)")
+    if len(body) > MAX_REPLY_CHARS:
+        raise ActionRefused(f"the reply is {len(body)} characters long; keep it under {MAX_REPLY_CHARS} "
+                            f"(nothing was sent)")
+    if public and ticket.state == states.RESOLVED:
+        raise ActionRefused(f"ticket {ticket.number} is resolved; reopen it first "
+                            f"(`paidan tickets reopen {ticket.number}`) or add an internal note")
+    if public:
+        _accept_if_offered(session, ticket, agent, now, how="by replying")
+
+    address = customer_address(session, ticket, ticket.channel) if public else None
+    out_channel = address[0] if address else ticket.channel
+    token = uuid.uuid4().hex
+    email_id = f"<{token}.{ticket.number.lower()}@paidan>" if public and out_channel == "email" else None
+    in_reply_to, references = _email_thread(session, ticket) if email_id else (None, [])
+    message = Message(
+        ticket_id=ticket.id, customer_id=ticket.customer_id, direction="out", channel=out_channel,
+        external_id=f"out:{token}", author_agent_id=agent.id, sender=f"agent:{agent.name}"[:400],
+        subject=_reply_subject(ticket) if public else "", text=body, raw=b"", email_message_id=email_id,
+        in_reply_to=in_reply_to, references=references, public=public, flags=[], received_at=now, created_at=now,
+    )
+    session.add(message)
+    session.flush()
+
+    data: dict = {"action": "reply" if public else "note", "message_id": message.id, "public": public}
+    if not public:
+        _event(session, ticket, agent, "note", f"internal note by {agent.name}", now, data)
+        return _outcome(session, ticket, "note", f"note added to {ticket.number} (the customer does not see it)",
+                        data)
+
+    if address is None:
+        # Nowhere to send it (e.g. a web visitor who left no email): the status page shows it.
+        data["outbox_id"] = None
+        sent = "stored; the customer has no address we can write to, so they will see it on the status page"
+    else:
+        payload = {"ticket": ticket.number, "text": body, "in_reply_to": in_reply_to, "agent": agent.name,
+                   "language": ticket.language}
+        if email_id:
+            payload |= {"message_id": email_id, "references": references, "subject": message.subject}
+        item = enqueue(session, kind="reply", channel=address[0], recipient=address[1], ticket_id=ticket.id,
+                       payload=payload, dedupe_key=f"reply:{message.external_id}", now=now)
+        session.flush()
+        data["outbox_id"] = item.id if item else None
+        sent = f"queued to the customer on {address[0]}"
+    if ticket.first_response_at is None:
+        ticket.first_response_at = now
+        sla.stop_clock(session, ticket, "first_response", now)
+        data["first_response"] = True
+    ticket.updated_at = now
+    _event(session, ticket, agent, "replied", f"{agent.name} replied to the customer: {sent}", now, data)
+    return _outcome(session, ticket, "reply", f"reply to {ticket.number} {sent}", data)
+
+
+def _email_thread(session: Session, ticket: Ticket) -> tuple[str | None, list[str]]:
+    """In-Reply-To (the customer's last email) and References for an email reply, so mail clients
+    thread it and the customer's answer comes back to this ticket."""
+    rows = session.execute(
+        select(Message.email_message_id, Message.references)
+        .where(Message.ticket_id == ticket.id, Message.direction == "in", Message.email_message_id.is_not(None))
+        .order_by(Message.id.desc()).limit(1)
+    ).first()
+    if rows is None:
+        return None, []
+    references = [r for r in (rows.references or []) if r != rows.email_message_id][-20:]
+    return rows.email_message_id, [*references, rows.email_message_id]
+
+
+def _reply_subject(ticket: Ticket) -> str:
+    subject = (ticket.subject or "").strip()
+    tag = f"[{ticket.number}]"
+    if tag not in subject:
+        subject = f"{subject} {tag}".strip()
+    return (subject if subject.lower().startswith("re:") else f"Re: {subject}")[:500]
+
+
+# ---------------------------------------------------------------- state changes
+
+
+def wait_for_customer(session: Session, ticket_number: str, actor: Agent | str | int, config: RouterConfig,
+                      now: datetime, *, note: str = "") -> Outcome:
+    """The ticket waits on the customer: the SLA clocks pause until they write again."""
+    from router import sla
+
+    agent = resolve_agent(session, actor)
+    ticket = _ticket(session, ticket_number)
+    _refuse_if_finished(session, ticket, "put on hold")
+    _require_holder_or_supervisor(session, ticket, agent, "put on hold")
+    if ticket.state == states.AWAITING_CUSTOMER:
+        raise ActionRefused(f"ticket {ticket.number} already waits for the customer; nothing to do")
+    _accept_if_offered(session, ticket, agent, now, how="by setting it to wait for the customer")
+    why = note.strip()
+    _move(session, ticket, agent, states.AWAITING_CUSTOMER,
+          f"{agent.name}: waiting for the customer" + (f" ({why})" if why else ""), now,
+          {"action": "wait", "note": why})
+    sla.pause_clocks(session, ticket, now)
+    return _outcome(session, ticket, "wait", f"{ticket.number} waits for the customer; its SLA clocks are paused")
+
+
+def resolve(session: Session, ticket_number: str, actor: Agent | str | int, config: RouterConfig,
+            now: datetime, *, note: str = "") -> Outcome:
+    """Done: stop the clocks, free the agent's capacity and give it to the queue at once."""
+    from router import assignment, sla
+
+    agent = resolve_agent(session, actor)
+    ticket = _ticket(session, ticket_number)
+    _refuse_if_finished(session, ticket, "resolve")
+    _require_holder_or_supervisor(session, ticket, agent, "resolve")
+    if ticket.state == states.RESOLVED:
+        raise ActionRefused(f"ticket {ticket.number} is already resolved; nothing to do")
+    _accept_if_offered(session, ticket, agent, now, how="by resolving it")
+    why = note.strip()
+    _move(session, ticket, agent, states.RESOLVED, f"resolved by {agent.name}" + (f": {why}" if why else ""), now,
+          {"action": "resolve", "note": why, "first_response_at": _iso(ticket.first_response_at)})
+    # Both clocks: a ticket closed without a reply needs no first response any more (and
+    # first_response_at stays empty, so reports can tell it was never answered).
+    sla.stop_clock(session, ticket, "resolution", now)
+    if ticket.first_response_at is None:
+        sla.stop_clock(session, ticket, "first_response", now)
+    ticket.queue = ticket.queue_reason = None
+    # Released as "resolved", the ticket keeps its agent as the record of who worked it.
+    freed = assignment.release(session, ticket, now, why="resolved", actor=_actor(agent))
+    session.flush()  # see decline
+    drained = assignment.drain_queue(session, config, now) if freed is not None else 0
+    return _outcome(session, ticket, "resolve", f"{ticket.number} resolved"
+                    + (f"; {drained} queued ticket(s) assigned with the freed capacity" if drained else ""),
+                    {"drained": drained})
+
+
+def reopen(session: Session, ticket_number: str, actor: Agent | str | int, config: RouterConfig,
+           now: datetime, *, reason: str = "") -> Outcome:
+    """A resolved or closed ticket is not done after all: clocks restart and it is assigned again
+    (the customer's previous agent first, as assignment always prefers)."""
+    from router import assignment, sla
+
+    agent = resolve_agent(session, actor)
+    ticket = _ticket(session, ticket_number)
+    _refuse_if_finished(session, ticket, "reopen")
+    last = _last_holder(session, ticket)
+    if not is_supervisor(agent) and last != agent.id:
+        who = _name(session, last)
+        raise ActionRefused(f"only a supervisor or the ticket's last holder ({who or 'nobody'}) can reopen "
+                            f"{ticket.number}")
+    why = reason.strip()
+    _move(session, ticket, agent, states.REOPENED, f"reopened by {agent.name}" + (f": {why}" if why else ""), now,
+          {"action": "reopen", "reason": why})
+    sla.restart_clocks(session, ticket, config, now)
+    result = assignment.assign(session, ticket, config, now, actor=_actor(agent))
+    return _outcome(session, ticket, "reopen", f"{ticket.number} reopened; {_where_now(session, ticket)}",
+                    {"assignment": _result_dict(result)})
+
+
+def _last_holder(session: Session, ticket: Ticket) -> int | None:
+    """The agent who last worked the ticket: the last one to accept it, else the last one offered it."""
+    rows = session.execute(
+        select(Assignment.agent_id, Assignment.accepted_at).where(Assignment.ticket_id == ticket.id)
+        .order_by(Assignment.id.desc())
+    ).all()
+    accepted = next((r.agent_id for r in rows if r.accepted_at is not None), None)
+    return accepted if accepted is not None else (rows[0].agent_id if rows else None)
+
+
+# ---------------------------------------------------------------- reassign and relabel
+
+
+def missing_skills(ticket: Ticket, agent: Agent, config: RouterConfig) -> list[str]:
+    """The skills `agent` lacks for this ticket, by the same rules automatic assignment uses."""
+    from router import assignment
+
+    facts = assignment.TicketFacts(ticket.number, ticket.type, ticket.category, ticket.priority, ticket.language)
+    need = assignment.needs(facts, config)
+    skills = set(agent.skills or [])
+    missing = [need.category_skill] if need.category_skill and need.category_skill not in skills else []
+    # An agent who lists no language skill counts as speaking both (as in assignment).
+    if need.language and need.language not in skills and skills & assignment.LANGUAGES:
+        missing.append(need.language)
+    return missing
+
+
+def reassign(session: Session, ticket_number: str, actor: Agent | str | int, config: RouterConfig,
+             now: datetime, *, to: Agent | str | int | None = None, force: bool = False, reason: str = "") -> Outcome:
+    """Hand the ticket to a named agent, or to the best other agent (or the queue).
+
+    A named agent must have the skills (a supervisor may `force` past that) and spare capacity
+    (never forced: nobody goes over capacity).
+    """
+    from router import assignment
+
+    agent = resolve_agent(session, actor)
+    ticket = _ticket(session, ticket_number)
+    _refuse_if_finished(session, ticket, "reassign")
+    if ticket.state == states.RESOLVED:
+        raise ActionRefused(f"ticket {ticket.number} is resolved; reopen it first "
+                            f"(`paidan tickets reopen {ticket.number}`)")
+    _require_holder_or_supervisor(session, ticket, agent, "reassign")
+    if force and not is_supervisor(agent):
+        raise ActionRefused(f"only a supervisor can force an assignment; {agent.name} is an {agent.role}")
+    target = resolve_agent(session, to) if to is not None else None
+    holder = _holder_id(ticket)
+    if target is not None:
+        if target.id == holder:
+            raise ActionRefused(f"{target.name} already holds {ticket.number}; nothing to do")
+        _check_target(ticket, target, config, force=force)
+
+    why = reason.strip()
+    data: dict = {"action": "reassign", "from_agent_id": holder, "to_agent_id": target.id if target else None,
+                  "forced": force, "reason": why}
+    if target is not None and not target.online:
+        data["warning"] = f"{target.name} is offline; the offer expires after {config.accept_timeout} if not accepted"
+    wanted = f"to {target.name}" if target else "to the best available agent"
+    _event(session, ticket, agent, "reassigned",
+           f"{agent.name} reassigned the ticket {wanted}" + (f": {why}" if why else ""), now, data)
+    assignment.release(session, ticket, now, why="reassigned", actor=_actor(agent))
+    session.flush()  # see decline
+    if target is not None:
+        chosen = f"chosen by {agent.name}" + (" over the skills check" if force else "") + (f": {why}" if why else "")
+        result = assignment.offer_to(session, ticket, target.id, config, now, actor=_actor(agent), reason=chosen)
+    else:
+        exclude = frozenset({holder}) if holder is not None else frozenset()
+        result = assignment.assign(session, ticket, config, now, actor=_actor(agent), exclude=exclude)
+    extra = {"warning": data["warning"]} if "warning" in data else {}
+    return _outcome(session, ticket, "reassign", f"{ticket.number}: {_where_now(session, ticket)}",
+                    {"assignment": _result_dict(result), **extra})
+
+
+def _check_target(ticket: Ticket, target: Agent, config: RouterConfig, *, force: bool) -> None:
+    missing = missing_skills(ticket, target, config)
+    if missing and not force:
+        raise ActionRefused(
+            f"{target.name} lacks the skill(s) {', '.join(missing)} that {ticket.number} needs; choose another agent, "
+            f"add the skill (`paidan agents set {target.name} --skills ...`), or, as a supervisor, use --force"
+        )
+    if (target.load or 0) >= target.capacity:
+        raise ActionRefused(
+            f"{target.name} is at capacity ({target.load}/{target.capacity} open tickets); choose another agent or "
+            f"raise their capacity (`paidan agents set {target.name} --capacity N`)"
+        )
+
+
+def label_sets(config: RouterConfig) -> dict[str, tuple[str, ...]]:
+    return getattr(config, "labels", None) or DEFAULT_LABELS
+
+
+def relabel(session: Session, ticket_number: str, actor: Agent | str | int, head: str, new_label: str,
+            config: RouterConfig, now: datetime) -> Outcome:
+    """Correct one label of the ticket; stored as a LabelCorrection the classifier retrains from."""
+    from router import sla
+
+    agent = resolve_agent(session, actor)
+    ticket = _ticket(session, ticket_number)
+    if ticket.state == states.MERGED:
+        _refuse_if_finished(session, ticket, "relabel")
+    _require_holder_or_supervisor(session, ticket, agent, "relabel")
+    sets = label_sets(config)
+    head_key = (head or "").strip().lower()
+    if head_key not in sets:
+        raise ActionRefused(f"there is no label head {head!r}; choose one of {', '.join(sets)}")
+    label = _known_label(new_label, sets[head_key])
+    if label is None:
+        raise ActionRefused(f"{new_label!r} is not a {head_key} label; choose one of {', '.join(sets[head_key])}")
+    old = getattr(ticket, head_key)
+    if old == label:
+        raise ActionRefused(f"{ticket.number} is already labelled {head_key}={label}; nothing changed")
+
+    first = session.scalar(
+        select(Message).where(Message.ticket_id == ticket.id, Message.direction == "in").order_by(Message.id).limit(1)
+    )
+    correction = LabelCorrection(
+        message_id=first.id if first else None,
+        text=(first.text if first and first.text.strip() else ticket.subject) or "",
+        head=head_key, old_label=old, new_label=label, corrected_by=_actor(agent), corrected_at=now,
+    )
+    session.add(correction)
+    setattr(ticket, head_key, label)
+    ticket.updated_at = now
+    session.flush()
+    data = {"action": "relabel", "head": head_key, "from": old, "to": label, "correction_id": correction.id}
+    if head_key == "category" and _holder_id(ticket) is not None:
+        missing = missing_skills(ticket, session.get(Agent, _holder_id(ticket)), config)
+        if missing:
+            data["holder_lacks"] = missing
+    _event(session, ticket, agent, "relabelled", f"{agent.name} corrected {head_key}: {old or '-'} → {label}", now, data)
+    if head_key == "priority" and ticket.state in states.OPEN_STATES:
+        sla.reprioritise(session, ticket, config, now)
+    summary = f"{ticket.number}: {head_key} {old or '-'} → {label} (stored as a label correction)"
+    if data.get("holder_lacks"):
+        summary += f"; the holder lacks {', '.join(data['holder_lacks'])}, consider reassigning"
+    return _outcome(session, ticket, "relabel", summary, data)
+
+
+def _known_label(value: str, allowed: tuple[str, ...]) -> str | None:
+    wanted = (value or "").strip().lower()
+    return next((label for label in allowed if label.lower() == wanted), None)
+
+
+# ---------------------------------------------------------------- the queue
+
+
+def waiting(session: Session, now: datetime, *, queue: str | None = None, priority: str | None = None,
+            category: str | None = None, limit: int = 100) -> list[dict]:
+    """Unassigned tickets waiting for an agent or a supervisor: most urgent, then oldest, first."""
+    if queue is not None and queue not in QUEUES:
+        raise ActionRefused(f"there is no queue {queue!r}; choose {' or '.join(QUEUES)}")
+    rank = case({p: i for i, p in enumerate(PRIORITIES)}, value=Ticket.priority, else_=len(PRIORITIES))
+    query = (
+        select(Ticket)
+        .where(Ticket.queue.in_([queue] if queue else QUEUES), Ticket.state.in_(states.OPEN_STATES))
+        .order_by(rank, Ticket.created_at, Ticket.id)
+        .limit(limit)
+    )
+    if priority:
+        query = query.where(Ticket.priority == priority.strip().upper())
+    if category:
+        query = query.where(Ticket.category == category.strip().lower())
+    return [
+        {"number": t.number, "queue": t.queue, "priority": t.priority, "type": t.type, "category": t.category,
+         "language": t.language, "channel": t.channel, "state": t.state, "subject": t.subject,
+         "created_at": t.created_at.isoformat(), "age_seconds": max(0, int((now - t.created_at).total_seconds())),
+         "reason": t.queue_reason or ""}
+        for t in session.scalars(query)
+    ]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _where_now(session: Session, ticket: Ticket) -> str:
+    if ticket.queue:
+        return f"waiting in the {ticket.queue} queue ({ticket.queue_reason or 'no reason recorded'})"
+    holder = _name(session, _holder_id(ticket))
+    return f"offered to {holder}" if holder else f"now {ticket.state}"
+
+
+def _result_dict(result) -> dict:
+    """An AssignmentResult as plain data, whatever its exact shape."""
+    if result is None:
+        return {}
+    if hasattr(result, "as_dict"):
+        return result.as_dict()
+    fields = getattr(result, "__dataclass_fields__", None) or getattr(result, "__slots__", ())
+    out = {}
+    for name in fields:
+        value = getattr(result, name, None)
+        out[name] = value if isinstance(value, (str, int, float, bool, type(None), list, dict)) else str(value)
+    return out
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
