@@ -310,8 +310,10 @@ _add_classifier_commands()
 
 
 def _add_router_commands() -> None:
+    from paidan.cli_customers import customers
     from paidan.cli_router import TICKET_COMMANDS, queue
 
+    cli.add_command(customers)
     cli.add_command(queue)
     for command in TICKET_COMMANDS:
         tickets.add_command(command)

@@ -8,12 +8,13 @@ import logging
 import signal
 import socket
 import threading
+from datetime import time, timedelta
 
 import uvicorn
 
 from paidan.db import make_engine, normalise_url, upgrade
 from paidan.settings import Settings
-from router.config import BusinessCalendar, RouterConfig
+from router.config import DEFAULT_SLA, BusinessCalendar, RouterConfig, SlaTarget
 from router.intake import Intake
 from router.queries import TicketQueries
 from router.scheduler import Scheduler, router_jobs
@@ -51,7 +52,26 @@ def load_classifier(settings: Settings):
 
 
 def router_config(settings: Settings) -> RouterConfig:
-    return RouterConfig(calendar=BusinessCalendar(timezone=settings.timezone))
+    """The router's config from the settings' [routing] table, DESIGN.md's defaults for the rest."""
+    r = settings.routing
+
+    def target(t) -> SlaTarget:
+        return SlaTarget(timedelta(minutes=t.first_response_minutes), timedelta(minutes=t.resolution_minutes), t.calendar)
+
+    start, end = (time.fromisoformat(v) for v in r.business_hours)
+    defaults = RouterConfig()
+    return RouterConfig(
+        calendar=BusinessCalendar(timezone=settings.timezone, start=start, end=end,
+                                  weekdays=frozenset(r.weekdays), holidays=frozenset(r.holidays)),
+        sla={**DEFAULT_SLA, **{p: target(t) for p, t in r.sla.items()}},
+        sla_by_channel={c: {p: target(t) for p, t in by.items()} for c, by in r.sla_by_channel.items()},
+        category_skills=r.category_skills or defaults.category_skills,
+        accept_timeout=timedelta(minutes=r.accept_timeout_minutes),
+        triage_threshold=r.triage_threshold,
+        topic_window=timedelta(hours=r.topic_window_hours),
+        topic_threshold=defaults.topic_threshold if r.topic_threshold is None else r.topic_threshold,
+        senior_level=r.senior_level,
+    )
 
 
 def freeze_startup_objects() -> None:
@@ -79,9 +99,11 @@ async def run(settings: Settings, *, migrate: bool = True) -> None:
     if migrate:
         upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
-    intake = Intake(engine, timezone=settings.timezone, first_response=settings.default_first_response)
+    routing = router_config(settings)
+    intake = Intake(engine, timezone=settings.timezone, first_response=settings.default_first_response,
+                    config=routing)
     queries = TicketQueries(engine)
-    scheduler = Scheduler(engine, router_jobs(load_classifier(settings), router_config(settings)))
+    scheduler = Scheduler(engine, router_jobs(load_classifier(settings), routing))
 
     async def sink(message):
         receipt = await intake.accept(message)

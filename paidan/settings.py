@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import os
 import secrets
-from datetime import timedelta
+from datetime import date, timedelta
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
     NoDecode,
     BaseSettings,
@@ -24,8 +24,32 @@ def _config_file() -> Path:
     return Path(os.environ.get("PAIDAN_CONFIG", "paidan.toml"))
 
 
+class SlaSetting(BaseModel):
+    first_response_minutes: float
+    resolution_minutes: float
+    calendar: Literal["24x7", "business"]
+
+
+class RoutingSettings(BaseModel):
+    """The router's knobs; in paidan.toml under [routing], in the environment as PAIDAN_ROUTING__FIELD."""
+
+    business_hours: tuple[str, str] = ("09:00", "18:00")
+    weekdays: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], description="Monday = 0")
+    holidays: list[date] = Field(default_factory=list)
+    # Per priority (P0…P3); omitted priorities keep DESIGN.md's defaults.
+    sla: dict[str, SlaSetting] = Field(default_factory=dict)
+    # Per channel, then per priority, overriding `sla`.
+    sla_by_channel: dict[str, dict[str, SlaSetting]] = Field(default_factory=dict)
+    category_skills: dict[str, str] | None = None
+    accept_timeout_minutes: float = 10
+    triage_threshold: float = 0.45
+    topic_window_hours: float = 72
+    topic_threshold: float | None = None
+    senior_level: int = 3
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PAIDAN_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="PAIDAN_", env_nested_delimiter="__", extra="ignore", frozen=True)
 
     database_url: str = "sqlite:///paidan.db"
     # Business calendar time zone: ticket numbers use its date, SLA clocks its hours.
@@ -60,6 +84,8 @@ class Settings(BaseSettings):
     # Behind a reverse proxy: the proxy addresses whose X-Forwarded-For we trust (e.g. "10.0.0.1"),
     # so rate limits see the customer's address rather than the proxy's.
     forwarded_allow_ips: str | None = None
+
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
 
     log_level: str = "INFO"
     log_json: bool = False

@@ -475,6 +475,7 @@ _CLAIM = (update(Agent.__table__)
 _CLAIM_BY_HAND = (update(Agent.__table__).where(_A.id == bindparam("agent_id"), _A.load < _A.capacity)
                   .values(load=_A.load + 1, last_assigned_at=bindparam("now")))
 _UNLOAD = update(Agent.__table__).where(_A.id == bindparam("agent_id"), _A.load > 0).values(load=_A.load - 1)
+_NEW_OFFER = insert(Assignment.__table__).returning(_O.id)
 _NEW_OFFERS = insert(Assignment.__table__)
 _OFFER_IDS = select(_O.id, _O.ticket_id, _O.agent_id).where(
     _O.ticket_id.in_(bindparam("tickets", expanding=True)), _O.ended_at.is_(None))
@@ -827,15 +828,18 @@ def _write_offers(session: Session, offers: list[tuple[Ticket, AgentState, Choic
     for ticket, _, _ in offers:
         if not states.allowed(ticket.state, states.ASSIGNED):  # as states.transition checks
             raise IllegalTransition(ticket.number, ticket.state, states.ASSIGNED, states.TRANSITIONS[ticket.state])
-    session.execute(_NEW_OFFERS, [
-        {"ticket_id": ticket.id, "agent_id": agent.id, "offered_at": now, "expires_at": expires, "accepted_at": None,
-         "ended_at": None, "end_reason": None, "reason": choice.reason,
-         "data": {"candidates": choice.candidates, **choice.facts}}
-        for ticket, agent, choice in offers
-    ])
-    # A ticket has one open offer (held tickets were skipped), so (ticket, agent) finds its id.
-    offer_ids = {(r.ticket_id, r.agent_id): r.id
-                 for r in session.execute(_OFFER_IDS, {"tickets": [t.id for t, _, _ in offers]})}
+    rows = [{"ticket_id": ticket.id, "agent_id": agent.id, "offered_at": now, "expires_at": expires,
+             "accepted_at": None, "ended_at": None, "end_reason": None, "reason": choice.reason,
+             "data": {"candidates": choice.candidates, **choice.facts}}
+            for ticket, agent, choice in offers]
+    if len(rows) == 1:
+        offer_ids = {(rows[0]["ticket_id"], rows[0]["agent_id"]): session.execute(_NEW_OFFER, rows[0]).scalar_one()}
+    else:
+        # RETURNING with many rows is one statement per row on SQLite; one insert and one select
+        # instead. A ticket has one open offer (held tickets were skipped): (ticket, agent) finds it.
+        session.execute(_NEW_OFFERS, rows)
+        offer_ids = {(r.ticket_id, r.agent_id): r.id
+                     for r in session.execute(_OFFER_IDS, {"tickets": [t.id for t, _, _ in offers]})}
     session.execute(_TICKETS_OFFERED, [{"ticket_id": t.id, "agent_id": a.id, "now": now} for t, a, _ in offers])
     events, notices, results = [], [], []
     for ticket, agent, choice in offers:

@@ -45,3 +45,26 @@ def test_json_log_lines_are_masked():
     record = logging.LogRecord("paidan", logging.INFO, __file__, 1, "from %s", ("bob@example.org",), None)
     entry = json.loads(MaskingFormatter(as_json=True).format(record))
     assert entry["msg"] == "from b***@example.org" and entry["level"] == "info"
+
+
+def test_routing_settings_reach_the_router_config(tmp_path, monkeypatch):
+    from datetime import date, time, timedelta
+
+    from paidan.service import router_config
+
+    config = tmp_path / "paidan.toml"
+    config.write_text(
+        'timezone = "Europe/Berlin"\n[routing]\nbusiness_hours = ["08:30", "17:00"]\nholidays = ["2026-12-25"]\n'
+        "accept_timeout_minutes = 5\n[routing.sla.P2]\nfirst_response_minutes = 120\nresolution_minutes = 1440\n"
+        'calendar = "business"\n[routing.sla_by_channel.telegram.P3]\nfirst_response_minutes = 60\n'
+        'resolution_minutes = 600\ncalendar = "24x7"\n'
+    )
+    monkeypatch.setenv("PAIDAN_CONFIG", str(config))
+    monkeypatch.setenv("PAIDAN_ROUTING__TRIAGE_THRESHOLD", "0.3")
+    routing = router_config(Settings())
+    assert routing.calendar.timezone == "Europe/Berlin" and routing.calendar.start == time(8, 30)
+    assert routing.calendar.holidays == {date(2026, 12, 25)}
+    assert routing.sla_for("P2", "web").first_response == timedelta(hours=2)
+    assert routing.sla_for("P3", "telegram").calendar == "24x7"
+    assert routing.sla_for("P0", "web").first_response == timedelta(minutes=15)  # DESIGN.md default kept
+    assert routing.accept_timeout == timedelta(minutes=5) and routing.triage_threshold == 0.3

@@ -110,7 +110,7 @@ def test_one_working_day(engine):
         diligent = agents_for_the_day(session)
     arrivals, travellers = the_days_messages(rng)
     assert len(arrivals) >= 2000
-    intake = Intake(engine, config=CONFIG) if "config" in Intake.__init__.__code__.co_varnames else Intake(engine)
+    intake = Intake(engine, config=CONFIG)
     scheduler = Scheduler(engine, router_jobs(KeywordClassifier(), CONFIG))
     plans: dict[str, tuple[int, int, int]] = {}  # ticket → minutes to accept, first reply, resolve
     max_load_seen = Counter()
