@@ -28,6 +28,9 @@ from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# Run as a script, Python puts bench/ first on the path, where bench/router.py would hide the
+# `router` package: the project root goes there instead.
+sys.path[0] = str(ROOT)
 TOKEN = "bench-token"
 
 

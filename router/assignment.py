@@ -1,9 +1,10 @@
 """Assignment: which agent gets a ticket, and why (DESIGN.md "Assignment").
 
-A pure core, `rank(facts, agents, config, now) -> Choice`, decides on plain values; the functions
-around it read the agents with one query, claim capacity with a conditional UPDATE
-(`load < capacity`, so nobody ever goes over capacity, whatever runs concurrently) and write the
-offer, the audit events and the agent's notification in the caller's transaction.
+A pure core, `rank(facts, agents, config, now) -> Choice`, decides on plain values. Around it,
+`assign_many` (and `assign`, a batch of one) reads the agents with one query, claims capacity with
+a conditional UPDATE (`load < capacity`, so nobody ever goes over capacity, whatever runs
+concurrently) and writes the offers, the audit events and the agents' notifications in the
+caller's transaction, set-based (a few multi-row statements per batch, as intake's store_batch).
 
 The rules, in order:
 - Only role "agent" is routed to. Supervisors and admins oversee (triage, escalations, expiries)
@@ -45,7 +46,7 @@ LANGUAGES = frozenset({"zh", "en"})
 # How an offer ends when the agent refused it: they are not offered the same ticket again.
 REFUSALS = frozenset({"declined", "expired"})
 # A release for these reasons keeps `ticket.assigned_agent_id` as the record of who worked it
-# (the "previous agent" rule reads it); any other release leaves the ticket without an agent.
+# (a reopened ticket goes back to them first); any other release leaves the ticket without an agent.
 FINISHED = frozenset({"resolved", "closed", "merged"})
 QUEUE = "assignment"
 TOP_CANDIDATES = 5  # candidates stored with each decision: enough to explain it, small enough to keep
@@ -467,6 +468,12 @@ _OPEN_OFFERS = (
     .where(_O.ticket_id.in_(bindparam("tickets", expanding=True)), _O.ended_at.is_(None))
     .order_by(_O.id)
 )
+# The assignment queue, most urgent first, then oldest (tickets without a priority last).
+_QUEUED = (
+    select(_T.id, _T.category, _T.language)
+    .where(_T.queue == QUEUE, _T.state.in_(sorted(states.OPEN_STATES)))
+    .order_by(case(_PRIORITY_ORDER, value=_T.priority, else_=len(_PRIORITY_ORDER)), _T.created_at, _T.id)
+)
 _PAST_OFFERS = select(_O.ticket_id, _O.agent_id, _O.end_reason).where(
     _O.ticket_id.in_(bindparam("tickets", expanding=True)))
 _CLAIM = (update(Agent.__table__)
@@ -564,20 +571,41 @@ class Roster:
         self.session, self.now = session, now
         self.agents: dict[int, AgentState] | None = None
         self._skilled: dict[tuple[str | None, str | None], list[int]] = {}
+        # Skills nobody free can serve. Loads only grow within one call, so it stays true: a long
+        # queue of such tickets costs a look-up each, not a ranking each.
+        self._nobody: set[tuple[str | None, str | None]] = set()
         if everyone:
             self.read_everyone()
 
     def read_everyone(self) -> dict[int, AgentState]:
         self.agents = {a.id: a for a in load_agents(self.session)}
         self._skilled.clear()
+        self._nobody.clear()
         return self.agents
 
     def anyone_free(self) -> bool:
         return self.agents is None or any(a.online and a.load < a.capacity for a in self.agents.values())
 
-    def choose(self, facts: TicketFacts, config: RouterConfig) -> tuple[Choice, AgentState | None]:
-        """The best agent who could be claimed (their load is already counted), or nobody; with the reason."""
+    def could_serve(self, need: Needs, config: RouterConfig) -> bool:
+        """Whether someone free now (online, on shift, with room) has the skills `need` names."""
+        tz = config.calendar.timezone
+        return any(a.online and a.load < a.capacity and (a.shift is None or a.shift.covers(self.now, tz))
+                   for a in map(self.agents.__getitem__, self._skilled_for(need)))
+
+    def _skilled_for(self, need: Needs) -> list[int]:
+        key = (need.category_skill, need.language)
+        if key not in self._skilled:
+            self._skilled[key] = [a.id for a in self.agents.values() if not _lacks_skills(a, need)]
+        return self._skilled[key]
+
+    def choose(self, facts: TicketFacts, config: RouterConfig, *,
+               explain_nobody: bool = True) -> tuple[Choice, AgentState | None]:
+        """The best agent who could be claimed (their load is already counted), or nobody; with the
+        reason (when nobody, only if `explain_nobody`: the full reason means ranking everyone)."""
         need = needs(facts, config)
+        key = (need.category_skill, need.language)
+        if not explain_nobody and key in self._nobody and not facts.exclude:
+            return Choice(None, "nobody free has these skills", [], {}), None
         pool, cut_short = self._pool(facts, need, config)
         while True:
             choice = rank(facts, pool, config, self.now)
@@ -587,7 +615,11 @@ class Roster:
                 pool, cut_short = self._pool(facts, need, config)
                 continue
             if choice.agent_id is None:
-                if self.agents is not None and len(pool) < len(self.agents):
+                if not explain_nobody:
+                    if not facts.exclude:  # (with exclusions, others may still find someone)
+                        self._nobody.add(key)
+                    return choice, None
+                if len(pool) < len(self.agents):
                     # Nobody: rank everyone, so the reason says who was ruled out and why.
                     choice = rank(facts, list(self.agents.values()), config, self.now)
                 return choice, None
@@ -609,10 +641,7 @@ class Roster:
                 "senior_level": config.senior_level if wants_senior(facts, config) else 0, "top": TOP_AGENTS,
             }).all()
             return [_agent(tuple(r)) for r in rows], len(rows) >= TOP_AGENTS
-        key = (need.category_skill, need.language)
-        if key not in self._skilled:
-            self._skilled[key] = [a.id for a in self.agents.values() if not _lacks_skills(a, need)]
-        pool = [a for a in map(self.agents.__getitem__, self._skilled[key]) if a.online and a.load < a.capacity]
+        pool = [a for a in map(self.agents.__getitem__, self._skilled_for(need)) if a.online and a.load < a.capacity]
         previous = self.agents.get(facts.previous_agent_id)
         if previous is not None and all(a.id != previous.id for a in pool):
             pool.append(previous)  # so the reason can say why the previous agent was passed over
@@ -661,10 +690,12 @@ def _assign_batch(session: Session, tickets: Sequence[Ticket], config: RouterCon
             if stop_when_full and not roster.anyone_free():
                 break
             facts = _facts(ticket, own.get(ticket.id) or previous.get(ticket.customer_id), refused[ticket.id])
-            choice, agent = roster.choose(facts, config)
-            if agent is None:
-                results[ticket.id] = _queue(session, ticket, choice, now, actor=actor,
-                                            event=requeue_event or ticket.queue != QUEUE)
+            choice, agent = roster.choose(facts, config, explain_nobody=requeue_event or ticket.queue != QUEUE)
+            if agent is None and not requeue_event and ticket.queue == QUEUE:
+                # Still waiting: its reason stays the one recorded when it was queued.
+                results[ticket.id] = AssignmentResult(None, None, ticket.queue_reason or "", queued=True, changed=False)
+            elif agent is None:
+                results[ticket.id] = _queue(session, ticket, choice, now, actor=actor, event=True)
             else:
                 offers.append((ticket, agent, choice))
                 previous[ticket.customer_id] = agent.id  # the customer's next ticket in this batch
@@ -712,19 +743,25 @@ def release(session: Session, ticket: Ticket, now: datetime, *, why: str, actor:
 
 
 def drain_queue(session: Session, config: RouterConfig, now: datetime, limit: int = 200) -> int:
-    """Assign waiting tickets while capacity lasts, most urgent first, then oldest; returns how many."""
+    """Assign waiting tickets while capacity lasts, most urgent first, then oldest; returns how many.
+
+    Only tickets that someone free has the skills for are loaded and ranked: a long queue of
+    tickets nobody can take yet costs a look-up each, and never hides the ones behind it. A ticket
+    that stays queued keeps the reason recorded when it was queued.
+    """
     roster = Roster(session, now, everyone=True)
     if not roster.anyone_free():
         return 0  # nobody online with room: no need to even look at the queue
-    tickets = session.scalars(
-        select(Ticket)
-        .where(Ticket.queue == QUEUE, Ticket.state.in_(states.OPEN_STATES))
-        .order_by(case(_PRIORITY_ORDER, value=Ticket.priority, else_=len(_PRIORITY_ORDER)),
-                  Ticket.created_at, Ticket.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    ).all()
-    # A ticket that stays queued gets its reason brought up to date, but no new event each time.
+    waiting = session.execute(_QUEUED).all()
+    servable = [r.id for r in waiting
+                if roster.could_serve(needs(TicketFacts("", None, r.category, None, r.language), config), config)]
+    if not servable:
+        return 0
+    servable = servable[:limit]
+    position = {ticket_id: i for i, ticket_id in enumerate(servable)}
+    tickets = sorted(session.scalars(
+        select(Ticket).where(Ticket.id.in_(servable), Ticket.queue == QUEUE).with_for_update(skip_locked=True)
+    ).all(), key=lambda t: position[t.id])
     results = _assign_batch(session, tickets, config, now, actor="router", exclude=(), roster=roster,
                             requeue_event=False, stop_when_full=True)
     for ticket in tickets:

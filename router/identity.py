@@ -151,7 +151,12 @@ def merge_customers(
         raise InvalidInput("target", f"customer #{source_id} cannot be merged into itself")
     if not evidence or not evidence.strip():
         raise InvalidInput("evidence", "say what shows these are one person (a merge is judged by it later)")
-    source, target = session.get(Customer, source_id), session.get(Customer, target_id)
+    # Row locks, in id order, so two processes merging the same customers take turns, and the second
+    # sees what the first did (populate_existing re-reads rows this session already holds).
+    locked = {c.id: c for c in session.scalars(
+        select(Customer).where(Customer.id.in_((source_id, target_id))).order_by(Customer.id)
+        .with_for_update().execution_options(populate_existing=True))}
+    source, target = locked.get(source_id), locked.get(target_id)
     for cid, row in ((source_id, source), (target_id, target)):
         if row is None:
             raise NotFound(f"no customer #{cid}")
@@ -207,7 +212,7 @@ def unmerge(session: Session, merge_id: int, *, actor: str, now: datetime) -> Cu
     Identities and tickets that reached the target *after* the merge stay with it. A merge whose
     target was itself merged on later is refused until that later merge is undone.
     """
-    merge = session.get(CustomerMerge, merge_id)
+    merge = session.get(CustomerMerge, merge_id, with_for_update=True, populate_existing=True)  # one undo at a time
     if merge is None:
         raise NotFound(f"no customer merge #{merge_id}")
     if merge.undone_at is not None:

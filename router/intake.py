@@ -22,7 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from models.errors import PaidanError, StorageUnavailable
+from models.errors import ActionRefused, PaidanError, StorageUnavailable
 from models.message import InboundMessage, Receipt
 from models.tables import (
     AttachmentRow,
@@ -326,8 +326,13 @@ def _tie(session: Session, msg: InboundMessage, sender: _Sender, other: int,
     target = sender.customer_id
     evidence = _evidence(msg)
     clash = conflicts(held[target], held[other])
+    refused = None
     if not clash:
-        merge = merge_customers(session, other, target, actor="intake", evidence=evidence, now=now)
+        try:
+            merge = merge_customers(session, other, target, actor="intake", evidence=evidence, now=now)
+        except ActionRefused as exc:  # another process merged one of them a moment ago: a person looks
+            refused = str(exc)
+    if not clash and refused is None:
         merged_into[other] = target
         held[target].extend(held.pop(other))
         sender.notes.append(_Note(
@@ -338,7 +343,7 @@ def _tie(session: Session, msg: InboundMessage, sender: _Sender, other: int,
         return
     if "identity_conflict" not in sender.flags:
         sender.flags.append("identity_conflict")
-    why = describe_conflicts(clash, target, other)
+    why = describe_conflicts(clash, target, other) if clash else f"the merge was refused: {refused}"
     sender.notes.append(_Note(
         "identity_conflict",
         f"not merged: {evidence}, but {why}; kept with #{target}, a supervisor decides",
@@ -346,7 +351,7 @@ def _tie(session: Session, msg: InboundMessage, sender: _Sender, other: int,
         review={"customers": [target, other],
                 "identities": {str(target): [f"{k}:{v}" for k, v in held[target]],
                                str(other): [f"{k}:{v}" for k, v in held[other]]},
-                "conflicts": clash, "evidence": evidence,
+                "conflicts": clash, "evidence": evidence, **({"merge_refused": refused} if refused else {}),
                 "message": {"channel": msg.channel.value, "external_id": msg.external_id}},
     ))
 
@@ -361,18 +366,36 @@ def _record_notes(session: Session, originals: list[tuple[int, InboundMessage]],
             data = dict(note.data)
             reason = note.reason
             if note.review is not None:
-                review_id = session.execute(
-                    insert(ReviewItem.__table__).returning(ReviewItem.__table__.c.id),
-                    {"kind": note.kind, "ticket_id": ticket_id, "customer_id": sender.customer_id,
-                     "detail": note.review, "created_at": now},
-                ).scalar_one()
+                review_id = _open_review(session, note, sender.customer_id)
+                if review_id is None:
+                    review_id = session.execute(
+                        insert(ReviewItem.__table__).returning(ReviewItem.__table__.c.id),
+                        {"kind": note.kind, "ticket_id": ticket_id, "customer_id": sender.customer_id,
+                         "detail": note.review, "created_at": now},
+                    ).scalar_one()
+                    reason += f" (review item #{review_id})"
+                else:
+                    reason += f" (already awaiting review item #{review_id})"
                 data["review_item_id"] = review_id
-                reason += f" (review item #{review_id})"
             if ticket_id not in note.skip_tickets:
                 session.execute(insert(TicketEvent.__table__), {
                     "ticket_id": ticket_id, "at": now, "actor": "intake", "kind": note.kind, "reason": reason,
                     "data": data,
                 })
+
+
+def _open_review(session: Session, note: _Note, customer_id: int) -> int | None:
+    """The unresolved review item already asking about the same two customers, if any: a customer who
+    sends the same conflicting form again should not bury the supervisor in copies."""
+    if note.kind != "identity_conflict":
+        return None
+    for item_id, detail in session.execute(
+        select(ReviewItem.id, ReviewItem.detail).where(
+            ReviewItem.kind == note.kind, ReviewItem.customer_id == customer_id, ReviewItem.resolved_at.is_(None))
+    ):
+        if sorted(detail.get("customers", [])) == sorted(note.review["customers"]):
+            return item_id
+    return None
 
 
 def _root_customer(session: Session, customer_id: int) -> int:
@@ -396,12 +419,19 @@ class _Thread:
 
 @dataclass(slots=True)
 class _Candidate:
-    """An open ticket (or one this batch opens) a message of the same customer might continue."""
+    """A ticket (or one this batch opens) a message of the same customer might continue."""
 
     text: str
     number: str | None  # None for a ticket this batch opens (not numbered yet)
     ticket_id: int | None = None
     pos: int | None = None
+    resolved: bool = False  # continuing it reopens it
+
+
+# Topic threading continues open tickets and reopens resolved ones (not closed: that is final for
+# the customer's side). DESIGN.md: "reopened when the customer says it is not solved" — details on
+# the same topic an hour after "resolved" say so as much as a reply to our email does.
+_TOPIC_STATES = states.OPEN_STATES | {states.RESOLVED}
 
 
 def _find_threads(
@@ -411,7 +441,7 @@ def _find_threads(
     """The ticket each message continues, in DESIGN.md's order: its ticket number (only when the
     sender is that ticket's customer; someone else's number opens a new, flagged ticket), email
     In-Reply-To, References, then the same customer's open ticket on the same topic within the
-    window, whatever the channel; otherwise a new ticket.
+    window, whatever the channel (or a resolved one, which the message reopens); otherwise a new ticket.
 
     Explicit references cost a query only for messages that carry them; topic threading one query
     for the whole batch, and only when some sender existed before it.
@@ -432,23 +462,32 @@ def _find_threads(
         text = _topic_text(msg)
         chosen: _Candidate | None = None
         best: tuple[float, str | None] | None = None  # the highest similarity seen, and its ticket
+        open_ones = [c for c in mine if not c.resolved]
+        pool = mine
         if mine and not has_topic(text):
-            chosen = mine[0]  # "好的谢谢", a photo without caption: it belongs with the latest conversation
-            thread.reason = "nothing topical to compare: continues the latest open ticket"
-            thread.data = {"how": "no_topic", "ticket": chosen.number}
-        greeting: _Candidate | None = None  # the latest ticket that was only "在吗" / "hello?"
-        for cand in mine if chosen is None else ():
+            # "好的谢谢", a photo without caption: it belongs with the latest open conversation (and a
+            # "thanks" after "resolved" is no reason to reopen anything)
+            if open_ones:
+                chosen = open_ones[0]
+                thread.reason = "nothing topical to compare: continues the latest open ticket"
+                thread.data = {"how": "no_topic", "ticket": chosen.number}
+            pool = []
+        greeting: _Candidate | None = None  # the latest open ticket that was only "在吗" / "hello?"
+        for cand in pool if chosen is None else ():
             if not has_topic(cand.text):
-                greeting = greeting or cand
+                if not cand.resolved:
+                    greeting = greeting or cand
                 continue
             score = round(topic_similarity(text, cand.text), 3)
             if best is None or score > best[0]:
                 best = (score, cand.number)
             if score >= threshold:
                 chosen = cand
-                thread.reason = (f"same topic as {cand.number or 'a ticket opened just before'} (similarity "
-                                 f"{score:.2f} >= {threshold:.2f}) within {_hours(config.topic_window)}")
-                thread.data = {"how": "topic", "ticket": cand.number, "similarity": score}
+                thread.reason = (f"same topic as {'resolved ' if cand.resolved else ''}"
+                                 f"{cand.number or 'a ticket opened just before'} (similarity {score:.2f} >= "
+                                 f"{threshold:.2f}) within {_hours(config.topic_window)}")
+                thread.data = {"how": "topic", "ticket": cand.number, "similarity": score,
+                               **({"reopens": True} if cand.resolved else {})}
                 break
         if chosen is None and greeting is not None:  # no topic matched: this is what the greeting was about
             chosen = greeting
@@ -456,6 +495,7 @@ def _find_threads(
             thread.data = {"how": "greeting", "ticket": greeting.number}
         if chosen is not None:
             thread.ticket_id, thread.join_pos = chosen.ticket_id, chosen.pos
+            chosen.resolved = False  # reopened by this message, for the batch's later ones
             continue
         if best is not None:
             thread.reason = (f"no open ticket on the same topic (best {best[1] or 'a ticket opened just before'} "
@@ -524,8 +564,8 @@ def _same_customer(session: Session, ticket_customer_id: int, customer_id: int) 
 
 def _open_tickets(session: Session, customer_ids: set[int], config: RouterConfig,
                   now: datetime) -> dict[int, list[_Candidate]]:
-    """Each customer's open tickets active within the topic window, latest first, with the text to
-    compare (subject and first customer message). One query for the batch, none for newcomers."""
+    """Each customer's open (then resolved) tickets active within the topic window, latest first, with
+    the text to compare (subject and first customer message). One query for the batch, none for newcomers."""
     if not customer_ids:
         return {}
     first_in = (
@@ -533,16 +573,18 @@ def _open_tickets(session: Session, customer_ids: set[int], config: RouterConfig
         .correlate(Ticket).scalar_subquery()
     )
     rows = session.execute(
-        select(Ticket.id, Ticket.number, Ticket.customer_id, Ticket.subject, Ticket.updated_at, Message.text)
+        select(Ticket.id, Ticket.number, Ticket.customer_id, Ticket.subject, Ticket.state, Message.text)
         .outerjoin(Message, Message.id == first_in)
-        .where(Ticket.customer_id.in_(customer_ids), Ticket.state.in_(states.OPEN_STATES),
+        .where(Ticket.customer_id.in_(customer_ids), Ticket.state.in_(_TOPIC_STATES),
                Ticket.updated_at >= now - config.topic_window)
         .order_by(Ticket.updated_at.desc(), Ticket.id.desc())
     ).all()
     found: dict[int, list[_Candidate]] = {}
     for r in rows:
-        found.setdefault(r.customer_id, []).append(
-            _Candidate(f"{r.subject}\n{r.text or ''}", r.number, ticket_id=r.id))
+        found.setdefault(r.customer_id, []).append(_Candidate(
+            f"{r.subject}\n{r.text or ''}", r.number, ticket_id=r.id, resolved=r.state == states.RESOLVED))
+    for candidates in found.values():
+        candidates.sort(key=lambda c: c.resolved)  # stable: open ones first, each group latest first
     return found
 
 

@@ -164,6 +164,38 @@ def test_a_conflict_is_flagged_for_a_supervisor_and_nothing_is_merged(engine):
         assert f"review item #{review.id}" in said.reason
 
 
+def test_the_same_conflict_again_does_not_bury_the_supervisor_in_review_items(engine):
+    intake = Intake(engine, clock=lambda: T0)
+    intake.accept_now(make_message(email="a@example.com"))
+    intake.accept_now(make_message(email="b@example.com", phone="+8613900000000", text="发票抬头错了"))
+    for text in ("退款什么时候到？", "退款到底什么时候到？"):
+        intake.accept_now(make_message(email="a@example.com", phone="+8613900000000", text=text))
+    assert count(engine, ReviewItem) == 1 and count(engine, CustomerMerge) == 0
+    with Session(engine) as session:
+        said = session.scalars(select(TicketEvent).where(TicketEvent.kind == "identity_conflict")
+                               .order_by(TicketEvent.id)).all()
+        assert said[0].reason.endswith("(review item #1)")
+        assert said[1].reason.endswith("(already awaiting review item #1)")
+
+
+def test_a_merge_refused_at_intake_still_stores_the_message_and_asks_a_person(engine, monkeypatch):
+    """E.g. another process merged one of the two a moment before: never lose the message over it."""
+    import router.intake
+
+    def refuse(*args, **kwargs):
+        raise ActionRefused("customer #2 is already merged into #3")
+
+    monkeypatch.setattr(router.intake, "merge_customers", refuse)
+    intake = Intake(engine, clock=lambda: T0)
+    intake.accept_now(make_message(email="a@example.com"))
+    intake.accept_now(make_message(email=None, phone="+8613900000000", text="APP 闪退"))
+    both = intake.accept_now(make_message(email="a@example.com", phone="+8613900000000", text="退款"))
+    with Session(engine) as session:
+        assert "identity_conflict" in session.get(Message, both.message_id).flags
+        [review] = session.scalars(select(ReviewItem)).all()
+        assert review.detail["merge_refused"] == "customer #2 is already merged into #3"
+
+
 def test_a_telegram_contact_share_ties_the_phone_to_the_telegram_customer(engine):
     intake = Intake(engine, clock=lambda: T0)
     intake.accept_now(make_message(email=None, phone="+8613812345678", text="订单没发货"))

@@ -110,7 +110,8 @@ def test_one_working_day(engine):
         diligent = agents_for_the_day(session)
     arrivals, travellers = the_days_messages(rng)
     assert len(arrivals) >= 2000
-    intake = Intake(engine, config=CONFIG)
+    clock = {"now": START}
+    intake = Intake(engine, config=CONFIG, clock=lambda: clock["now"])
     scheduler = Scheduler(engine, router_jobs(KeywordClassifier(), CONFIG))
     plans: dict[str, tuple[int, int, int]] = {}  # ticket → minutes to accept, first reply, resolve
     max_load_seen = Counter()
@@ -119,7 +120,7 @@ def test_one_working_day(engine):
         by_minute.setdefault(minute, []).append(msg)
 
     for minute in range(MINUTES + 60):
-        now = START + timedelta(minutes=minute)
+        now = clock["now"] = START + timedelta(minutes=minute)
         batch = by_minute.get(minute, [])
         if batch:
             results = intake._commit_batch(batch)

@@ -259,7 +259,33 @@ def test_the_window_and_the_threshold_are_configurable(engine):
     assert first.new_ticket
 
 
-def test_only_open_tickets_are_continued_by_topic(engine):
+def test_a_resolved_ticket_is_reopened_by_the_same_topic_but_not_by_thanks_and_a_closed_one_never(engine):
+    clock = Clock()
+    intake = intake_at(engine, clock)
+    first = intake.accept_now(make_message(subject="退款没到账", text="申请退款三天了还没有到账"))
+    other = intake.accept_now(make_message(subject="发票抬头错了", text="发票抬头开成了旧公司名"))
+
+    def resolve(receipt, to=states.RESOLVED):
+        with transaction(engine) as session:
+            ticket = session.get(Ticket, receipt.ticket_id)
+            states.transition(session, ticket, states.RESOLVED, actor="agent:1", reason="done", at=clock.now)
+            if to == states.CLOSED:
+                states.transition(session, ticket, states.CLOSED, actor="agent:1", reason="done", at=clock.now)
+
+    resolve(first)
+    resolve(other, states.CLOSED)
+    clock.advance(hours=1)
+    assert intake.accept_now(make_message(text="发票抬头还是错的")).new_ticket  # closed is final
+    again = intake.accept_now(make_message(text="退款还是没到账，请再查一下"))
+    assert again.ticket_number == first.ticket_number
+    with Session(engine) as session:
+        assert session.get(Ticket, first.ticket_id).state == states.REOPENED
+        assert session.get(Ticket, other.ticket_id).state == states.CLOSED
+    [message] = [e for e in events(engine, first.ticket_id) if e.kind == "message"]
+    assert message.reason.startswith("message on api; same topic as resolved ") and message.data["thread"]["reopens"]
+
+
+def test_thanks_after_resolved_reopens_nothing(engine):
     clock = Clock()
     intake = intake_at(engine, clock)
     first = intake.accept_now(make_message(subject="退款没到账", text="申请退款三天了还没有到账"))
@@ -267,8 +293,8 @@ def test_only_open_tickets_are_continued_by_topic(engine):
         states.transition(session, session.get(Ticket, first.ticket_id), states.RESOLVED, actor="agent:1",
                           reason="refunded", at=clock.now)
     clock.advance(hours=1)
-    again = intake.accept_now(make_message(text="退款还是没到账"))
-    assert again.new_ticket  # a topic is not evidence enough to reopen; an explicit reference is
+    thanks = intake.accept_now(make_message(text="好的，谢谢"))
+    assert thanks.new_ticket and thanks.ticket_number != first.ticket_number
     with Session(engine) as session:
         assert session.get(Ticket, first.ticket_id).state == states.RESOLVED
 
