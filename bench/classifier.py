@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 
 from classifier.data import Example  # noqa: E402
 from classifier.evaluate import evaluate_examples  # noqa: E402
+from classifier.fast import FastModel  # noqa: E402
 from classifier.service import SERVICE_HEADS, ModelClassifier  # noqa: E402
 from classifier.store import ModelStore  # noqa: E402
 from classifier.train import SERVICE_CONFIG, TrainConfig, fit_model, load_split  # noqa: E402
@@ -112,16 +113,22 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.array(values), q))
 
 
-def speed(trained, classifier: ModelClassifier, texts: list[str], runs: int) -> dict:
+def speed(trained, texts: list[str], distinct: list[str], past: list[str], runs: int) -> dict:
+    """Each timed run uses a fresh classifier, so its caches (segmentation per clause) hold nothing of
+    the timed messages: single messages after ``past`` traffic (as a running service), batches cold."""
+    arrays = trained.serving_arrays()
+    fresh = lambda: ModelClassifier(FastModel(arrays), "bench")  # noqa: E731
     plain = trained.pipeline("type")
-    sample = texts  # every held-out message: short chats and long emails alike
-    for t in sample[:20]:  # warm numpy and the plain path before timing
-        classifier.predict(t)
+    warm = fresh()
+    for t in texts[:20]:  # warm numpy and the plain path before timing
+        warm.predict(t)
         plain.predict([t])
     fast_ms, plain_ms = [], []
-    best = np.full(len(sample), np.inf)
+    best = np.full(len(texts), np.inf)
     for _ in range(runs):
-        for i, t in enumerate(sample):
+        classifier = fresh()
+        classifier.predict_many(past)
+        for i, t in enumerate(texts):
             started = time.perf_counter()
             classifier.predict(t)
             fast_ms.append((time.perf_counter() - started) * 1000)
@@ -129,23 +136,28 @@ def speed(trained, classifier: ModelClassifier, texts: list[str], runs: int) -> 
             started = time.perf_counter()
             plain.predict([t])
             plain_ms.append((time.perf_counter() - started) * 1000)
-    batch = (texts * (5000 // max(1, len(texts)) + 1))[:5000]
-    rates = []
+    rates, repeated_rates = [], []
+    repeated = (texts * (5000 // max(1, len(texts)) + 1))[:5000]
     for _ in range(runs):
+        classifier = fresh()
         started = time.perf_counter()
-        classifier.predict_many(batch)
-        rates.append(len(batch) / (time.perf_counter() - started))
+        classifier.predict_many(distinct)
+        rates.append(len(distinct) / (time.perf_counter() - started))
+        started = time.perf_counter()
+        classifier.predict_many(repeated)
+        repeated_rates.append(len(repeated) / (time.perf_counter() - started))
     plain_rates = []
     for _ in range(max(1, runs // 2)):
         started = time.perf_counter()
         for head in SERVICE_HEADS:
-            trained.pipeline(head).predict(batch)
-        plain_rates.append(len(batch) / (time.perf_counter() - started))
+            trained.pipeline(head).predict(repeated)
+        plain_rates.append(len(repeated) / (time.perf_counter() - started))
     return {
         "fast_p50": percentile(fast_ms, 50), "fast_p99": percentile(fast_ms, 99),
         "best_p50": percentile(best.tolist(), 50), "best_p99": percentile(best.tolist(), 99),
         "plain_p50": percentile(plain_ms, 50), "plain_p99": percentile(plain_ms, 99),
-        "batch_rate": statistics.median(rates), "plain_batch_rate": statistics.median(plain_rates),
+        "batch_rate": statistics.median(rates), "batch_n": len(distinct),
+        "repeated_rate": statistics.median(repeated_rates), "plain_batch_rate": statistics.median(plain_rates),
         "n_single": len(fast_ms),
     }
 
@@ -237,7 +249,8 @@ def main() -> None:
 
     # -- speed, size, load ----------------------------------------------------------------------
     texts = [e.text for e in heldout]
-    s = speed(trained, classifier, texts, args.runs)
+    distinct = list(dict.fromkeys(texts + [e.text for e in train]))
+    s = speed(trained, texts, distinct, [e.text for e in train], args.runs)
     store_dir = Path(tempfile.mkdtemp(prefix="paidan-bench-"))
     try:
         path = ModelStore(store_dir).save(trained, trained.serving_arrays(), {"training_data": {"sha256": "bench"}})
@@ -250,12 +263,15 @@ def main() -> None:
     say("")
     say("| figure | value | goal |")
     say("|---|---|---|")
-    say(f"| single message, fast path (3 heads + rules) p50 / p99 | {s['fast_p50']:.3f} / {s['fast_p99']:.3f} ms | p99 <= 1 ms |")
-    say(f"| same, each message's best of {args.runs} runs (less interference from other processes) p50 / p99 | "
+    say(f"| single message, fast path (3 heads + rules; a fresh classifier that has seen the training messages, "
+        f"timed on the unseen held-out ones) p50 / p99 | {s['fast_p50']:.3f} / {s['fast_p99']:.3f} ms | p99 <= 1 ms |")
+    say(f"| same, each message's best of {args.runs} runs (each run a fresh classifier; less interference from other processes) p50 / p99 | "
         f"{s['best_p50']:.3f} / {s['best_p99']:.3f} ms | |")
     say(f"| single message, plain `Pipeline.predict` (1 head) p50 / p99 | {s['plain_p50']:.3f} / {s['plain_p99']:.3f} ms | |")
     say(f"| fast vs plain, p50 ratio / p99 ratio | {ratio:.1f}x / {s['plain_p99'] / s['fast_p99']:.1f}x | >= 3x |")
-    say(f"| batch `predict_many` (3 heads + rules) | {s['batch_rate']:,.0f} msgs/s | >= 5,000 |")
+    say(f"| batch `predict_many` (3 heads + rules), {s['batch_n']:,} distinct messages (held-out + training), "
+        f"fresh classifier (cold caches) | {s['batch_rate']:,.0f} msgs/s | >= 5,000 |")
+    say(f"| batch, the held-out messages repeated to 5,000 (caches warm after the first 741) | {s['repeated_rate']:,.0f} msgs/s | |")
     say(f"| batch, plain `Pipeline.predict` x 3 heads | {s['plain_batch_rate']:,.0f} msgs/s | |")
     say(f"| training, paidan's {len(train):,} rows (3 heads, 3-fold calibration, P0 bias) | {statistics.median(times):.1f} s | |")
     say("| training, 10,000 rows | see Banking77 'ours fit' below (10,003 rows, 77 classes) | <= 15 s |")
@@ -308,11 +324,17 @@ NOTES = """Notes (not re-measured by this script):
   LogisticRegression C=10 on word unigrams + char 1-3). A linear bag-of-n-grams model seems to top out
   about 1.5 points (Banking77) and 2-3 points (COCC) below the goals; the default keeps LinearSVC for its
   fit time.
-- Single-message latency is dominated by normalisation (NFKC, placeholder regexes), jieba-style segmentation
-  and n-gram look-ups in Python: about 1 ms for the longest held-out messages (~300 characters) on an
-  idle core, more when the two shared cores are busy, which the p99 above reflects.
-- Batch throughput is the same per-message Python work (no per-call scikit-learn overhead left to
-  remove); reaching 5,000 msgs/s would need several processes or a compiled tokenizer."""
+- Also tried (2026-11-23, same machine, blend weight picked on the test set, so an upper bound): LinearSVC
+  scores + standardised MultinomialNB / ComplementNB log-probabilities on our features: Banking77
+  0.906-0.919 (SVC alone 0.916), COCC 0.888-0.894 (SVC alone 0.892); within noise, not adopted.
+- Serving path (classifier/fast.py): normalisation and segmentation stay per message in Python (jieba
+  port, cached per clause of <= 32 characters; placeholder regexes skipped when their trigger character
+  is absent), then all word and char n-grams of the batch are looked up at once by walking vocabulary
+  tries with numpy (binary search on node*base+symbol), counted with one stable sort, and scored with one
+  sparse x dense product for all heads; softmax and best labels are computed for the whole batch.
+  Per message in a cold batch about 25 us normalisation, 30 us segmentation, 30 us priority rules and
+  ~45 us n-gram look-up and counting. The single-message figures include the machine's load (timings
+  interleave with the plain pipeline); p99 moves by several x with other processes on the 2 cores."""
 
 
 def write_section(body: str) -> None:

@@ -1,30 +1,27 @@
 """The serving path: the same features and linear scores as the scikit-learn pipeline, without it.
 
-One message costs a normalisation, a jieba cut, a few hundred dict look-ups and a gather of a dense
-weight matrix, with none of scikit-learn's input validation, sparse-matrix construction or estimator
-dispatch. The arrays come from :func:`export_arrays` (see ``store.py``: ``serving.npz``, loaded with
-``allow_pickle=False``), so serving imports neither scikit-learn nor skops. Tests check that labels
-and probabilities equal the scikit-learn pipeline's on every held-out message.
-"""
+A message costs a normalisation and a jieba cut in Python (cut cached per clause); after that the
+word and character n-grams of a whole batch (or of one message) are found with a few numpy passes
+over vocabulary tries (:class:`_Trie`) instead of a dict look-up per n-gram string, counted with one
+sort, tf-idf weighted, and scored for all heads with one product, with none of scikit-learn's input
+validation or estimator dispatch. The arrays come from :func:`export_arrays` (see ``store.py``:
+``serving.npz``, loaded with ``allow_pickle=False``), so serving imports neither scikit-learn nor
+skops; the tries are built from those arrays at load, so the model directory format is unchanged.
+Tests check that labels and probabilities equal the scikit-learn pipeline's on every held-out message."""
 
 from __future__ import annotations
 
-import math
 import re
-from collections import Counter
-from functools import lru_cache
-from itertools import repeat
+from itertools import chain, repeat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from classifier.text import NativeSegmenter, normalise, unpack_table, unpack_terms
+from classifier.text import MAX_CHARS, NativeSegmenter, normalise, unpack_table, unpack_terms
 
 SERVING_FORMAT = 2
 _WHITE_SPACES = re.compile(r"\s\s+")  # as scikit-learn's analyzers
-_NO_COLUMNS = np.zeros(0, dtype=np.intp)
-_NO_VALUES = np.zeros(0, dtype=np.float64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,16 +67,102 @@ def export_arrays(features, heads: Mapping[str, object]) -> dict[str, np.ndarray
     }
 
 
+class _Trie:
+    """A vocabulary of n-grams as paths of symbol ids (characters, or words), for array-wide look-ups.
+
+    Node 0 is the root. A node's children are found by binary search on ``node * base + symbol``:
+    nodes are numbered depth by depth in sorted key order, so the sorted keys are simply
+    ``keys[i]`` -> node ``i + 1``. Extending every open window of a batch by one symbol is then one
+    ``searchsorted`` (a few µs plus ~20-150 ns a window, against ~0.2-0.5 µs for making, hashing and
+    looking up each n-gram string in a dict). ``column`` is the feature column of the n-gram ending at
+    a node (-1 where the node is only a prefix).
+    """
+
+    def __init__(self, symbols: np.ndarray, lengths: np.ndarray, columns: np.ndarray, base: int):
+        self.base = base
+        starts = np.cumsum(lengths) - lengths
+        node = np.zeros(len(lengths), dtype=np.int64)
+        keys = [np.zeros(0, dtype=np.int64)]
+        n_nodes = 1
+        for depth in range(1, int(lengths.max(initial=0)) + 1):
+            deep = np.flatnonzero(lengths >= depth)
+            key = node[deep] * base + symbols[starts[deep] + depth - 1]
+            if np.all(key[1:] >= key[:-1]):  # terms in code point order (scikit-learn's) need no sort
+                first = np.concatenate([[True], key[1:] != key[:-1]])
+                unique, inverse = key[first], np.cumsum(first) - 1
+            else:
+                unique, inverse = np.unique(key, return_inverse=True)
+            node[deep] = n_nodes + inverse
+            n_nodes += len(unique)
+            keys.append(unique)  # every key of this depth exceeds the last depth's: parents are larger
+        if n_nodes * base >= 2**62:
+            raise ValueError("vocabulary too large for 64-bit n-gram keys")
+        self.keys = np.concatenate(keys)
+        self.column = np.full(n_nodes, -1, dtype=np.int64)
+        self.column[node] = columns
+        # Depth 1 by direct indexing: the root's child by each symbol (the root's keys are the symbols).
+        self.first = np.full(base, -1, dtype=np.int64)
+        self.first[keys[1]] = np.arange(1, len(keys[1]) + 1) if len(keys) > 1 else []
+
+
+def _grams(trie: _Trie, symbols: np.ndarray, min_n: int, max_n: int, whole_short: bool, separator: int):
+    """Yields (positions, columns, n) for every window of n symbols that is an n-gram, n in 1..max_n.
+
+    ``symbols`` are segments (a message's words, or one padded word) joined and surrounded by
+    ``separator``, a symbol with no trie node: a window that reaches it dies, so windows never cross
+    segments. Windows of ``n >= min_n`` are scikit-learn's n-grams; with ``whole_short`` (char_wb) a
+    segment shorter than ``min_n`` is also one n-gram by itself. Columns are -1 for n-grams outside
+    the vocabulary that are still a prefix of one (the caller drops them).
+    """
+    node = trie.first[symbols]
+    pos = np.flatnonzero(node >= 0)
+    node = node[pos]
+    keys, base = trie.keys, trie.base
+    for n in range(1, max_n + 1):
+        if n > 1:
+            key = node * base + symbols[pos + (n - 1)]
+            at = keys.searchsorted(key)
+            alive = keys.take(at, mode="clip") == key
+            pos, node = pos[alive], at[alive] + 1  # a window that is no vocabulary prefix stays dead
+        if not len(pos):
+            return
+        if n >= min_n:
+            yield pos, trie.column[node], n
+        elif whole_short:
+            whole = (symbols[pos - 1] == separator) & (symbols[pos + n] == separator)
+            yield pos[whole], trie.column[node[whole]], n
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Sparse tf-idf rows of a batch: message ``row`` has ``columns[indptr[row]:indptr[row + 1]]``."""
+
+    indptr: np.ndarray
+    columns: np.ndarray
+    values: np.ndarray
+    coverage: np.ndarray
+    normalised: list[str]
+
+
+# Joins segments in the texts the char trie walks: normalise() turns every control character into
+# a space, so no normalised text or n-gram contains it.
+_SEPARATOR = "\x00"
+_WB_JOIN = f" {_SEPARATOR} "  # between two words: the first's closing pad, the separator, the next's opening pad
+
+
 class FastModel:
-    """Scores messages from exported arrays; ``scores`` (one) and ``scores_many`` (batch) agree exactly."""
+    """Scores messages from exported arrays; ``scores`` (one) and ``scores_many`` (batch) agree exactly.
+
+    Both paths share one vectorised feature builder: each message is normalised and segmented in
+    Python (segmentation cached per clause), then every word and character n-gram of the whole batch
+    is looked up at once by walking vocabulary tries with numpy (:class:`_Trie`), counted with one
+    sort, weighted and l2-normalised per block, and scored with one product for all heads.
+    """
 
     def __init__(self, arrays: Mapping[str, np.ndarray]):
         if int(arrays["format"]) != SERVING_FORMAT:
             raise ValueError(f"serving arrays format {int(arrays['format'])}, this code reads {SERVING_FORMAT}")
         word_terms = unpack_terms(arrays["word_terms"])
-        char_terms = unpack_terms(arrays["char_terms"])
-        self.word_index = dict(zip(word_terms, range(len(word_terms))))
-        self.char_index = dict(zip(char_terms, range(len(word_terms), len(word_terms) + len(char_terms))))
         self.idf = np.concatenate([arrays["word_idf"], arrays["char_idf"]]).astype(np.float64)
         self.word_min_n, self.word_max_n = (int(v) for v in arrays["word_ngram_range"])
         self.char_min_n, self.char_max_n = (int(v) for v in arrays["char_ngram_range"])
@@ -90,9 +173,9 @@ class FastModel:
         self.simplified = unpack_table(arrays["simplified_from"], arrays["simplified_to"])
         self.coverage_n = min(3, self.char_max_n)
         self.n_word_features = len(word_terms)
-        self.long_column = np.fromiter(map(len, char_terms), dtype=np.intp, count=len(char_terms)) >= self.coverage_n
-        # Bounded per-model cache: a pure function of the word, so it cannot change any result.
-        self._cached_wb_grams = lru_cache(maxsize=50_000)(self._wb_grams)
+        self._build_word_trie(word_terms)
+        self._build_char_trie(arrays["char_terms"])
+        self.long_windows = self._long_windows_by_length()
         self.segmenter = NativeSegmenter(
             unpack_terms(arrays["dictionary_words"]), arrays["dictionary_freqs"].tolist(), int(arrays["dictionary_total"])
         )
@@ -113,70 +196,123 @@ class FastModel:
         if self.weights.shape[0] != self.n_features:
             raise ValueError(f"weights have {self.weights.shape[0]} rows for {self.n_features} features")
 
+    def _build_word_trie(self, word_terms: list[str]) -> None:
+        # Vocabulary terms are space-joined tokens ("收银机 连不上"); tokens never contain spaces.
+        tokens = " ".join(word_terms).split(" ") if word_terms else []
+        self.word_ids = dict(zip(dict.fromkeys(tokens), range(1, len(tokens) + 1)))  # 0: unknown word
+        self.word_separator = len(self.word_ids) + 1
+        self.word_ids[_SEPARATOR] = self.word_separator  # never a token: normalised text has no control characters
+        symbols = np.fromiter(map(self.word_ids.__getitem__, tokens), dtype=np.int64, count=len(tokens))
+        lengths = np.fromiter(map(str.count, word_terms, repeat(" ")), dtype=np.int64, count=len(word_terms)) + 1
+        self.word_trie = _Trie(symbols, lengths, np.arange(len(word_terms)), self.word_separator + 1)
+
+    def _build_char_trie(self, packed_terms: np.ndarray) -> None:
+        # From the packed terms directly (newline-separated; no n-gram contains a newline): one decode
+        # and one encode instead of a list of 50,000 strings.
+        codes = _codes(packed_terms.tobytes().decode("utf-8"))
+        breaks = np.flatnonzero(codes == ord("\n"))
+        lengths = np.diff(np.concatenate([[-1], breaks, [len(codes)]])) - 1 if len(codes) else np.zeros(0, dtype=np.int64)
+        codes = np.delete(codes, breaks)
+        present = np.zeros(0x110000, dtype=bool)
+        present[codes] = True
+        alphabet = np.flatnonzero(present)
+        # Code point -> symbol id: 1..len(alphabet) for characters some n-gram contains, else 0.
+        self.char_ids = np.zeros(0x110000, dtype=np.int32)
+        self.char_ids[alphabet] = np.arange(1, len(alphabet) + 1)
+        self.char_separator = len(alphabet) + 1
+        self.char_ids[ord(_SEPARATOR)] = self.char_separator
+        columns = np.arange(self.n_word_features, self.n_word_features + len(lengths))
+        self.char_trie = _Trie(self.char_ids[codes], lengths, columns, self.char_separator + 1)
+
+    def _long_windows_by_length(self) -> np.ndarray:
+        """How many char n-grams at least ``coverage_n`` long a segment of each length has (known or not)."""
+        length = np.arange(MAX_CHARS + 3)  # a padded word of a whole message: MAX_CHARS + 2
+        count = np.zeros(len(length))
+        for n in range(max(self.coverage_n, self.char_min_n), self.char_max_n + 1):
+            count += np.maximum(length - n + 1, 0)
+        if self.char_wb:
+            count += (length < self.char_min_n) & (length >= self.coverage_n)  # a short word is one n-gram
+        return count
+
     # -- features ----------------------------------------------------------------------------
 
-    def _word_grams(self, words: list[str]) -> list[str]:
-        n_tokens = len(words)
-        grams = list(words) if self.word_min_n == 1 else []
-        for n in range(max(self.word_min_n, 2), min(self.word_max_n, n_tokens) + 1):
-            grams.extend([" ".join(words[i : i + n]) for i in range(n_tokens - n + 1)])
-        return grams
+    def _word_symbols(self, normalised: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Word ids of the batch, each message followed by the separator, and the message of each
+        (None for a single message)."""
+        words = [self.segmenter.words(text) for text in normalised]
+        flat = [_SEPARATOR, *chain.from_iterable(ws + [_SEPARATOR] for ws in words)]
+        symbols = np.fromiter(map(self.word_ids.get, flat, repeat(0)), dtype=np.int64, count=len(flat))
+        if len(words) == 1:
+            return symbols, None
+        sizes = np.fromiter(map(len, words), dtype=np.int64, count=len(words)) + 1
+        return symbols, np.concatenate([[0], np.repeat(np.arange(len(words)), sizes)])
 
-    def _char_grams(self, text: str) -> tuple[list[str], int]:
-        """The char n-grams of a normalised text, and how many are at least ``coverage_n`` long."""
-        min_n, max_n = self.char_min_n, self.char_max_n
-        text = _WHITE_SPACES.sub(" ", text)
-        grams: list[str] = []
-        if not self.char_wb:
-            length = len(text)
-            long_grams = 0
-            for n in range(min_n, min(max_n, length) + 1):
-                grams.extend([text[i : i + n] for i in range(length - n + 1)])
-                if n >= self.coverage_n:
-                    long_grams += length - n + 1
-            return grams, long_grams
-        long_grams = 0
-        cached = self._cached_wb_grams
-        for word in text.split():
-            # Short words recur across messages (English words, 您好); long Chinese clauses do not.
-            word_grams, word_long = cached(word) if len(word) <= 16 else self._wb_grams(word)
-            grams.extend(word_grams)
-            long_grams += word_long
-        return grams, long_grams
+    def _char_symbols(self, normalised: list[str]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """Char ids of the batch with separators, the message of each (None for a single message),
+        and how many windows of at least ``coverage_n`` characters each message has."""
+        if self.char_wb:
+            # scikit-learn's char_wb: each whitespace-separated word padded with one space each side.
+            split = [text.split() for text in normalised]
+            texts = [" " + _WB_JOIN.join(ws) + " " if ws else "" for ws in split]
+            words = list(chain.from_iterable(split))
+            windows = self.long_windows[np.fromiter(map(len, words), dtype=np.int64, count=len(words)) + 2]
+            if len(split) == 1:
+                long_windows = np.array([windows.sum()])
+            else:
+                per_message = np.fromiter(map(len, split), dtype=np.int64, count=len(split))
+                message = np.repeat(np.arange(len(split)), per_message)
+                long_windows = np.bincount(message, weights=windows, minlength=len(split))
+        else:
+            texts = [_WHITE_SPACES.sub(" ", text) for text in normalised]
+            long_windows = self.long_windows[np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))]
+        symbols = self.char_ids[_codes(_SEPARATOR + _SEPARATOR.join(texts) + _SEPARATOR)]
+        if len(texts) == 1:
+            return symbols, None, long_windows
+        sizes = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)) + 1
+        return symbols, np.concatenate([[0], np.repeat(np.arange(len(texts)), sizes)]), long_windows
 
-    def _wb_grams(self, word: str) -> tuple[tuple[str, ...], int]:
-        """One word's char_wb n-grams as scikit-learn makes them, and how many are >= coverage_n long."""
-        w = f" {word} "
-        length = len(w)
-        grams: list[str] = []
-        long_grams = 0
-        for n in range(self.char_min_n, self.char_max_n + 1):
-            if length <= n:
-                grams.append(w)  # scikit-learn's char_wb counts a short word once, then stops
-                long_grams += length >= self.coverage_n
-                break
-            grams.extend([w[i : i + n] for i in range(length - n + 1)])
-            if n >= self.coverage_n:
-                long_grams += length - n + 1
-        return tuple(grams), long_grams
-
-    def _block(self, grams: list[str], index: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(columns, l2-normalised tf-idf values, raw counts) of the n-grams the vocabulary knows."""
-        if not grams:
-            return _NO_COLUMNS, _NO_VALUES, _NO_VALUES
-        counter = Counter(grams)
-        size = len(counter)
-        # map/np.fromiter keep the per-gram work in C; -1 marks a gram outside the vocabulary.
-        columns = np.fromiter(map(index.get, counter, repeat(-1, size)), dtype=np.intp, count=size)
-        known = columns >= 0
-        if not known.any():
-            return _NO_COLUMNS, _NO_VALUES, _NO_VALUES
-        counts = np.fromiter(counter.values(), dtype=np.float64, count=size)[known]
-        columns = columns[known]
-        tf = np.log(counts) + 1.0 if self.sublinear else counts
-        values = tf * self.idf[columns]
-        values /= math.sqrt(float(values @ values))
-        return columns, values, counts
+    def batch_features(self, texts: Sequence[str]) -> _Batch:
+        """Normalised tf-idf rows (word block and char block each l2-normalised) and coverage."""
+        normalised = [normalise(text, self.simplified) for text in texts]
+        m = len(normalised)
+        word_symbols, word_rows = self._word_symbols(normalised)
+        char_symbols, char_rows, long_windows = self._char_symbols(normalised)
+        word_grams = _grams(self.word_trie, word_symbols, self.word_min_n, self.word_max_n, False, self.word_separator)
+        char_grams = _grams(
+            self.char_trie, char_symbols, self.char_min_n, self.char_max_n, self.char_wb, self.char_separator
+        )
+        # (message of each position, positions, columns, n); word n-grams never count for coverage.
+        grams = [(word_rows, pos, column, 0) for pos, column, _n in word_grams]
+        grams += [(char_rows, pos, column, n) for pos, column, n in char_grams]
+        column = np.concatenate([c for _r, _p, c, _n in grams]) if grams else np.zeros(0, dtype=np.int64)
+        known = column >= 0
+        long_known = [(r, p, c) for r, p, c, n in grams if n >= self.coverage_n]
+        if m == 1:
+            # One message: no row bookkeeping, and the two blocks are the two ends of sorted columns.
+            known_long = np.array([float(sum(np.count_nonzero(c >= 0) for _r, _p, c in long_known))])
+            column, counts = _count(column[known])
+        else:
+            known_long = np.zeros(m)
+            for r, p, c in long_known:
+                known_long += np.bincount(r[p], weights=c >= 0, minlength=m)
+            rows = np.concatenate([r[p] for r, p, _c, _n in grams]) if grams else np.zeros(0, dtype=np.int64)
+            # One sort counts every (message, column) pair and leaves them in row, then column order.
+            keys, counts = _count(rows[known] * self.n_features + column[known])
+            row, column = np.divmod(keys, self.n_features)
+        coverage = np.divide(known_long, long_windows, out=np.zeros(m), where=long_windows > 0)
+        tf = np.log(counts) + 1.0 if self.sublinear else counts.astype(np.float64)
+        values = tf * self.idf[column]
+        if m == 1:
+            split = int(column.searchsorted(self.n_word_features))
+            for part in (values[:split], values[split:]):
+                if len(part):
+                    part /= np.sqrt(part @ part)
+            return _Batch(np.array([0, len(column)]), column, values, coverage, normalised)
+        block = row * 2 + (column >= self.n_word_features)
+        values /= np.sqrt(np.bincount(block, weights=values * values, minlength=2 * m))[block]
+        indptr = np.zeros(m + 1, dtype=np.int64)
+        np.cumsum(np.bincount(row, minlength=m), out=indptr[1:])
+        return _Batch(indptr, column, values, coverage, normalised)
 
     def features(self, text: str) -> tuple[np.ndarray, np.ndarray, float, str]:
         """(columns, tf-idf values, coverage, normalised text) of one message, as TextFeatures.transform.
@@ -185,51 +321,62 @@ class FastModel:
         vocabulary knows (0 for none): single characters are known for almost any junk, so they do
         not count.
         """
-        normalised = normalise(text, self.simplified)
-        word_cols, word_values, _ = self._block(self._word_grams(self.segmenter.words(normalised)), self.word_index)
-        char_grams, long_grams = self._char_grams(normalised)
-        char_cols, char_values, char_counts = self._block(char_grams, self.char_index)
-        known_long = float(char_counts[self.long_column[char_cols - self.n_word_features]].sum()) if len(char_cols) else 0.0
-        coverage = known_long / long_grams if long_grams else 0.0
-        return np.concatenate([word_cols, char_cols]), np.concatenate([word_values, char_values]), coverage, normalised
+        batch = self.batch_features([text])
+        return batch.columns, batch.values, float(batch.coverage[0]), batch.normalised[0]
 
     # -- scores ------------------------------------------------------------------------------
 
+    def raw_scores_many(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Linear scores (messages x all heads' labels), coverage per message and normalised texts."""
+        batch = self.batch_features(texts)
+        m = len(batch.normalised)
+        if m == 1:
+            raw = batch.values @ self.weights[batch.columns] + self.intercepts
+            return raw[None, :], batch.coverage, batch.normalised
+        import scipy.sparse as sp  # here, not at the top: importing it costs ~0.1 s of every load
+
+        matrix = sp.csr_matrix((batch.values, batch.columns, batch.indptr), shape=(m, self.n_features))
+        return np.asarray(matrix @ self.weights) + self.intercepts, batch.coverage, batch.normalised
+
+    def probabilities_many(self, texts: Sequence[str]) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
+        """{head: calibrated probabilities, messages x labels}, coverage per message and normalised texts."""
+        raw, coverage, normalised = self.raw_scores_many(texts)
+        out = {}
+        for head in self.heads:
+            scores = raw[:, self.slices[head]] / self.temperatures[head]
+            exp = np.exp(scores - scores.max(axis=1, keepdims=True))
+            out[head] = exp / exp.sum(axis=1, keepdims=True)
+        return out, coverage, normalised
+
     def scores(self, text: str) -> tuple[dict[str, HeadScores], float, str]:
         """Calibrated probabilities per head for one message, its n-gram coverage and normalised text."""
-        columns, values, coverage, normalised = self.features(text)
-        raw = values @ self.weights[columns] + self.intercepts if len(columns) else self.intercepts.copy()
-        return self._split(raw), coverage, normalised
+        probabilities, coverage, normalised = self.probabilities_many([text])
+        return {h: HeadScores(self.labels[h], p[0]) for h, p in probabilities.items()}, float(coverage[0]), normalised[0]
 
     def scores_many(self, texts: Sequence[str]) -> tuple[list[dict[str, HeadScores]], list[float], list[str]]:
         """The same as ``scores`` for many messages, with one sparse-dense product."""
-        import scipy.sparse as sp  # here, not at the top: importing it costs ~0.1 s of every load
-
-        indptr = [0]
-        all_columns: list[np.ndarray] = []
-        all_values: list[np.ndarray] = []
-        coverages: list[float] = []
-        normalised: list[str] = []
-        for text in texts:
-            columns, values, coverage, norm = self.features(text)
-            all_columns.append(columns)
-            all_values.append(values)
-            coverages.append(coverage)
-            normalised.append(norm)
-            indptr.append(indptr[-1] + len(columns))
         if not texts:
             return [], [], []
-        matrix = sp.csr_matrix(
-            (np.concatenate(all_values), np.concatenate(all_columns), np.array(indptr)),
-            shape=(len(texts), self.n_features),
-        )
-        raw = np.asarray(matrix @ self.weights) + self.intercepts
-        return [self._split(row) for row in raw], coverages, normalised
+        probabilities, coverage, normalised = self.probabilities_many(texts)
+        per_message = [
+            {h: HeadScores(self.labels[h], probabilities[h][i]) for h in self.heads} for i in range(len(normalised))
+        ]
+        return per_message, coverage.tolist(), normalised
 
-    def _split(self, raw: np.ndarray) -> dict[str, HeadScores]:
-        out = {}
-        for head in self.heads:
-            scores = raw[self.slices[head]] / self.temperatures[head]
-            exp = np.exp(scores - scores.max())
-            out[head] = HeadScores(self.labels[head], exp / exp.sum())
-        return out
+
+def _count(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct keys in ascending order and how often each occurs (``np.unique(return_counts=True)``).
+
+    The keys come as a few runs already ordered by message, which a stable sort (timsort for int64)
+    merges ~3x faster than ``np.unique``'s quicksort.
+    """
+    if not len(keys):
+        return keys, np.zeros(0, dtype=np.int64)
+    keys = np.sort(keys, kind="stable")
+    first = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
+    return keys[first], np.diff(np.append(first, len(keys)))
+
+
+def _codes(text: str) -> np.ndarray:
+    """The code points of a string as an array (one C call, no per-character Python)."""
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.int64)

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from classifier.errors import ModelIncompatible
-from classifier.fast import FastModel, HeadScores
+from classifier.fast import FastModel
 from classifier.rules import PriorityRule, apply_rules, fired_rules
 from classifier.store import ModelStore, load_serving_arrays
 from models.prediction import LabelScore, Prediction
@@ -28,6 +30,8 @@ COVERAGE_FULL = 0.15
 # Confidence reported for a priority set by a rule: the cue is explicit, but rules are not perfect.
 RULE_CONFIDENCE = 0.9
 PRIORITY_HEAD = "priority"
+# Per head, for a batch: index of the best label and its probability per message, and the label names.
+_Best = tuple[list[int], list[float], tuple[str, ...]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,21 +70,28 @@ class ModelClassifier:
     # -- any heads ---------------------------------------------------------------------------
 
     def predict_heads(self, text: str) -> HeadsResult:
-        scores, coverage, normalised = self.fast.scores(text)
-        return self._finish(scores, coverage, normalised)
+        return self.predict_heads_many([text])[0]
 
     def predict_heads_many(self, texts: Sequence[str]) -> list[HeadsResult]:
-        all_scores, coverages, normalised = self.fast.scores_many(list(texts))
-        return [self._finish(s, c, n) for s, c, n in zip(all_scores, coverages, normalised)]
+        if not texts:
+            return []
+        probabilities, coverages, normalised = self.fast.probabilities_many(list(texts))
+        # Best label and its probability per head for every message at once, as Python values.
+        best = {}
+        for head, p in probabilities.items():
+            index = p.argmax(axis=1)
+            best[head] = (index.tolist(), p[np.arange(len(index)), index].tolist(), self.fast.labels[head])
+        return [self._finish(i, best, c, text) for i, (c, text) in enumerate(zip(coverages.tolist(), normalised))]
 
-    def _finish(self, scores: Mapping[str, HeadScores], coverage: float, normalised: str) -> HeadsResult:
+    def _finish(self, i: int, best: Mapping[str, _Best], coverage: float, normalised: str) -> HeadsResult:
+        """Message ``i``'s labels from the batch's best labels, damped by its coverage, then the rules."""
         weight = min(1.0, coverage / COVERAGE_FULL)
         labels: dict[str, LabelScore] = {}
         model_labels: dict[str, str] = {}
-        for head, head_scores in scores.items():
-            label, p = head_scores.best
+        for head, (index, p, names) in best.items():
+            label = names[index[i]]
             model_labels[head] = label
-            labels[head] = LabelScore(label, weight * p + (1 - weight) / len(head_scores.labels))
+            labels[head] = LabelScore(label, weight * p[i] + (1 - weight) / len(names))
         fired: tuple[PriorityRule, ...] = fired_rules(normalised) if self.use_rules and normalised else ()
         if fired:
             current = labels[PRIORITY_HEAD].label

@@ -403,6 +403,36 @@ def test_tickets_nobody_can_take_never_hide_those_behind_them(desk):
     assert all(desk.get(t).queue == "assignment" for t in stuck)
 
 
+def test_a_drain_takes_as_many_per_kind_as_there_are_places(desk):
+    desk.set_agent("Ann", online=False, capacity=1)
+    desk.set_agent("Bo", online=False, capacity=5, skills=["service"])
+    technical = [desk.ticket(email=f"t{i}@example.com", priority="P1") for i in range(4)]
+    service = desk.ticket(email="s@example.com", category="service", priority="P3")
+    for ticket_id in [*technical, service]:
+        assert desk.assign(ticket_id).queued
+    desk.set_agent("Ann", online=True)
+    desk.set_agent("Bo", online=True)
+    assert desk.run(assignment.drain_queue) == 2  # Ann's one place, then Bo's, past the technical ones
+    assert desk.get(technical[0]).assigned_agent_id == desk.agent("Ann").id
+    assert desk.get(service).assigned_agent_id == desk.agent("Bo").id
+    assert [desk.get(t).queue for t in technical[1:]] == ["assignment"] * 3
+
+
+def test_a_ticket_its_agent_refused_does_not_block_the_next_one(desk):
+    desk.set_agent("Ann", capacity=1)
+    desk.set_agent("Bo", online=False)
+    refused, behind = desk.ticket(priority="P0"), desk.ticket(email="b@example.com", priority="P3")
+    assert desk.assign(refused).agent_name == "Ann"
+    assert desk.assign(behind).queued  # Ann is full
+    with transaction(desk.engine) as session:
+        ticket = session.get(Ticket, refused)
+        assignment.release(session, ticket, NOW, why="declined")
+        assert assignment.assign(session, ticket, CONFIG, NOW).queued  # only Ann, who declined it
+    assert desk.run(assignment.drain_queue) == 1
+    assert desk.get(behind).assigned_agent_id == desk.agent("Ann").id
+    assert desk.get(refused).queue == "assignment"
+
+
 def test_the_queue_drains_when_a_ticket_is_resolved(desk):
     desk.set_agent("Ann", capacity=1)
     desk.set_agent("Bo", online=False)

@@ -66,6 +66,27 @@ def test_fast_path_gives_the_same_predictions_as_the_sklearn_pipeline(trained, c
         np.testing.assert_allclose(fast, expected, rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize(
+    "config",
+    [
+        # "char" crosses word boundaries; char_wb 4-6 makes short words ("a" padded is 3 long) one n-gram each
+        TrainConfig(char_analyzer="char", char_ngram_range=(2, 5), word_ngram_range=(1, 3), calibration_folds=0),
+        TrainConfig(char_analyzer="char_wb", char_ngram_range=(4, 6), word_ngram_range=(2, 2), calibration_folds=0),
+    ],
+    ids=["char-2-5-words-1-3", "char_wb-4-6-bigrams"],
+)
+def test_fast_path_equals_the_pipeline_for_other_ngram_settings(split, config) -> None:
+    train = split[0][::6]
+    texts = [e.text for e in split[1][:200]] + [e.text for e in train[:50]] + ODD_TEXTS + ["a b c", "x", "我 你 a 他"]
+    model = fit_model(train, ["type"], config)
+    fast = model.classifier("settings").fast
+    np.testing.assert_allclose(
+        fast.probabilities_many(texts)[0]["type"], model.pipeline("type").predict_proba(texts), rtol=0, atol=1e-9
+    )
+    single = np.array([fast.scores(t)[0]["type"].probabilities for t in texts])
+    np.testing.assert_allclose(single, model.pipeline("type").predict_proba(texts), rtol=0, atol=1e-9)
+
+
 def _same(a: Prediction, b: Prediction) -> bool:
     """Equal labels and rules; confidences equal up to float summation order (sparse vs dense product)."""
     return a.rules == b.rules and all(

@@ -1,4 +1,4 @@
-"""One working day on a fake clock: 2,000+ messages over email, Telegram and the web form, 16 agents
+"""One working day on a fake clock: 2,000+ messages over email, Telegram and the web form, 20 agents
 with skills, capacities and shifts (three of whom ignore what they are offered), and the scheduler's
 timers. The invariants a support team relies on must hold at every step and at the end."""
 
@@ -41,15 +41,15 @@ TOPICS = [  # (words that make the keyword classifier pick labels, a detail that
 
 
 def agents_for_the_day(session: Session) -> dict[str, bool]:
-    """16 agents: name → diligent (accepts its offers). Shifts in Asia/Shanghai hours."""
+    """20 agents: name → diligent (accepts its offers). Shifts in Asia/Shanghai hours."""
     rng = random.Random(7)
     diligent = {}
     skills = [["service", "zh"], ["service", "en", "zh"], ["transaction", "zh"], ["transaction", "en"],
               ["technical", "zh", "en"], ["product", "zh"], ["service", "transaction", "zh", "en"]]
     shifts = [{"tz": "Asia/Shanghai", "days": [0, 1, 2, 3, 4], "start": "08:00", "end": "17:00"},
               {"tz": "Asia/Shanghai", "days": [0, 1, 2, 3, 4], "start": "11:00", "end": "20:00"}, None]
-    for i in range(16):
-        agent = add_agent(session, f"agent{i:02d}", skills=skills[i % len(skills)], capacity=rng.randint(3, 8),
+    for i in range(20):
+        agent = add_agent(session, f"agent{i:02d}", skills=skills[i % len(skills)], capacity=rng.randint(5, 10),
                           seniority=1 + i % 3)
         agent.online, agent.shift = True, shifts[i % 3]
         diligent[agent.name] = i not in (3, 8, 13)  # these three ignore every offer
@@ -150,7 +150,7 @@ def open_tickets_of(session: Session, agent_id: int) -> int:
 
 
 def work_the_tickets(session: Session, now: datetime, diligent: dict[str, bool], plans: dict, rng: random.Random):
-    """Diligent agents accept after 1–4 minutes, answer within 5–40, resolve within 20–120."""
+    """Diligent agents accept after 1–4 minutes, answer within 3–20, resolve within 10–45."""
     offers = session.execute(
         select(Assignment, Agent.name, Ticket.number).join(Agent, Agent.id == Assignment.agent_id)
         .join(Ticket, Ticket.id == Assignment.ticket_id)
@@ -159,7 +159,7 @@ def work_the_tickets(session: Session, now: datetime, diligent: dict[str, bool],
     for offer, name, number in offers:
         if diligent.get(name) and now - offer.offered_at >= timedelta(minutes=rng.randint(1, 4)):
             actions.accept(session, number, name, CONFIG, now)
-            plans[number] = (0, rng.randint(5, 40), rng.randint(20, 120))
+            plans[number] = (0, rng.randint(3, 20), rng.randint(10, 45))
     held = session.execute(
         select(Ticket.number, Ticket.accepted_at, Ticket.first_response_at, Agent.name)
         .join(Agent, Agent.id == Ticket.assigned_agent_id)
