@@ -116,6 +116,11 @@ def build(url: str, *, agents: int, open_tickets: int, new_tickets: int, seed: i
             new_rows.append(_ticket(seq, customer, rnd, state="new", agent_id=None))
         new_ids = session.execute(insert(Ticket).returning(Ticket.id, sort_by_parameter_order=True),
                                   new_rows).scalars().all()
+    if engine.dialect.name == "postgresql":
+        # Planner statistics, as autovacuum would have gathered them on a database in use; without
+        # them PostgreSQL plans the freshly bulk-loaded tables as if they were empty.
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("ANALYZE")
     engine.dispose()  # the last SQLite connection to close checkpoints the WAL into the file we copy
     return list(new_ids)
 
@@ -376,9 +381,17 @@ def _median(runs: list[dict]) -> dict:
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 
+GOAL_RATE, GOAL_P99_MS = 2000, 5.0  # on SQLite
+
+
 def table(database: str, results: list[tuple[str, dict]]) -> list[str]:
+    def goal(label: str, r: dict) -> str:
+        if database != "SQLite" or not label.startswith("ours"):
+            return ""
+        return "met" if r["rate"] >= GOAL_RATE and r["p99_ms"] <= GOAL_P99_MS else "**not met**"
+
     lines = [f"| {database} | {label} | {r['rate']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-             f"{r['assigned']:.0f} / {r['queued']:.0f} |" for label, r in results]
+             f"{r['assigned']:.0f} / {r['queued']:.0f} | {goal(label, r)} |" for label, r in results]
     by = dict(results)
     pairs = [("one transaction per decision", MODES[0][0], MODES[4][0]),
              ("200 per transaction", MODES[2][0], MODES[5][0]),
@@ -386,7 +399,7 @@ def table(database: str, results: list[tuple[str, dict]]) -> list[str]:
     for shape, mine, theirs in pairs:
         if mine in by and theirs in by:
             lines.append(f"| {database} | ratio ours / plain, {shape} | **{by[mine]['rate'] / by[theirs]['rate']:.1f}×** "
-                         f"| | {by[theirs]['p99_ms'] / by[mine]['p99_ms']:.1f}× lower p99 | |")
+                         f"| | {by[theirs]['p99_ms'] / by[mine]['p99_ms']:.1f}× lower p99 | | |")
     return lines
 
 
@@ -406,16 +419,20 @@ def write_results(lines: list[str], args) -> None:
         "baseline routes 15 % as many tickets (it is slow; the rate is what compares).",
         "Goal (SQLite): >= 2,000 decisions/s with p99 <= 5 ms per decision.",
         "",
-        "| database | decisions | per second | p50 ms | p99 ms | assigned / queued |",
-        "|---|---|---:|---:|---:|---:|",
+        "| database | decisions | per second | p50 ms | p99 ms | assigned / queued | goal |",
+        "|---|---|---:|---:|---:|---:|---|",
         *lines,
         "",
         f"A commit with the product's `synchronous=FULL` waits for an fsync of the WAL: on this disk a bare "
         f"commit took {args.commit_ms:.2f} ms in this run, so one transaction per decision cannot pass "
         f"~{1000 / args.commit_ms:,.0f}/s whatever the decision costs. The `synchronous=NORMAL` row shows a "
-        "lone decision's own cost with its own commit; the 200-per-transaction rows are production's shape "
-        "(the route step commits up to 200 tickets at once). The machine is shared: load average "
-        f"{args.load_before} before the run, {args.load_after} after.",
+        "lone decision's own cost with its own commit: about seven statements (the customer's previous agent, "
+        "the top agents for the skills, the claim, the offer, the ticket, its two events, the notification), "
+        "each a round trip through SQLAlchemy. The 200-per-transaction rows are production's shape (the route "
+        "step commits up to 200 tickets at once); `assign_many` reads the agents once per batch, ranks in "
+        "memory and writes each kind of row with one multi-row statement. PostgreSQL statistics are gathered "
+        "(ANALYZE) after each build, as autovacuum would on a database in use. The machine is shared: load "
+        f"average {args.load_before} before the run, {args.load_after} after.",
         "<!-- router:end -->",
     ])
     if "<!-- router:start -->" in body:

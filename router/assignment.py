@@ -470,10 +470,12 @@ _OPEN_OFFERS = (
 )
 # The assignment queue, most urgent first, then oldest (tickets without a priority last).
 _QUEUED = (
-    select(_T.id, _T.category, _T.language)
+    select(_T.id, _T.category, _T.language, _T.assigned_at)
     .where(_T.queue == QUEUE, _T.state.in_(sorted(states.OPEN_STATES)))
     .order_by(case(_PRIORITY_ORDER, value=_T.priority, else_=len(_PRIORITY_ORDER)), _T.created_at, _T.id)
 )
+_QUEUED_KINDS = (select(_T.category, _T.language).distinct()
+                 .where(_T.queue == QUEUE, _T.state.in_(sorted(states.OPEN_STATES))))
 _PAST_OFFERS = select(_O.ticket_id, _O.agent_id, _O.end_reason).where(
     _O.ticket_id.in_(bindparam("tickets", expanding=True)))
 _CLAIM = (update(Agent.__table__)
@@ -586,11 +588,11 @@ class Roster:
     def anyone_free(self) -> bool:
         return self.agents is None or any(a.online and a.load < a.capacity for a in self.agents.values())
 
-    def could_serve(self, need: Needs, config: RouterConfig) -> bool:
-        """Whether someone free now (online, on shift, with room) has the skills `need` names."""
+    def free_places(self, need: Needs, config: RouterConfig) -> int:
+        """How many more tickets needing `need` the agents free now (online, on shift) could take."""
         tz = config.calendar.timezone
-        return any(a.online and a.load < a.capacity and (a.shift is None or a.shift.covers(self.now, tz))
-                   for a in map(self.agents.__getitem__, self._skilled_for(need)))
+        return sum(a.capacity - a.load for a in map(self.agents.__getitem__, self._skilled_for(need))
+                   if a.online and a.load < a.capacity and (a.shift is None or a.shift.covers(self.now, tz)))
 
     def _skilled_for(self, need: Needs) -> list[int]:
         key = (need.category_skill, need.language)
@@ -682,7 +684,7 @@ def _assign_batch(session: Session, tickets: Sequence[Ticket], config: RouterCon
     # statements at once), so the ORM's own writes wait for the caller's flush, all in one.
     with session.no_autoflush:
         results = _open_offers(session, tickets)
-        todo = [t for t in tickets if t.id not in results]
+        todo = list({t.id: t for t in tickets if t.id not in results}.values())  # each ticket once
         refused, own = _histories(session, todo, exclude)
         previous = _previous_agents(session, todo)
         offers: list[tuple[Ticket, AgentState, Choice]] = []
@@ -745,19 +747,29 @@ def release(session: Session, ticket: Ticket, now: datetime, *, why: str, actor:
 def drain_queue(session: Session, config: RouterConfig, now: datetime, limit: int = 200) -> int:
     """Assign waiting tickets while capacity lasts, most urgent first, then oldest; returns how many.
 
-    Only tickets that someone free has the skills for are loaded and ranked: a long queue of
-    tickets nobody can take yet costs a look-up each, and never hides the ones behind it. A ticket
-    that stays queued keeps the reason recorded when it was queued.
+    Only tickets that someone free has the skills for are loaded and ranked (as many per kind as
+    there are free places): a long queue of tickets nobody can take yet costs a look-up each, and
+    never hides the ones behind it. A ticket that stays queued keeps the reason it was queued with.
     """
     roster = Roster(session, now, everyone=True)
     if not roster.anyone_free():
         return 0  # nobody online with room: no need to even look at the queue
-    waiting = session.execute(_QUEUED).all()
-    servable = [r.id for r in waiting
-                if roster.could_serve(needs(TicketFacts("", None, r.category, None, r.language), config), config)]
+    # Free places by kind of ticket (category, language; a queue has few kinds), and per kind no
+    # more tickets than places: a drain after one resolved ticket loads one or two, not the queue.
+    places = {(cat, lang): roster.free_places(needs(TicketFacts("", None, cat, None, lang), config), config)
+              for cat, lang in session.execute(_QUEUED_KINDS)}
+    servable: list[int] = []
+    for row in session.execute(_QUEUED):
+        kind = (row.category, row.language)
+        if places.get(kind, 0) <= 0:
+            continue
+        servable.append(row.id)
+        if row.assigned_at is None:  # one that someone refused may be passed over again: it takes no place
+            places[kind] -= 1
+        if len(servable) >= limit:
+            break
     if not servable:
         return 0
-    servable = servable[:limit]
     position = {ticket_id: i for i, ticket_id in enumerate(servable)}
     tickets = sorted(session.scalars(
         select(Ticket).where(Ticket.id.in_(servable), Ticket.queue == QUEUE).with_for_update(skip_locked=True)

@@ -221,14 +221,17 @@ def desk(engine):
 
 
 class Desk:
+    """Tickets, agents and the assignment calls of one test database, each in its own transaction."""
+
     def __init__(self, engine):
         self.engine = engine
         self.intake = Intake(engine)
+        self.count = 0
 
     def ticket(self, *, email="kehu@example.com", category="technical", language="zh", type="inquiry",
                priority="P2", at=NOW) -> int:
         # a text of its own, so that no topic match threads it onto the customer's earlier ticket
-        self.count = getattr(self, "count", 0) + 1
+        self.count += 1
         text = ["打印机坏了", "refund for order 88", "网站打不开", "invoice missing", "密码重置"][self.count % 5]
         receipt = self.intake.accept_now(make_message(email=email, text=f"{text} #{self.count}", received_at=at))
         assert receipt.new_ticket
@@ -622,3 +625,13 @@ def test_a_batch_decides_exactly_as_one_ticket_at_a_time(engine):
     assert results[0][3] is False  # already held: left alone
     assert sum(r[2] for r in results) >= 5 and sum(not r[2] for r in results) >= 20  # both outcomes occur
     assert any("previous agent of this customer" in r[1] for r in results[1:])
+
+
+def test_a_ticket_named_twice_in_a_batch_is_offered_once(desk):
+    ticket_id = desk.ticket()
+    with transaction(desk.engine) as session:
+        ticket = session.get(Ticket, ticket_id)
+        first, second = assignment.assign_many(session, [ticket, ticket], CONFIG, NOW)
+    assert first == second and first.agent_name == "Ann"
+    desk.check_loads()
+    assert desk.agent("Ann").load == 1
