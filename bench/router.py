@@ -13,8 +13,8 @@ ticket: rank, claim, offer row, two audit events, the agent's notification. Time
   `synchronous=FULL`: every commit waits for an fsync, which on most disks alone caps the rate;
 - the same with `synchronous=NORMAL` (WAL; durable against a crash of the process, not of the
   machine), to show what the decision itself costs;
-- `assign` per ticket, 200 tickets per transaction: the shape `route_pending` has today;
-- `assign_many`, 200 tickets per call and transaction: the set-based path.
+- `assign` per ticket, 200 tickets per transaction: the shape `route_pending` had at first;
+- `assign_many`, 200 tickets per call and transaction: the set-based path `route_pending` takes.
 """
 
 from __future__ import annotations
@@ -213,7 +213,7 @@ def set_based(url: str, ids: list[int], _decide=None) -> dict:
 
 
 def batched(url: str, ids: list[int], decide) -> dict:
-    """route_pending's shape today: up to BATCH tickets in one transaction, `assign` called for
+    """route_pending's first shape: up to BATCH tickets in one transaction, `assign` called for
     each; a decision's latency is its own call plus its share of the batch's commit."""
     engine = make_engine(url)
     latencies, outcomes = [], {"assigned": 0, "queued": 0}
@@ -295,8 +295,8 @@ MODES = [
     # label, decide, how, how many decisions (the baseline is slow: fewer, the rate is what counts)
     ("ours: `assign`, one transaction per decision", "ours", "txn", 1.0),
     ("ours: `assign`, one transaction per decision, synchronous=NORMAL", "ours", "txn-normal", 1.0),
-    ("ours: `assign` per ticket, 200 per transaction (route_pending today)", "ours", "batch", 1.0),
-    ("ours: `assign_many`, 200 per call and transaction", "ours", "set", 1.0),
+    ("ours: `assign` per ticket, 200 per transaction (route_pending before it used assign_many)", "ours", "batch", 1.0),
+    ("ours: `assign_many`, 200 per call and transaction (route_pending)", "ours", "set", 1.0),
     ("plain: one transaction per decision", "plain", "txn", 0.15),
     ("plain: 200 per transaction", "plain", "batch", 0.15),
 ]

@@ -7,6 +7,7 @@ from sqlalchemy.orm import Session
 
 from models.errors import InvalidInput, NotFound
 from models.tables import Agent, Ticket
+from router.config import RouterConfig
 from router.states import OPEN_STATES
 
 ROLES = ("agent", "supervisor", "admin")
@@ -23,6 +24,16 @@ def _check(role: str | None, capacity: int | None, seniority: int | None) -> Non
 
 def normalise_skills(skills: list[str]) -> list[str]:
     return sorted({s.strip().lower() for s in skills if s.strip()})
+
+
+def unknown_skills(skills: list[str], config: RouterConfig) -> list[str]:
+    """Skills no ticket will ever ask for (a typo such as "tecnical" leaves an agent without work).
+
+    They are kept, not refused: a team may tag agents before mapping a category to the skill."""
+    from router.assignment import LANGUAGES
+
+    known = set(config.category_skills.values()) | LANGUAGES
+    return [s for s in normalise_skills(skills) if s not in known]
 
 
 def add_agent(

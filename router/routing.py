@@ -85,14 +85,24 @@ def route_pending(
     pending = _unclassified_messages(session, [t.id for t in tickets])
     texts = [_text_for(ticket, pending.get(ticket.id, [])) for ticket in tickets]
     predictions: Sequence[Prediction | None] = classifier.predict_many(texts) if classifier else [None] * len(tickets)
+    to_assign: list[Ticket] = []
     for ticket, prediction in zip(tickets, predictions):
         messages = pending.get(ticket.id, [])
         _label_messages(messages, prediction)
         if ticket.priority is None:
-            _route_new(session, ticket, messages, prediction, config, now)
+            wants_agent = _route_new(session, ticket, messages, prediction, config, now)
         else:
-            _route_again(session, ticket, messages, prediction, config, now)
+            wants_agent = _route_again(session, ticket, messages, prediction, config, now)
+        if wants_agent:
+            to_assign.append(ticket)
         ticket.routed_at = now
+    if to_assign:
+        from router import assignment
+
+        # One set-based assignment for the batch (agents read once, rows written together: see
+        # bench/router.py), most urgent first so that scarce capacity goes to P0 before P3.
+        to_assign.sort(key=lambda t: (PRIORITIES.index(t.priority), t.id))
+        assignment.assign_many(session, to_assign, config, now)
     return len(tickets)
 
 
@@ -126,8 +136,10 @@ def _label_messages(messages: list[Message], prediction: Prediction | None) -> N
 
 
 def _route_new(session: Session, ticket: Ticket, messages: list[Message], prediction: Prediction | None,
-               config: RouterConfig, now: datetime) -> None:
-    from router import assignment, sla
+               config: RouterConfig, now: datetime) -> bool:
+    """Label, prioritise, start the clocks and acknowledge a new ticket; True when it wants an agent
+    (False when it went to triage)."""
+    from router import sla
 
     customer = session.get(Customer, ticket.customer_id)
     predicted = prediction.priority.label if prediction else DEFAULT_PRIORITY
@@ -151,15 +163,14 @@ def _route_new(session: Session, ticket: Ticket, messages: list[Message], predic
                                 data={"queue": "triage"}))
         notify_supervisors(session, kind="triage", ticket=ticket, now=now, dedupe_key=f"triage:{ticket.id}",
                            text=f"{ticket.number} needs triage: {triage}")
-    else:
-        assignment.assign(session, ticket, config, now)
     _acknowledge(session, ticket, now)
+    return not triage
 
 
 def _route_again(session: Session, ticket: Ticket, messages: list[Message], prediction: Prediction | None,
-                 config: RouterConfig, now: datetime) -> None:
-    """The customer wrote again on a ticket that was already routed."""
-    from router import assignment, sla
+                 config: RouterConfig, now: datetime) -> bool:
+    """The customer wrote again on a ticket that was already routed; True when it wants an agent."""
+    from router import sla
 
     # Intake already moved the state (awaiting_customer → in_progress, resolved → reopened);
     # the clocks follow: running again, or started afresh for a reopened ticket.
@@ -182,8 +193,8 @@ def _route_again(session: Session, ticket: Ticket, messages: list[Message], pred
         notify_agent(session, ticket.assigned_agent, kind="customer_message", ticket=ticket, now=now,
                      text=f"{ticket.number}: the customer wrote again",
                      dedupe_key=f"msg:{latest}" if latest else None)
-    elif ticket.queue is None and ticket.state in (states.NEW, states.REOPENED):
-        assignment.assign(session, ticket, config, now)
+        return False
+    return ticket.queue is None and ticket.state in (states.NEW, states.REOPENED)
 
 
 def _is_second_contact(session: Session, ticket: Ticket, new: list[Message], config: RouterConfig) -> bool:

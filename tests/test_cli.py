@@ -80,3 +80,34 @@ def test_tickets_show_prints_messages_and_audit_trail(run, engine):
     assert data["events"][0]["kind"] == "created" and data["messages"][0]["text"] == "<b>请</b>重新开具发票"
     listed = json.loads(run("tickets", "list", "--json").output)
     assert [t["number"] for t in listed] == [receipt.ticket_number]
+
+
+def test_a_skill_no_ticket_asks_for_is_kept_with_a_warning(run):
+    out = run("agents", "add", "Zoe", "--skills", "tecnical,zh").output
+    assert "warning" in out and "tecnical" in out and "technical" in out
+    assert json.loads(run("agents", "list", "--json").output)[0]["skills"] == ["tecnical", "zh"]
+    assert "warning" not in run("agents", "set", "Zoe", "--skills", "technical,zh").output
+
+
+def test_an_agent_coming_online_takes_a_waiting_ticket_at_once(run, engine):
+    from datetime import UTC, datetime
+
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from factories import KeywordClassifier
+    from models.tables import Ticket
+    from paidan.db import transaction
+    from router.config import RouterConfig
+    from router.routing import route_pending
+
+    run("agents", "add", "Lily", "--skills", "service,zh")  # offline: the ticket has to wait
+    receipt = Intake(engine).accept_now(make_message(text="请问怎么修改收货地址"))
+    with transaction(engine) as session:
+        route_pending(session, KeywordClassifier(), RouterConfig(), datetime.now(UTC))
+    with Session(engine) as session:
+        assert session.scalar(select(Ticket).where(Ticket.number == receipt.ticket_number)).queue == "assignment"
+    assert "assigned 1 waiting ticket" in run("agents", "set", "Lily", "--online").output
+    with Session(engine) as session:
+        ticket = session.scalar(select(Ticket).where(Ticket.number == receipt.ticket_number))
+        assert ticket.queue is None and ticket.assigned_agent.name == "Lily"
