@@ -6,6 +6,7 @@ yet simply leaves its rows pending, to be delivered when it lands.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import select
@@ -62,10 +63,13 @@ def notify_supervisors(session: Session, *, kind: str, ticket: Ticket, text: str
     return items
 
 
-def customer_address(session: Session, ticket: Ticket, channel: str) -> tuple[str, str] | None:
-    """(channel, recipient) to reach the ticket's customer on `channel`, or on any channel they have."""
+def customer_address(session: Session, ticket: Ticket, channel: str,
+                     identities: Sequence[Identity] | None = None) -> tuple[str, str] | None:
+    """(channel, recipient) to reach the ticket's customer on `channel`, or on any channel they have.
+    `identities`: the customer's, when the caller has read them already."""
     kinds = {"email": ["email"], "telegram": ["telegram"], "web": ["email", "phone"], "api": ["email", "phone"]}
-    identities = session.scalars(select(Identity).where(Identity.customer_id == ticket.customer_id)).all()
+    if identities is None:
+        identities = session.scalars(select(Identity).where(Identity.customer_id == ticket.customer_id)).all()
     for kind in kinds.get(channel, []) + ["email", "telegram", "phone"]:
         match = next((i for i in identities if i.kind == kind), None)
         if match is not None:

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models.prediction import Classifier, Prediction
-from models.tables import Customer, Message, ReviewItem, SlaClock, Ticket, TicketEvent
+from models.tables import Customer, Identity, Message, ReviewItem, SlaClock, Ticket, TicketEvent
 from router import states
 from router.config import PRIORITIES, RouterConfig
 from router.outbox import customer_address, enqueue, notify_agent, notify_supervisors
@@ -85,17 +85,21 @@ def route_pending(
     pending = _unclassified_messages(session, [t.id for t in tickets])
     texts = [_text_for(ticket, pending.get(ticket.id, [])) for ticket in tickets]
     predictions: Sequence[Prediction | None] = classifier.predict_many(texts) if classifier else [None] * len(tickets)
+    batch = _BatchReads.load(session, [t for t in tickets if t.priority is None])
     to_assign: list[Ticket] = []
-    for ticket, prediction in zip(tickets, predictions):
-        messages = pending.get(ticket.id, [])
-        _label_messages(messages, prediction)
-        if ticket.priority is None:
-            wants_agent = _route_new(session, ticket, messages, prediction, config, now)
-        else:
-            wants_agent = _route_again(session, ticket, messages, prediction, config, now)
-        if wants_agent:
-            to_assign.append(ticket)
-        ticket.routed_at = now
+    # The loop only adds and changes rows, and what it reads was read above or is its own ticket's:
+    # one flush at the end writes each kind of row together instead of a round trip per query.
+    with session.no_autoflush:
+        for ticket, prediction in zip(tickets, predictions):
+            messages = pending.get(ticket.id, [])
+            _label_messages(messages, prediction)
+            if ticket.priority is None:
+                wants_agent = _route_new(session, ticket, messages, prediction, config, now, batch)
+            else:
+                wants_agent = _route_again(session, ticket, messages, prediction, config, now)
+            if wants_agent:
+                to_assign.append(ticket)
+            ticket.routed_at = now
     if to_assign:
         from router import assignment
 
@@ -104,6 +108,31 @@ def route_pending(
         to_assign.sort(key=lambda t: (PRIORITIES.index(t.priority), t.id))
         assignment.assign_many(session, to_assign, config, now)
     return len(tickets)
+
+
+@dataclass(slots=True)
+class _BatchReads:
+    """What routing new tickets reads, read once for the batch: customers (VIP), their identities
+    (where to acknowledge) and any clocks the tickets already have (a relabelled ticket's)."""
+
+    identities: dict[int, list[Identity]]
+    clocks: dict[int, list[SlaClock]]
+
+    @classmethod
+    def load(cls, session: Session, tickets: list[Ticket]) -> _BatchReads:
+        if not tickets:
+            return cls({}, {})
+        customer_ids = {t.customer_id for t in tickets}
+        session.scalars(select(Customer).where(Customer.id.in_(customer_ids))).all()  # session.get finds them
+        identities: dict[int, list[Identity]] = {}
+        for identity in session.scalars(select(Identity).where(Identity.customer_id.in_(customer_ids))
+                                        .order_by(Identity.id)):
+            identities.setdefault(identity.customer_id, []).append(identity)
+        clocks: dict[int, list[SlaClock]] = {t.id: [] for t in tickets}
+        for clock in session.scalars(select(SlaClock).where(SlaClock.ticket_id.in_(list(clocks)))
+                                     .order_by(SlaClock.id)):
+            clocks[clock.ticket_id].append(clock)
+        return cls(identities, clocks)
 
 
 def _unclassified_messages(session: Session, ticket_ids: list[int]) -> dict[int, list[Message]]:
@@ -136,7 +165,7 @@ def _label_messages(messages: list[Message], prediction: Prediction | None) -> N
 
 
 def _route_new(session: Session, ticket: Ticket, messages: list[Message], prediction: Prediction | None,
-               config: RouterConfig, now: datetime) -> bool:
+               config: RouterConfig, now: datetime, batch: _BatchReads) -> bool:
     """Label, prioritise, start the clocks and acknowledge a new ticket; True when it wants an agent
     (False when it went to triage)."""
     from router import sla
@@ -152,7 +181,7 @@ def _route_new(session: Session, ticket: Ticket, messages: list[Message], predic
     _record_classification(session, ticket, prediction, decision, now)
 
     _review_flags(session, ticket, messages, now)
-    sla.start_clocks(session, ticket, config, now)
+    clocks = sla.start_clocks(session, ticket, config, now, existing=batch.clocks[ticket.id])
     if ticket.priority in ("P0", "P1"):
         sla.notify_on_call_at_creation(session, ticket, now)
 
@@ -163,7 +192,9 @@ def _route_new(session: Session, ticket: Ticket, messages: list[Message], predic
                                 data={"queue": "triage"}))
         notify_supervisors(session, kind="triage", ticket=ticket, now=now, dedupe_key=f"triage:{ticket.id}",
                            text=f"{ticket.number} needs triage: {triage}")
-    _acknowledge(session, ticket, now)
+    first_response = next((c for c in clocks if c.kind == "first_response"), None)
+    _acknowledge(session, ticket, now, first_response.due_at if first_response else None,
+                 batch.identities.get(ticket.customer_id, []))
     return not triage
 
 
@@ -238,15 +269,14 @@ def _review_flags(session: Session, ticket: Ticket, messages: list[Message], now
                                                            "a new ticket was opened instead"}))
 
 
-def _acknowledge(session: Session, ticket: Ticket, now: datetime) -> None:
+def _acknowledge(session: Session, ticket: Ticket, now: datetime, due: datetime | None,
+                 identities: list[Identity]) -> None:
     if ticket.channel not in ACK_CHANNELS:
         return
-    address = customer_address(session, ticket, ticket.channel)
+    address = customer_address(session, ticket, ticket.channel, identities)
     if address is None:
         return
     channel, recipient = address
-    due = session.scalar(select(SlaClock.due_at).where(SlaClock.ticket_id == ticket.id,
-                                                       SlaClock.kind == "first_response"))
     enqueue(session, kind="ack", channel=channel, recipient=recipient, ticket_id=ticket.id, now=now,
             dedupe_key=f"ack:{ticket.id}",
             payload={"ticket": ticket.number, "subject": ticket.subject, "language": ticket.language,

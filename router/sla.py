@@ -41,12 +41,15 @@ _LABELS = {FIRST_RESPONSE: "first response", RESOLUTION: "resolution"}
 # ---------------------------------------------------------------- the clock's life
 
 
-def start_clocks(session: Session, ticket: Ticket, config: RouterConfig, now: datetime) -> None:
-    """Start both clocks from the ticket's creation; on a ticket that has them, retarget them."""
-    clocks = _clocks(session, ticket)
+def start_clocks(session: Session, ticket: Ticket, config: RouterConfig, now: datetime, *,
+                 existing: list[SlaClock] | None = None) -> list[SlaClock]:
+    """Start both clocks from the ticket's creation; on a ticket that has them, retarget them.
+    Returns the ticket's clocks. `existing`: its clocks, when the caller has read them already
+    (the routing step reads those of its whole batch at once)."""
+    clocks = _clocks(session, ticket) if existing is None else existing
     if clocks:
         _retarget(session, ticket, clocks, config, now)
-        return
+        return clocks
     priority, target = _target(config, ticket)
     created = []
     for kind in CLOCK_KINDS:
@@ -61,6 +64,7 @@ def start_clocks(session: Session, ticket: Ticket, config: RouterConfig, now: da
         reason=f"SLA {priority}: " + "; ".join(_due_phrase(c, config, now) for c in created),
         data={"priority": priority, "channel": ticket.channel, "clocks": [_facts(c) for c in created]},
     ))
+    return created
 
 
 def pause_clocks(session: Session, ticket: Ticket, now: datetime, config: RouterConfig | None = None) -> None:
