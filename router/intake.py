@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Engine, bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -44,6 +44,39 @@ log = logging.getLogger(__name__)
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+# The look-ups every batch makes, built once: building a statement (columns, operators, coercion)
+# cost more CPU than SQLite took to run it, about a millisecond per batch (bench/intake.py).
+_T, _M = Ticket.__table__.c, Message.__table__.c
+_EXISTING = (
+    select(_M.channel, _M.external_id, _M.id, _M.ticket_id, _T.number)
+    .join_from(Message.__table__, Ticket.__table__, _T.id == _M.ticket_id)
+    .where(_M.channel == bindparam("channel"), _M.external_id.in_(bindparam("ids", expanding=True)))
+)
+_OWNERS = (
+    select(Identity.__table__.c.kind, Identity.__table__.c.value, Identity.__table__.c.customer_id,
+           Customer.__table__.c.merged_into_id)
+    .join_from(Identity.__table__, Customer.__table__, Customer.__table__.c.id == Identity.__table__.c.customer_id)
+    # both columns, so the (kind, value) unique index answers it
+    .where(Identity.__table__.c.kind.in_(bindparam("kinds", expanding=True)),
+           Identity.__table__.c.value.in_(bindparam("values", expanding=True)))
+)
+_CONTINUED = select(_T.id, _T.number, _T.state, _T.flags).where(_T.id.in_(bindparam("ids", expanding=True)))
+_TOUCH = (update(Ticket.__table__).where(_T.id.in_(bindparam("ids", expanding=True)))
+          .values(routed_at=None, updated_at=bindparam("now", type_=_T.updated_at.type)))
+# Each customer's open (then resolved) tickets active since `since`, with the first customer message.
+_FIRST_IN = (select(func.min(_M.id)).where(_M.ticket_id == _T.id, _M.direction == "in")
+             .correlate(Ticket.__table__).scalar_subquery())
+_OPEN_TICKETS = (
+    select(_T.id, _T.number, _T.customer_id, _T.subject, _T.state, _M.text)
+    .select_from(Ticket.__table__)
+    .outerjoin(Message.__table__, _M.id == _FIRST_IN)
+    .where(_T.customer_id.in_(bindparam("customers", expanding=True)),
+           _T.state.in_(bindparam("states", expanding=True)),
+           _T.updated_at >= bindparam("since", type_=_T.updated_at.type))
+    .order_by(_T.updated_at.desc(), _T.id.desc())
+)
 
 
 def store_batch(
@@ -110,8 +143,7 @@ def store_batch(
         ])
     number_of = dict(zip(new_ticket_positions, numbers))
     continued = {t.ticket_id for t in threads.values() if t.ticket_id is not None}
-    current = {r.id: r for r in session.execute(
-        select(Ticket.id, Ticket.number, Ticket.state, Ticket.flags).where(Ticket.id.in_(continued)))} if continued else {}
+    current = {r.id: r for r in session.execute(_CONTINUED, {"ids": list(continued)})} if continued else {}
     first_message: dict[int, InboundMessage] = {}
     conflicted: set[int] = set()
     message_events = []  # one multi-row insert, not an ORM object per message
@@ -203,11 +235,7 @@ def _existing_messages(session: Session, messages: list[InboundMessage]) -> dict
         by_channel.setdefault(msg.channel.value, set()).add(msg.external_id)
     found = {}
     for channel, ids in by_channel.items():
-        rows = session.execute(
-            select(Message.channel, Message.external_id, Message.id, Message.ticket_id, Ticket.number)
-            .join(Ticket, Ticket.id == Message.ticket_id)
-            .where(Message.channel == channel, Message.external_id.in_(ids))
-        ).all()
+        rows = session.execute(_EXISTING, {"channel": channel, "ids": list(ids)}).all()
         for r in rows:
             found[(r.channel, r.external_id)] = Receipt(r.number, r.ticket_id, r.id, duplicate=True, new_ticket=False)
     return found
@@ -252,12 +280,8 @@ def _customers_for(session: Session, messages: list[InboundMessage], now: dateti
     wanted = {(i.kind.value, i.value) for msg in messages for i in msg.sender.identities}
     owner: dict[tuple[str, str], int] = {}
     if wanted:
-        rows = session.execute(
-            select(Identity.kind, Identity.value, Identity.customer_id, Customer.merged_into_id)
-            .join(Customer, Customer.id == Identity.customer_id)
-            # both columns, so the (kind, value) unique index answers it
-            .where(Identity.kind.in_({k for k, _ in wanted}), Identity.value.in_({v for _, v in wanted}))
-        ).all()
+        rows = session.execute(_OWNERS, {"kinds": list({k for k, _ in wanted}),
+                                         "values": list({v for _, v in wanted})}).all()
         for r in rows:
             if (r.kind, r.value) in wanted:
                 owner[(r.kind, r.value)] = _root_customer(session, r.customer_id) if r.merged_into_id else r.customer_id
@@ -568,17 +592,8 @@ def _open_tickets(session: Session, customer_ids: set[int], config: RouterConfig
     the text to compare (subject and first customer message). One query for the batch, none for newcomers."""
     if not customer_ids:
         return {}
-    first_in = (
-        select(func.min(Message.id)).where(Message.ticket_id == Ticket.id, Message.direction == "in")
-        .correlate(Ticket).scalar_subquery()
-    )
-    rows = session.execute(
-        select(Ticket.id, Ticket.number, Ticket.customer_id, Ticket.subject, Ticket.state, Message.text)
-        .outerjoin(Message, Message.id == first_in)
-        .where(Ticket.customer_id.in_(customer_ids), Ticket.state.in_(_TOPIC_STATES),
-               Ticket.updated_at >= now - config.topic_window)
-        .order_by(Ticket.updated_at.desc(), Ticket.id.desc())
-    ).all()
+    rows = session.execute(_OPEN_TICKETS, {"customers": list(customer_ids), "states": sorted(_TOPIC_STATES),
+                                           "since": now - config.topic_window}).all()
     found: dict[int, list[_Candidate]] = {}
     for r in rows:
         found.setdefault(r.customer_id, []).append(_Candidate(
@@ -604,17 +619,23 @@ def _next_ticket_numbers(session: Session, day: str, count: int) -> list[str]:
     """
     if count == 0:
         return []
-    upsert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    stmt = (
-        upsert(TicketCounter)
-        .values(day=day, last_seq=count)
-        .on_conflict_do_update(
-            index_elements=[TicketCounter.day], set_={"last_seq": TicketCounter.last_seq + count}
-        )
-        .returning(TicketCounter.last_seq)
-    )
-    last = session.execute(stmt).scalar_one()
+    stmt = _RESERVE_NUMBERS["postgresql" if session.get_bind().dialect.name == "postgresql" else "sqlite"]
+    last = session.execute(stmt, {"day": day, "count": count}).scalar_one()
     return [f"GD{day}{seq:03d}" for seq in range(last - count + 1, last + 1)]
+
+
+def _reserve_numbers(upsert) -> object:
+    counter = TicketCounter.__table__
+    return (
+        upsert(counter)
+        .values(day=bindparam("day"), last_seq=bindparam("count"))
+        .on_conflict_do_update(index_elements=[counter.c.day],
+                               set_={"last_seq": counter.c.last_seq + bindparam("count")})
+        .returning(counter.c.last_seq)
+    )
+
+
+_RESERVE_NUMBERS = {"postgresql": _reserve_numbers(postgresql.insert), "sqlite": _reserve_numbers(sqlite.insert)}
 
 
 # A customer message restarts work on a ticket in these states (the rest just take the message).
@@ -633,8 +654,7 @@ def _customer_wrote_again(
     """
     plain = [tid for tid, state in state_of.items() if state not in _RESTARTED_BY]
     if plain:
-        session.execute(update(Ticket.__table__).where(Ticket.__table__.c.id.in_(plain))
-                        .values(routed_at=None, updated_at=now))
+        session.execute(_TOUCH, {"ids": plain, "now": now})
     for ticket_id in state_of.keys() - set(plain):
         ticket, msg = session.get(Ticket, ticket_id), first_message[ticket_id]
         ticket.routed_at = None
