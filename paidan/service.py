@@ -90,6 +90,9 @@ def bind(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    # Listening at once: a client that reads the address from the log and connects before the
+    # server loop is up waits in the backlog instead of being refused.
+    sock.listen(2048)
     return sock
 
 

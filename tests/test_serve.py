@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -23,9 +24,9 @@ from paidan.db import make_engine
 TOKEN = "serve-test-token"
 
 
-def start(database_url: str, tmp_path: Path) -> tuple[subprocess.Popen, str, list[str]]:
+def start(database_url: str, tmp_path: Path, **settings: str) -> tuple[subprocess.Popen, str, list[str]]:
     env = {**os.environ, "PAIDAN_DATABASE_URL": database_url, "PAIDAN_WEB_PORT": "0",
-           "PAIDAN_API_TOKENS": TOKEN, "PAIDAN_SECRET_KEY": "test"}
+           "PAIDAN_API_TOKENS": TOKEN, "PAIDAN_SECRET_KEY": "test", **settings}
     proc = subprocess.Popen([sys.executable, "-m", "paidan.cli", "serve"], cwd=tmp_path, env=env,
                             stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
@@ -94,3 +95,45 @@ def test_a_kill_9_loses_nothing_that_was_acknowledged(database_url, tmp_path):
     engine.dispose()
     missing = {k: v for k, v in acknowledged.items() if stored.get(k) != v}
     assert not missing, f"{len(missing)} acknowledged messages lost or changed after kill -9"
+
+
+def test_a_message_posted_to_serve_is_classified_and_offered_to_an_agent(database_url, tmp_path):
+    """The whole product in one process: HTTP → intake → the scheduler's routing step with the real
+    model built by `paidan model ensure` → an offer to the skilled agent, with its notification."""
+    env = {**os.environ, "PAIDAN_DATABASE_URL": database_url, "PAIDAN_MODEL_DIR": str(tmp_path / "models"),
+           "PAIDAN_TRAINING_DATA_DIR": str(Path(__file__).parent.parent / "training_data")}
+
+    def paidan(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "paidan.cli", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+    assert "active model" in paidan("model", "ensure")
+    paidan("db", "upgrade")
+    paidan("agents", "add", "王芳", "--skills", "transaction,technical,service,product,zh", "--telegram-id", "777")
+    paidan("agents", "set", "王芳", "--online")
+
+    proc, base, _ = start(database_url, tmp_path, PAIDAN_MODEL_DIR=env["PAIDAN_MODEL_DIR"])
+    try:
+        reply = httpx.post(f"{base}/api/v1/messages", headers={"Authorization": f"Bearer {TOKEN}"},
+                           json={"external_id": "e2e-1", "email": "liu@example.com",
+                                 "text": "昨天付款时被重复扣款了两次，订单号 20261205118822，请尽快退回多扣的钱"})
+        assert reply.status_code == 201, reply.text
+        number = reply.json()["ticket_number"]
+        engine = make_engine(database_url)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            with Session(engine) as session:
+                ticket = session.scalar(select(Ticket).where(Ticket.number == number))
+                if ticket.routed_at is not None:
+                    break
+            time.sleep(0.1)
+        engine.dispose()
+        assert ticket.routed_at is not None, "the scheduler did not route the ticket within 30 s"
+        assert ticket.category == "transaction" and ticket.priority in ("P0", "P1", "P2")
+        assert ticket.model_version and ticket.assigned_agent_id is not None and ticket.state == "assigned"
+        shown = json.loads(paidan("tickets", "show", number, "--json"))
+        assert {"created", "classified", "sla_started", "assigned"} <= {e["kind"] for e in shown["events"]}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
