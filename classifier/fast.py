@@ -2,15 +2,16 @@
 
 A message costs a normalisation and a jieba cut in Python (cut cached per clause); after that the
 word and character n-grams of a whole batch (or of one message) are found with a few numpy passes
-over vocabulary tries (:class:`_Trie`) instead of a dict look-up per n-gram string, counted with one
-sort, tf-idf weighted, and scored for all heads with one product, with none of scikit-learn's input
-validation or estimator dispatch. The arrays come from :func:`export_arrays` (see ``store.py``:
+over vocabulary tries (:class:`_Trie`) instead of a dict look-up per n-gram string (word pairs: one
+integer key per pair, one ``searchsorted``), counted with one sort, tf-idf weighted, and scored for all
+heads with one product, with none of scikit-learn's input validation or estimator dispatch. The arrays come from :func:`export_arrays` (see ``store.py``:
 ``serving.npz``, loaded with ``allow_pickle=False``), so serving imports neither scikit-learn nor
 skops; the tries are built from those arrays at load, so the model directory format is unchanged.
 Tests check that labels and probabilities equal the scikit-learn pipeline's on every held-out message."""
 
 from __future__ import annotations
 
+import functools
 import re
 from itertools import chain, repeat
 from collections.abc import Mapping, Sequence
@@ -18,9 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from classifier.text import MAX_CHARS, NativeSegmenter, normalise, unpack_table, unpack_terms
+from classifier.text import MAX_CHARS, PAIR_JOINER, NativeSegmenter, normalise, pair_words, unpack_table, unpack_terms
 
-SERVING_FORMAT = 2
+SERVING_FORMAT = 3  # 3: a word-pair block after the word and char blocks (2, without it, is still read)
+_READABLE_FORMATS = (2, 3)
 _WHITE_SPACES = re.compile(r"\s\s+")  # as scikit-learn's analyzers
 
 
@@ -49,6 +51,9 @@ def export_arrays(features, heads: Mapping[str, object]) -> dict[str, np.ndarray
         "word_idf": terms["word_idf_"],
         "char_terms": terms["char_terms_"],
         "char_idf": terms["char_idf_"],
+        "pair_terms": terms["pair_terms_"],
+        "pair_idf": terms["pair_idf_"],
+        "pair_max_words": np.array(int(features.pair_max_words) if len(terms["pair_idf_"]) else 0),
         "word_ngram_range": np.array(features.word_ngram_range),
         "char_ngram_range": np.array(features.char_ngram_range),
         "char_analyzer": np.array(features.char_analyzer),
@@ -62,7 +67,8 @@ def export_arrays(features, heads: Mapping[str, object]) -> dict[str, np.ndarray
         "head_sizes": np.array([len(heads[h].classes_) for h in names]),
         "labels": np.concatenate([np.asarray(heads[h].classes_, dtype=str) for h in names]),
         "temperatures": np.array([heads[h].temperature_ for h in names]),
-        "weights": np.ascontiguousarray(weights, dtype=np.float64),
+        # float32 is exact: the heads keep their weights at float32 precision (BlendedLinearClassifier.fit)
+        "weights": np.ascontiguousarray(weights, dtype=np.float32),
         "intercepts": intercepts.astype(np.float64),
     }
 
@@ -160,10 +166,11 @@ class FastModel:
     """
 
     def __init__(self, arrays: Mapping[str, np.ndarray]):
-        if int(arrays["format"]) != SERVING_FORMAT:
+        if int(arrays["format"]) not in _READABLE_FORMATS:
             raise ValueError(f"serving arrays format {int(arrays['format'])}, this code reads {SERVING_FORMAT}")
         word_terms = unpack_terms(arrays["word_terms"])
-        self.idf = np.concatenate([arrays["word_idf"], arrays["char_idf"]]).astype(np.float64)
+        pair_idf = arrays.get("pair_idf", np.zeros(0))
+        self.idf = np.concatenate([arrays["word_idf"], arrays["char_idf"], pair_idf]).astype(np.float64)
         self.word_min_n, self.word_max_n = (int(v) for v in arrays["word_ngram_range"])
         self.char_min_n, self.char_max_n = (int(v) for v in arrays["char_ngram_range"])
         self.char_wb = str(arrays["char_analyzer"]) == "char_wb"
@@ -175,6 +182,11 @@ class FastModel:
         self.n_word_features = len(word_terms)
         self._build_word_trie(word_terms)
         self._build_char_trie(arrays["char_terms"])
+        self.n_pair_start = self.n_word_features + len(arrays["char_idf"])
+        self.pair_max_words = int(arrays.get("pair_max_words", 0))
+        self._build_pair_index(unpack_terms(arrays["pair_terms"]) if self.pair_max_words else [])
+        # Column where each l2-normalised block starts (word, char, pair).
+        self.block_starts = np.array([0, self.n_word_features, self.n_pair_start])
         self.long_windows = self._long_windows_by_length()
         self.segmenter = NativeSegmenter(
             unpack_terms(arrays["dictionary_words"]), arrays["dictionary_freqs"].tolist(), int(arrays["dictionary_total"])
@@ -224,6 +236,36 @@ class FastModel:
         columns = np.arange(self.n_word_features, self.n_word_features + len(lengths))
         self.char_trie = _Trie(self.char_ids[codes], lengths, columns, self.char_separator + 1)
 
+    def _build_pair_index(self, pair_terms: list[str]) -> None:
+        # Words get ids in sorted order, so a message's sorted pair words give ascending ids and a pair
+        # (a, b), a < b, is the single key a * base + b; the vocabulary is those keys sorted.
+        pairs = [term.split(PAIR_JOINER) for term in pair_terms]
+        words = sorted(set(chain.from_iterable(pairs)))
+        self.pair_ids = dict(zip(words, range(len(words))))
+        self.pair_base = max(len(words), 1)
+        keys = np.array([self.pair_ids[a] * self.pair_base + self.pair_ids[b] for a, b in pairs], dtype=np.int64)
+        order = np.argsort(keys)
+        self.pair_keys = keys[order]
+        self.pair_columns = order + self.n_pair_start
+
+    def _pairs(self, words: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+        """(message of each known word pair, its column) for the batch's segmented messages."""
+        rows, keys = [], []
+        for row, ws in enumerate(words):
+            ids = [i for i in map(self.pair_ids.get, pair_words(ws, self.pair_max_words)) if i is not None]
+            if len(ids) < 2:
+                continue
+            ids = np.array(ids, dtype=np.int64)  # ascending: pair_words is sorted, ids follow word order
+            first, second = _upper_pairs(len(ids))
+            keys.append(ids[first] * self.pair_base + ids[second])
+            rows.append(np.full(len(first), row, dtype=np.int64))
+        if not keys:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        key = np.concatenate(keys)
+        at = self.pair_keys.searchsorted(key)
+        known = self.pair_keys.take(at, mode="clip") == key
+        return np.concatenate(rows)[known], self.pair_columns[at[known]]
+
     def _long_windows_by_length(self) -> np.ndarray:
         """How many char n-grams at least ``coverage_n`` long a segment of each length has (known or not)."""
         length = np.arange(MAX_CHARS + 3)  # a padded word of a whole message: MAX_CHARS + 2
@@ -236,10 +278,9 @@ class FastModel:
 
     # -- features ----------------------------------------------------------------------------
 
-    def _word_symbols(self, normalised: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+    def _word_symbols(self, words: list[list[str]]) -> tuple[np.ndarray, np.ndarray | None]:
         """Word ids of the batch, each message followed by the separator, and the message of each
         (None for a single message)."""
-        words = [self.segmenter.words(text) for text in normalised]
         flat = [_SEPARATOR, *chain.from_iterable(ws + [_SEPARATOR] for ws in words)]
         symbols = np.fromiter(map(self.word_ids.get, flat, repeat(0)), dtype=np.int64, count=len(flat))
         if len(words) == 1:
@@ -272,10 +313,11 @@ class FastModel:
         return symbols, np.concatenate([[0], np.repeat(np.arange(len(texts)), sizes)]), long_windows
 
     def batch_features(self, texts: Sequence[str]) -> _Batch:
-        """Normalised tf-idf rows (word block and char block each l2-normalised) and coverage."""
+        """Normalised tf-idf rows (word, char and pair blocks each l2-normalised) and coverage."""
         normalised = [normalise(text, self.simplified) for text in texts]
         m = len(normalised)
-        word_symbols, word_rows = self._word_symbols(normalised)
+        words = [self.segmenter.words(text) for text in normalised]
+        word_symbols, word_rows = self._word_symbols(words)
         char_symbols, char_rows, long_windows = self._char_symbols(normalised)
         word_grams = _grams(self.word_trie, word_symbols, self.word_min_n, self.word_max_n, False, self.word_separator)
         char_grams = _grams(
@@ -284,6 +326,9 @@ class FastModel:
         # (message of each position, positions, columns, n); word n-grams never count for coverage.
         grams = [(word_rows, pos, column, 0) for pos, column, _n in word_grams]
         grams += [(char_rows, pos, column, n) for pos, column, n in char_grams]
+        if self.pair_max_words:
+            pair_rows, pair_columns = self._pairs(words)
+            grams.append((pair_rows, np.arange(len(pair_rows)), pair_columns, 0))
         column = np.concatenate([c for _r, _p, c, _n in grams]) if grams else np.zeros(0, dtype=np.int64)
         known = column >= 0
         long_known = [(r, p, c) for r, p, c, n in grams if n >= self.coverage_n]
@@ -303,13 +348,15 @@ class FastModel:
         tf = np.log(counts) + 1.0 if self.sublinear else counts.astype(np.float64)
         values = tf * self.idf[column]
         if m == 1:
-            split = int(column.searchsorted(self.n_word_features))
-            for part in (values[:split], values[split:]):
+            bounds = [0, *column.searchsorted(self.block_starts[1:]), len(column)]
+            for start, end in zip(bounds[:-1], bounds[1:]):
+                part = values[start:end]
                 if len(part):
                     part /= np.sqrt(part @ part)
             return _Batch(np.array([0, len(column)]), column, values, coverage, normalised)
-        block = row * 2 + (column >= self.n_word_features)
-        values /= np.sqrt(np.bincount(block, weights=values * values, minlength=2 * m))[block]
+        n_blocks = len(self.block_starts)
+        block = row * n_blocks + self.block_starts.searchsorted(column, side="right") - 1
+        values /= np.sqrt(np.bincount(block, weights=values * values, minlength=n_blocks * m))[block]
         indptr = np.zeros(m + 1, dtype=np.int64)
         np.cumsum(np.bincount(row, minlength=m), out=indptr[1:])
         return _Batch(indptr, column, values, coverage, normalised)
@@ -362,6 +409,12 @@ class FastModel:
             {h: HeadScores(self.labels[h], probabilities[h][i]) for h in self.heads} for i in range(len(normalised))
         ]
         return per_message, coverage.tolist(), normalised
+
+
+@functools.cache
+def _upper_pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """All index pairs (i, j), i < j < n (cached: n is at most ``pair_max_words``)."""
+    return np.triu_indices(n, 1)
 
 
 def _count(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

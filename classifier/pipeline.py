@@ -1,7 +1,8 @@
 """The scikit-learn side of the classifier: features shared by every head, and one linear model per head.
 
-``TextFeatures`` turns raw messages into TF-IDF over jieba word n-grams plus TF-IDF over character
-n-grams (each block l2-normalised, then side by side). ``BlendedLinearClassifier`` is a LinearSVC and
+``TextFeatures`` turns raw messages into TF-IDF over jieba word n-grams, TF-IDF over character
+n-grams and, optionally, TF-IDF over unordered pairs of words of the message (each block
+l2-normalised, then side by side). ``BlendedLinearClassifier`` is a LinearSVC and
 a LogisticRegression whose scaled decision scores are added; because both are linear the blend is one
 weight matrix, and a softmax with a temperature fitted on out-of-fold scores turns it into calibrated
 confidences. Both persist compactly with skops (vocabularies as arrays, never as millions of nodes).
@@ -29,6 +30,7 @@ from classifier.text import (
     normalise,
     pack_table,
     pack_terms,
+    pair_document,
     simplified_table,
     unpack_table,
     unpack_terms,
@@ -37,8 +39,17 @@ from classifier.text import (
 WORD_TOKEN_PATTERN = r"\S+"
 
 
+BLOCKS = ("word", "char", "pair")
+
+
 class TextFeatures(TransformerMixin, BaseEstimator):
-    """Normalise, segment with jieba, and vectorise: word n-gram TF-IDF ⊕ char n-gram TF-IDF."""
+    """Normalise, segment with jieba, and vectorise: word n-gram TF-IDF ⊕ char n-gram TF-IDF ⊕ word-pair TF-IDF.
+
+    Word pairs (``pair_max_words`` > 0) are every unordered pair of the message's first
+    ``pair_max_words`` distinct alphanumeric words, wherever they stand ("card" ... "arrive"): a
+    second-order feature a linear model cannot build from unigrams and bigrams. Measured by 5-fold CV on
+    Banking77's training split: 0.904 -> 0.908-0.910 accuracy (bench/classifier.py notes).
+    """
 
     def __init__(
         self,
@@ -48,6 +59,8 @@ class TextFeatures(TransformerMixin, BaseEstimator):
         word_min_df: int = 1,
         char_min_df: int = 1,
         sublinear_tf: bool = True,
+        pair_max_words: int = 0,
+        pair_min_df: int = 2,
     ):
         self.word_ngram_range = word_ngram_range
         self.char_ngram_range = char_ngram_range
@@ -55,10 +68,12 @@ class TextFeatures(TransformerMixin, BaseEstimator):
         self.word_min_df = word_min_df
         self.char_min_df = char_min_df
         self.sublinear_tf = sublinear_tf
+        self.pair_max_words = pair_max_words
+        self.pair_min_df = pair_min_df
 
     # -- fitting and transforming -------------------------------------------------------------
 
-    def _vectorizers(self) -> tuple[TfidfVectorizer, TfidfVectorizer]:
+    def _vectorizers(self) -> tuple[TfidfVectorizer, TfidfVectorizer, TfidfVectorizer | None]:
         words = TfidfVectorizer(
             token_pattern=WORD_TOKEN_PATTERN,
             lowercase=False,
@@ -73,7 +88,12 @@ class TextFeatures(TransformerMixin, BaseEstimator):
             min_df=self.char_min_df,
             sublinear_tf=self.sublinear_tf,
         )
-        return words, chars
+        pairs = None
+        if self.pair_max_words > 0:
+            pairs = TfidfVectorizer(
+                token_pattern=WORD_TOKEN_PATTERN, lowercase=False, min_df=self.pair_min_df, sublinear_tf=self.sublinear_tf
+            )
+        return words, chars, pairs
 
     def fit(self, X: Sequence[str], y=None):
         self.fit_transform(X)
@@ -88,20 +108,33 @@ class TextFeatures(TransformerMixin, BaseEstimator):
         self.dictionary_freqs_ = np.array(freqs, dtype=np.int64)
         self.dictionary_total_ = int(total)
         self._segmenter = NativeSegmenter(words, freqs, total)
-        joined = [join_words(self._segmenter.words(t)) for t in normalised]
-        self.word_vectorizer_, self.char_vectorizer_ = self._vectorizers()
-        Xw = self.word_vectorizer_.fit_transform(joined)
-        Xc = self.char_vectorizer_.fit_transform(normalised)
-        self.n_features_out_ = Xw.shape[1] + Xc.shape[1]
-        return sp.hstack([Xw, Xc], format="csr")
+        segmented = [self._segmenter.words(t) for t in normalised]
+        self.word_vectorizer_, self.char_vectorizer_, self.pair_vectorizer_ = self._vectorizers()
+        joined = [join_words(ws) for ws in segmented]
+        try:
+            words_block = self.word_vectorizer_.fit_transform(joined)
+        except ValueError:  # a few texts without a repeated word (min_df): keep every word
+            words_block = self.word_vectorizer_.set_params(min_df=1).fit_transform(joined)
+        blocks = [words_block, self.char_vectorizer_.fit_transform(normalised)]
+        if self.pair_vectorizer_ is not None:
+            pairs = [pair_document(ws, self.pair_max_words) for ws in segmented]
+            try:
+                blocks.append(self.pair_vectorizer_.fit_transform(pairs))
+            except ValueError:  # no pair frequent enough (tiny or one-word training sets): no pair block
+                self.pair_vectorizer_ = None
+        self.n_features_out_ = sum(b.shape[1] for b in blocks)
+        return sp.hstack(blocks, format="csr")
 
     def transform(self, X: Sequence[str]):
         normalised = [normalise(t, self.simplified) for t in X]
-        joined = [join_words(self.segmenter.words(t)) for t in normalised]
-        return sp.hstack(
-            [self.word_vectorizer_.transform(joined), self.char_vectorizer_.transform(normalised)],
-            format="csr",
-        )
+        segmented = [self.segmenter.words(t) for t in normalised]
+        blocks = [
+            self.word_vectorizer_.transform([join_words(ws) for ws in segmented]),
+            self.char_vectorizer_.transform(normalised),
+        ]
+        if getattr(self, "pair_vectorizer_", None) is not None:
+            blocks.append(self.pair_vectorizer_.transform([pair_document(ws, self.pair_max_words) for ws in segmented]))
+        return sp.hstack(blocks, format="csr")
 
     @property
     def simplified(self) -> dict[int, str]:
@@ -126,7 +159,7 @@ class TextFeatures(TransformerMixin, BaseEstimator):
         state = dict(super().__getstate__())
         state.pop("_segmenter", None)
         state.pop("_simplified", None)
-        for name in ("word", "char"):
+        for name in BLOCKS:
             vectorizer = state.pop(f"{name}_vectorizer_", None)
             if vectorizer is not None:
                 terms = [""] * len(vectorizer.vocabulary_)
@@ -138,24 +171,30 @@ class TextFeatures(TransformerMixin, BaseEstimator):
 
     def __setstate__(self, state):
         state = dict(state)
-        terms = {name: (state.pop(f"{name}_terms_", None), state.pop(f"{name}_idf_", None)) for name in ("word", "char")}
+        state.setdefault("pair_max_words", 0)  # saved before word pairs existed
+        state.setdefault("pair_min_df", 2)
+        terms = {name: (state.pop(f"{name}_terms_", None), state.pop(f"{name}_idf_", None)) for name in BLOCKS}
         super().__setstate__(state)
         self._segmenter = None
         self._simplified = None
         if terms["word"][0] is None:
             return
         vectorizers = self._vectorizers()
-        for name, vectorizer in zip(("word", "char"), vectorizers):
+        self.pair_vectorizer_ = None
+        for name, vectorizer in zip(BLOCKS, vectorizers):
             vocab, idf = terms[name]
+            if vocab is None or vectorizer is None:
+                continue
             terms_ = unpack_terms(vocab)
             vectorizer.vocabulary_ = dict(zip(terms_, range(len(terms_))))
             vectorizer.idf_ = idf
             setattr(self, f"{name}_vectorizer_", vectorizer)
 
     def term_arrays(self) -> dict[str, np.ndarray]:
-        """Vocabularies (column order) and idf weights, for the fast path's export."""
+        """Vocabularies (column order) and idf weights, for the fast path's export (no pair block: empty)."""
         state = self.__getstate__()
-        return {k: state[k] for k in ("word_terms_", "word_idf_", "char_terms_", "char_idf_")}
+        empty = {"pair_terms_": pack_terms([]), "pair_idf_": np.zeros(0)}
+        return {k: state.get(k, empty.get(k)) for k in [f"{b}_{a}_" for b in BLOCKS for a in ("terms", "idf")]}
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:
@@ -238,7 +277,10 @@ class BlendedLinearClassifier(ClassifierMixin, BaseEstimator):
         n_classes = len(self.classes_)
         if n_classes < 2:
             raise ValueError(f"need at least two labels to learn, got only {self.classes_.tolist()}")
-        self.coef_, self.intercept_ = self._linear(X, y_index, n_classes)
+        coef, self.intercept_ = self._linear(X, y_index, n_classes)
+        # Weights kept at float32 precision (stored as float64, so both paths compute alike): the serving
+        # copy is then exactly float32, half the model directory, and no prediction changes measurably.
+        self.coef_ = coef.astype(np.float32).astype(np.float64)
         self.bias_ = np.zeros(n_classes)
         for label, value in (self.class_bias or {}).items():
             if label in self.classes_:

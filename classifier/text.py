@@ -311,6 +311,22 @@ def join_words(words: Sequence[str]) -> str:
     return " ".join(words)
 
 
+PAIR_JOINER = "+"  # never inside an alphanumeric word
+
+
+def pair_words(words: Sequence[str], limit: int) -> list[str]:
+    """The words whose unordered pairs are features: the first ``limit`` distinct alphanumeric words
+    of a message (punctuation pairs only add size), sorted so that each pair has one spelling."""
+    distinct = dict.fromkeys(w for w in words if w.isalnum())
+    return sorted(list(distinct)[:limit])
+
+
+def pair_document(words: Sequence[str], limit: int) -> str:
+    """Every unordered pair of :func:`pair_words` as a space-separated token ("card+arrive")."""
+    ws = pair_words(words, limit)
+    return " ".join(f"{a}{PAIR_JOINER}{b}" for i, a in enumerate(ws) for b in ws[i + 1 :])
+
+
 def pack_terms(terms: Sequence[str]) -> np.ndarray:
     """Terms as one UTF-8 byte array (a fixed-width unicode array would be ~8x larger)."""
     blob = "\n".join(terms)

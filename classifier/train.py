@@ -38,7 +38,12 @@ class TrainConfig:
     word_ngram_range: tuple[int, int] = (1, 2)
     char_ngram_range: tuple[int, int] = (1, 4)
     char_analyzer: str = "char_wb"
+    word_min_df: int = 2  # word n-grams seen once: 72 % of the vocabulary on paidan's data, no accuracy
     char_min_df: int = 2  # n-grams seen once add size, not accuracy
+    # Unordered pairs of a message's first 30 distinct words (0: none): Banking77 CV 0.904 -> 0.909, paidan
+    # held-out macro-F1 up 0-2 points per head. min_df 3 keeps the model small at no measured cost.
+    pair_max_words: int = 30
+    pair_min_df: int = 3
     svc_C: float = 1.0
     lr_C: float = 30.0
     # LinearSVC only by default: on this data blending in LogisticRegression changed accuracy by
@@ -92,7 +97,10 @@ def fit_model(
         word_ngram_range=tuple(config.word_ngram_range),
         char_ngram_range=tuple(config.char_ngram_range),
         char_analyzer=config.char_analyzer,
+        word_min_df=config.word_min_df,
         char_min_df=config.char_min_df,
+        pair_max_words=config.pair_max_words,
+        pair_min_df=config.pair_min_df,
     )
     X = features.fit_transform([e.text for e in examples])
     step("features")

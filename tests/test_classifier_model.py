@@ -14,6 +14,7 @@ import pytest
 from classifier.data import TAXONOMY, Example, read_csv
 from classifier.errors import ModelIncompatible, ModelNotFound, TrainingDataError
 from classifier.evaluate import evaluate_examples, head_metrics
+from classifier.fast import FastModel
 from classifier.service import SERVICE_HEADS, ModelClassifier
 from classifier.store import METADATA_FILE, MODEL_FILE, ModelStore, load_skops, sha256_file
 from classifier.train import TrainConfig, fit_model, gate, load_split, train_version
@@ -72,8 +73,10 @@ def test_fast_path_gives_the_same_predictions_as_the_sklearn_pipeline(trained, c
         # "char" crosses word boundaries; char_wb 4-6 makes short words ("a" padded is 3 long) one n-gram each
         TrainConfig(char_analyzer="char", char_ngram_range=(2, 5), word_ngram_range=(1, 3), calibration_folds=0),
         TrainConfig(char_analyzer="char_wb", char_ngram_range=(4, 6), word_ngram_range=(2, 2), calibration_folds=0),
+        TrainConfig(pair_max_words=0, calibration_folds=0),  # no word-pair block (the layout before pairs)
+        TrainConfig(pair_max_words=4, pair_min_df=1, calibration_folds=0),  # long messages: only 4 words pair up
     ],
-    ids=["char-2-5-words-1-3", "char_wb-4-6-bigrams"],
+    ids=["char-2-5-words-1-3", "char_wb-4-6-bigrams", "no-pairs", "pairs-of-4-words"],
 )
 def test_fast_path_equals_the_pipeline_for_other_ngram_settings(split, config) -> None:
     train = split[0][::6]
@@ -85,6 +88,17 @@ def test_fast_path_equals_the_pipeline_for_other_ngram_settings(split, config) -
     )
     single = np.array([fast.scores(t)[0]["type"].probabilities for t in texts])
     np.testing.assert_allclose(single, model.pipeline("type").predict_proba(texts), rtol=0, atol=1e-9)
+
+
+def test_serving_arrays_without_pairs_still_load(split) -> None:
+    # Models saved before the word-pair block (serving format 2) have no pair arrays.
+    model = fit_model(split[0][::6], ["type"], TrainConfig(pair_max_words=0, calibration_folds=0))
+    arrays = model.serving_arrays()
+    old = {k: v for k, v in arrays.items() if not k.startswith("pair_")} | {"format": np.array(2)}
+    texts = [e.text for e in split[1][:50]]
+    np.testing.assert_allclose(
+        FastModel(old).probabilities_many(texts)[0]["type"], model.pipeline("type").predict_proba(texts), rtol=0, atol=1e-9
+    )
 
 
 def _same(a: Prediction, b: Prediction) -> bool:

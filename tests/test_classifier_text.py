@@ -9,7 +9,16 @@ from pathlib import Path
 import jieba
 import pytest
 
-from classifier.text import MAX_CHARS, NativeSegmenter, Segmenter, build_dictionary, domain_dictionary, normalise
+from classifier.text import (
+    MAX_CHARS,
+    NativeSegmenter,
+    Segmenter,
+    build_dictionary,
+    domain_dictionary,
+    normalise,
+    pair_document,
+    pair_words,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -115,3 +124,11 @@ def test_native_segmenter_equals_jieba_on_every_training_text() -> None:
     reference, native = Segmenter(words, freqs, total), NativeSegmenter(words, freqs, total)
     for text in normalised:
         assert native.words(text) == reference.words(text), text
+
+
+def test_pair_words_are_the_first_distinct_alphanumeric_words_sorted() -> None:
+    words = ["收银机", "又", "连不上", "了", "!", "收银机", "wifi", "c++"]
+    assert pair_words(words, 3) == sorted(["收银机", "又", "连不上"])
+    assert pair_words(words, 10) == sorted(["收银机", "又", "连不上", "了", "wifi"])
+    assert pair_document(["card", "arrive", "my", "card"], 10) == "arrive+card arrive+my card+my"
+    assert pair_document(["hello", "?"], 10) == ""
