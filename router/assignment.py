@@ -31,6 +31,7 @@ from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Float, Text, and_, bindparam, case, cast, func, insert, or_, select, type_coerce, update
+from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
@@ -39,7 +40,7 @@ from models.errors import ActionRefused, IllegalTransition, NotFound
 from models.tables import Agent, Assignment, OutboxItem, Ticket, TicketEvent
 from router import states
 from router.config import RouterConfig
-from router.outbox import STAFF_CHANNEL, agent_address, notify_supervisors
+from router.outbox import STAFF_CHANNEL, agent_address, notify_supervisors, supervisors_of
 
 # Language skills agents list; a ticket in another language (or none) needs no language skill.
 LANGUAGES = frozenset({"zh", "en"})
@@ -793,7 +794,8 @@ def expire_offers(session: Session, config: RouterConfig, now: datetime, limit: 
         .limit(limit)
         .with_for_update(skip_locked=True)
     ).all()
-    expired = 0
+    ended: list[tuple[Row, Ticket, str]] = []  # (offer, its ticket, what happened)
+    names = dict(session.execute(select(Agent.id, Agent.name).where(Agent.id.in_({o.agent_id for o in offers}))).all())
     for offer in offers:
         claimed = session.execute(
             update(Assignment)
@@ -803,10 +805,9 @@ def expire_offers(session: Session, config: RouterConfig, now: datetime, limit: 
         ).rowcount
         if claimed != 1:
             continue  # another process expired it, or the agent accepted in the meantime
-        expired += 1
         _unload(session, offer.agent_id)
         ticket = session.get(Ticket, offer.ticket_id)
-        name = session.scalar(select(Agent.name).where(Agent.id == offer.agent_id)) or f"#{offer.agent_id}"
+        name = names.get(offer.agent_id) or f"#{offer.agent_id}"
         minutes = int((now - offer.offered_at).total_seconds() // 60)
         what = f"{name} did not accept {ticket.number} within {_duration(config.accept_timeout)}"
         session.add(TicketEvent(ticket_id=ticket.id, at=now, actor="router", kind="offer_expired", reason=what,
@@ -814,14 +815,21 @@ def expire_offers(session: Session, config: RouterConfig, now: datetime, limit: 
                                       "offered_minutes_ago": minutes}))
         if ticket.assigned_agent_id == offer.agent_id:
             ticket.assigned_agent_id = None
-        if ticket.state in states.OPEN_STATES:
-            result = assign(session, ticket, config, now)
-            outcome = f"now offered to {result.reason}" if result.agent_id else f"queued: {result.reason}"
-        else:
+        ended.append((offer, ticket, what))
+    # All the freed capacity first, then one set-based assignment for the tickets that moved on.
+    open_ones = [ticket for _, ticket, _ in ended if ticket.state in states.OPEN_STATES]
+    results = dict(zip((t.id for t in open_ones), assign_many(session, open_ones, config, now))) if open_ones else {}
+    supervisors = supervisors_of(session) if ended else []
+    for offer, ticket, what in ended:
+        result = results.get(ticket.id)
+        if result is None:
             outcome = f"the ticket is {ticket.state}; nothing to reassign"
+        else:
+            outcome = f"now offered to {result.reason}" if result.agent_id else f"queued: {result.reason}"
         notify_supervisors(session, kind="offer_expired", ticket=ticket, now=now, on_call_only=True,
-                           dedupe_key=f"offer_expired:{offer.id}", text=f"{what}; {outcome}")
-    return expired
+                           dedupe_key=f"offer_expired:{offer.id}", text=f"{what}; {outcome}",
+                           supervisors=supervisors)
+    return len(ended)
 
 
 # --------------------------------------------------------------------------------------------

@@ -43,10 +43,17 @@ def notify_agent(session: Session, agent: Agent, *, kind: str, ticket: Ticket, t
                    dedupe_key=dedupe_key, now=now)
 
 
+def supervisors_of(session: Session) -> list[Agent]:
+    return list(session.scalars(select(Agent).where(Agent.role.in_(("supervisor", "admin"))).order_by(Agent.id)))
+
+
 def notify_supervisors(session: Session, *, kind: str, ticket: Ticket, text: str, now: datetime,
-                       on_call_only: bool = False, dedupe_key: str | None = None, **extra) -> list[OutboxItem]:
-    """Tell the supervisors (or only the on-call ones, falling back to all when none is on call)."""
-    supervisors = session.scalars(select(Agent).where(Agent.role.in_(("supervisor", "admin"))).order_by(Agent.id)).all()
+                       on_call_only: bool = False, dedupe_key: str | None = None,
+                       supervisors: Sequence[Agent] | None = None, **extra) -> list[OutboxItem]:
+    """Tell the supervisors (or only the on-call ones, falling back to all when none is on call).
+    `supervisors`: `supervisors_of(session)`, when the caller tells them about many tickets."""
+    if supervisors is None:
+        supervisors = supervisors_of(session)
     if on_call_only and any(s.on_call for s in supervisors):
         supervisors = [s for s in supervisors if s.on_call]
     items = []

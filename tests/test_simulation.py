@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from factories import KeywordClassifier
 from models import Channel, Identity, IdentityKind, InboundMessage, Sender
@@ -181,7 +181,7 @@ def assert_every_message_routed_or_queued_with_a_reason(session: Session) -> Non
     assert unrouted == 0
     inbound = session.scalar(select(func.count()).select_from(Message).where(Message.direction == "in"))
     assert inbound >= 2000
-    for ticket in session.scalars(select(Ticket)):
+    for ticket in session.scalars(select(Ticket).options(selectinload(Ticket.events))):
         if ticket.queue is not None:
             assert ticket.queue_reason, ticket.number
         else:
