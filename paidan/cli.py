@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from models.errors import PaidanError
+from paidan.cli_router import _now, _router_config
 from paidan.settings import Settings
 
 console = Console()
@@ -142,7 +143,7 @@ def agents_add(name, skills, capacity, seniority, role, telegram_id, email) -> N
         agent = add_agent(session, name, skills=_split(skills) or [], capacity=capacity, seniority=seniority,
                           role=role, telegram_id=telegram_id, email=email)
         console.print(f"added {agent.role} {agent.name} (id {agent.id}) skills={','.join(agent.skills) or '-'}")
-        _warn_unknown_skills(agent.skills)
+        _warn_unknown_skills(agent.skills, _router_config())
 
 
 @agents.command("list")
@@ -192,26 +193,24 @@ def agents_set(agent, skills, capacity, seniority, role, telegram_id, email, onl
                            seniority=seniority, role=role, telegram_id=telegram_id, email=email, online=online)
         console.print(f"{row.name}: role={row.role} skills={','.join(row.skills) or '-'} capacity={row.capacity} "
                       f"seniority={row.seniority} online={'yes' if row.online else 'no'}")
+        config = _router_config()
         if skills is not None:
-            _warn_unknown_skills(row.skills)
+            _warn_unknown_skills(row.skills, config)
         if row.online and (online or capacity is not None):
             # Capacity just appeared: waiting tickets need not wait for serve's next queue tick.
-            from paidan.cli_router import _now, _router_config
             from router.assignment import drain_queue
 
-            assigned = drain_queue(session, _router_config(), _now())
+            assigned = drain_queue(session, config, _now())
             if assigned:
                 console.print(f"assigned {assigned} waiting ticket(s) from the queue")
 
 
-def _warn_unknown_skills(skills: list[str]) -> None:
-    from paidan.cli_router import _router_config
-    from router.agents import unknown_skills
+def _warn_unknown_skills(skills: list[str], config) -> None:
+    from router.agents import known_skills, unknown_skills
 
-    config = _router_config()
     unknown = unknown_skills(skills, config)
     if unknown:
-        known = ", ".join(sorted(set(config.category_skills.values()) | {"zh", "en"}))
+        known = ", ".join(sorted(known_skills(config)))
         console.print(f"[yellow]warning:[/] no ticket asks for the skill(s) {', '.join(unknown)} "
                       f"(the router asks for: {known}; map categories to skills under [routing] in paidan.toml)")
 

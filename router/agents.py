@@ -7,6 +7,7 @@ from sqlalchemy.orm import Session
 
 from models.errors import InvalidInput, NotFound
 from models.tables import Agent, Ticket
+from router.assignment import LANGUAGES
 from router.config import RouterConfig
 from router.states import OPEN_STATES
 
@@ -26,13 +27,16 @@ def normalise_skills(skills: list[str]) -> list[str]:
     return sorted({s.strip().lower() for s in skills if s.strip()})
 
 
+def known_skills(config: RouterConfig) -> frozenset[str]:
+    """The skills tickets ask for: each category's skill and the language skills."""
+    return frozenset(config.category_skills.values()) | LANGUAGES
+
+
 def unknown_skills(skills: list[str], config: RouterConfig) -> list[str]:
     """Skills no ticket will ever ask for (a typo such as "tecnical" leaves an agent without work).
 
     They are kept, not refused: a team may tag agents before mapping a category to the skill."""
-    from router.assignment import LANGUAGES
-
-    known = set(config.category_skills.values()) | LANGUAGES
+    known = known_skills(config)
     return [s for s in normalise_skills(skills) if s not in known]
 
 

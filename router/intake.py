@@ -48,23 +48,25 @@ def utcnow() -> datetime:
 
 # The look-ups every batch makes, built once: building a statement (columns, operators, coercion)
 # cost more CPU than SQLite took to run it, about a millisecond per batch (bench/intake.py).
-_T, _M = Ticket.__table__.c, Message.__table__.c
+_T, _M, _I, _C = Ticket.__table__.c, Message.__table__.c, Identity.__table__.c, Customer.__table__.c
 _EXISTING = (
     select(_M.channel, _M.external_id, _M.id, _M.ticket_id, _T.number)
     .join_from(Message.__table__, Ticket.__table__, _T.id == _M.ticket_id)
     .where(_M.channel == bindparam("channel"), _M.external_id.in_(bindparam("ids", expanding=True)))
 )
 _OWNERS = (
-    select(Identity.__table__.c.kind, Identity.__table__.c.value, Identity.__table__.c.customer_id,
-           Customer.__table__.c.merged_into_id)
-    .join_from(Identity.__table__, Customer.__table__, Customer.__table__.c.id == Identity.__table__.c.customer_id)
+    select(_I.kind, _I.value, _I.customer_id, _C.merged_into_id)
+    .join_from(Identity.__table__, Customer.__table__, _C.id == _I.customer_id)
     # both columns, so the (kind, value) unique index answers it
-    .where(Identity.__table__.c.kind.in_(bindparam("kinds", expanding=True)),
-           Identity.__table__.c.value.in_(bindparam("values", expanding=True)))
+    .where(_I.kind.in_(bindparam("kinds", expanding=True)), _I.value.in_(bindparam("values", expanding=True)))
 )
 _CONTINUED = select(_T.id, _T.number, _T.state, _T.flags).where(_T.id.in_(bindparam("ids", expanding=True)))
 _TOUCH = (update(Ticket.__table__).where(_T.id.in_(bindparam("ids", expanding=True)))
           .values(routed_at=None, updated_at=bindparam("now", type_=_T.updated_at.type)))
+# Topic threading continues open tickets and reopens resolved ones (not closed: that is final for
+# the customer's side). DESIGN.md: "reopened when the customer says it is not solved" — details on
+# the same topic an hour after "resolved" say so as much as a reply to our email does.
+_TOPIC_STATES = states.OPEN_STATES | {states.RESOLVED}
 # Each customer's open (then resolved) tickets active since `since`, with the first customer message.
 _FIRST_IN = (select(func.min(_M.id)).where(_M.ticket_id == _T.id, _M.direction == "in")
              .correlate(Ticket.__table__).scalar_subquery())
@@ -73,7 +75,7 @@ _OPEN_TICKETS = (
     .select_from(Ticket.__table__)
     .outerjoin(Message.__table__, _M.id == _FIRST_IN)
     .where(_T.customer_id.in_(bindparam("customers", expanding=True)),
-           _T.state.in_(bindparam("states", expanding=True)),
+           _T.state.in_(sorted(_TOPIC_STATES)),
            _T.updated_at >= bindparam("since", type_=_T.updated_at.type))
     .order_by(_T.updated_at.desc(), _T.id.desc())
 )
@@ -452,12 +454,6 @@ class _Candidate:
     resolved: bool = False  # continuing it reopens it
 
 
-# Topic threading continues open tickets and reopens resolved ones (not closed: that is final for
-# the customer's side). DESIGN.md: "reopened when the customer says it is not solved" — details on
-# the same topic an hour after "resolved" say so as much as a reply to our email does.
-_TOPIC_STATES = states.OPEN_STATES | {states.RESOLVED}
-
-
 def _find_threads(
     session: Session, originals: list[tuple[int, InboundMessage]], senders: list[_Sender], config: RouterConfig,
     now: datetime,
@@ -592,8 +588,7 @@ def _open_tickets(session: Session, customer_ids: set[int], config: RouterConfig
     the text to compare (subject and first customer message). One query for the batch, none for newcomers."""
     if not customer_ids:
         return {}
-    rows = session.execute(_OPEN_TICKETS, {"customers": list(customer_ids), "states": sorted(_TOPIC_STATES),
-                                           "since": now - config.topic_window}).all()
+    rows = session.execute(_OPEN_TICKETS, {"customers": list(customer_ids), "since": now - config.topic_window}).all()
     found: dict[int, list[_Candidate]] = {}
     for r in rows:
         found.setdefault(r.customer_id, []).append(_Candidate(

@@ -192,7 +192,7 @@ def _route_new(session: Session, ticket: Ticket, messages: list[Message], predic
                                 data={"queue": "triage"}))
         notify_supervisors(session, kind="triage", ticket=ticket, now=now, dedupe_key=f"triage:{ticket.id}",
                            text=f"{ticket.number} needs triage: {triage}")
-    first_response = next((c for c in clocks if c.kind == "first_response"), None)
+    first_response = next((c for c in clocks if c.kind == sla.FIRST_RESPONSE), None)
     _acknowledge(session, ticket, now, first_response.due_at if first_response else None,
                  batch.identities.get(ticket.customer_id, []))
     return not triage
