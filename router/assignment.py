@@ -485,6 +485,10 @@ _CLAIM = (update(Agent.__table__)
 _CLAIM_BY_HAND = (update(Agent.__table__).where(_A.id == bindparam("agent_id"), _A.load < _A.capacity)
                   .values(load=_A.load + 1, last_assigned_at=bindparam("now")))
 _UNLOAD = update(Agent.__table__).where(_A.id == bindparam("agent_id"), _A.load > 0).values(load=_A.load - 1)
+_EXPIRE = (update(Assignment.__table__)
+           .where(_O.id.in_(bindparam("ids", expanding=True)), _O.ended_at.is_(None), _O.accepted_at.is_(None))
+           .values(ended_at=bindparam("now"), end_reason="expired")
+           .returning(_O.id))
 _NEW_OFFER = insert(Assignment.__table__).returning(_O.id)
 _NEW_OFFERS = insert(Assignment.__table__)
 _OFFER_IDS = select(_O.id, _O.ticket_id, _O.agent_id).where(
@@ -589,11 +593,16 @@ class Roster:
     def anyone_free(self) -> bool:
         return self.agents is None or any(a.online and a.load < a.capacity for a in self.agents.values())
 
+    def can_take_work(self, agent_id: int, config: RouterConfig) -> bool:
+        """Online, on shift and under capacity now."""
+        agent = self.agents.get(agent_id)
+        return agent is not None and agent.online and agent.load < agent.capacity and (
+            agent.shift is None or agent.shift.covers(self.now, config.calendar.timezone))
+
     def free_places(self, need: Needs, config: RouterConfig) -> int:
         """How many more tickets needing `need` the agents free now (online, on shift) could take."""
-        tz = config.calendar.timezone
         return sum(a.capacity - a.load for a in map(self.agents.__getitem__, self._skilled_for(need))
-                   if a.online and a.load < a.capacity and (a.shift is None or a.shift.covers(self.now, tz)))
+                   if self.can_take_work(a.id, config))
 
     def _skilled_for(self, need: Needs) -> list[int]:
         key = (need.category_skill, need.language)
@@ -745,20 +754,28 @@ def release(session: Session, ticket: Ticket, now: datetime, *, why: str, actor:
     return ended[-1] if ended else None
 
 
-def drain_queue(session: Session, config: RouterConfig, now: datetime, limit: int = 200) -> int:
+def drain_queue(session: Session, config: RouterConfig, now: datetime, limit: int = 200, *,
+                freed_by: int | None = None) -> int:
     """Assign waiting tickets while capacity lasts, most urgent first, then oldest; returns how many.
 
     Only tickets that someone free has the skills for are loaded and ranked (as many per kind as
     there are free places): a long queue of tickets nobody can take yet costs a look-up each, and
     never hides the ones behind it. A ticket that stays queued keeps the reason it was queued with.
+
+    `freed_by`: the agent whose ticket just ended. Only their capacity changed, so when they cannot
+    take work now (offline, off shift) there is nothing new to drain; the periodic drain does the rest.
     """
     roster = Roster(session, now, everyone=True)
     if not roster.anyone_free():
         return 0  # nobody online with room: no need to even look at the queue
+    if freed_by is not None and not roster.can_take_work(freed_by, config):
+        return 0
     # Free places by kind of ticket (category, language; a queue has few kinds), and per kind no
     # more tickets than places: a drain after one resolved ticket loads one or two, not the queue.
     places = {(cat, lang): roster.free_places(needs(TicketFacts("", None, cat, None, lang), config), config)
               for cat, lang in session.execute(_QUEUED_KINDS)}
+    if not any(n > 0 for n in places.values()):
+        return 0  # the free agents lack the skills every waiting ticket needs: the queue stays as it is
     servable: list[int] = []
     for row in session.execute(_QUEUED):
         kind = (row.category, row.language)
@@ -794,19 +811,22 @@ def expire_offers(session: Session, config: RouterConfig, now: datetime, limit: 
         .limit(limit)
         .with_for_update(skip_locked=True)
     ).all()
+    if not offers:
+        return 0
+    # Claimed with one conditional UPDATE: an offer another process expired, or that its agent
+    # accepted in the meantime, is not among the returned ids and is left alone.
+    claimed = set(session.execute(_EXPIRE, {"ids": [o.id for o in offers], "now": now}).scalars())
+    offers = [o for o in offers if o.id in claimed]
+    if not offers:
+        return 0
+    session.execute(_UNLOAD, [{"agent_id": o.agent_id} for o in offers])  # one each, several per agent
+    for agent_id in {o.agent_id for o in offers}:
+        _forget(session, agent_id)
+    names = dict(session.execute(select(_A.id, _A.name).where(_A.id.in_({o.agent_id for o in offers}))).all())
+    tickets = {t.id: t for t in session.scalars(select(Ticket).where(Ticket.id.in_({o.ticket_id for o in offers})))}
     ended: list[tuple[Row, Ticket, str]] = []  # (offer, its ticket, what happened)
-    names = dict(session.execute(select(Agent.id, Agent.name).where(Agent.id.in_({o.agent_id for o in offers}))).all())
     for offer in offers:
-        claimed = session.execute(
-            update(Assignment)
-            .where(Assignment.id == offer.id, Assignment.ended_at.is_(None), Assignment.accepted_at.is_(None))
-            .values(ended_at=now, end_reason="expired")
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        if claimed != 1:
-            continue  # another process expired it, or the agent accepted in the meantime
-        _unload(session, offer.agent_id)
-        ticket = session.get(Ticket, offer.ticket_id)
+        ticket = tickets[offer.ticket_id]
         name = names.get(offer.agent_id) or f"#{offer.agent_id}"
         minutes = int((now - offer.offered_at).total_seconds() // 60)
         what = f"{name} did not accept {ticket.number} within {_duration(config.accept_timeout)}"
@@ -880,6 +900,9 @@ def _write_offers(session: Session, offers: list[tuple[Ticket, AgentState, Choic
     RETURNING) SQLite writes such rows one statement each, which was most of a decision's cost."""
     if not offers:
         return []
+    # Whatever the ORM holds (a release, a classification, an agent's action) happened first: written
+    # first, so the audit trail reads in the order things happened (ids ascend in time).
+    session.flush()
     expires = now + config.accept_timeout
     within = _duration(config.accept_timeout)
     for ticket, _, _ in offers:

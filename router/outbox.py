@@ -7,9 +7,12 @@ yet simply leaves its rows pending, to be delivered when it lands.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from models.tables import Agent, Identity, OutboxItem, Ticket
@@ -18,17 +21,42 @@ from models.tables import Agent, Identity, OutboxItem, Ticket
 STAFF_CHANNEL = "telegram"
 
 
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """One row `enqueue` added to the outbox (it is written at once, so it has its id)."""
+
+    id: int
+    kind: str
+    channel: str
+    recipient: str
+
+
+_INSERT_ITEM = {  # by dialect: a dedupe key already queued adds nothing, in the same statement
+    "postgresql": pg_insert(OutboxItem.__table__).on_conflict_do_nothing(index_elements=["dedupe_key"]),
+    "sqlite": sqlite_insert(OutboxItem.__table__).on_conflict_do_nothing(index_elements=["dedupe_key"]),
+}
+_OUTBOX_ID = OutboxItem.__table__.c.id
+
+
 def enqueue(
     session: Session, *, kind: str, channel: str, recipient: str, payload: dict,
     ticket_id: int | None = None, dedupe_key: str | None = None, now: datetime,
-) -> OutboxItem | None:
-    """Add one item to send; with a `dedupe_key` already queued, nothing is added (sent once)."""
-    if dedupe_key is not None and session.scalar(select(OutboxItem.id).where(OutboxItem.dedupe_key == dedupe_key)):
-        return None
-    item = OutboxItem(kind=kind, channel=channel, recipient=recipient, payload=payload, ticket_id=ticket_id,
-                      dedupe_key=dedupe_key, status="pending", attempts=0, next_attempt_at=now, created_at=now)
-    session.add(item)
-    return item
+) -> Queued | None:
+    """Add one item to send; with a `dedupe_key` already queued, nothing is added (sent once).
+
+    One INSERT … ON CONFLICT DO NOTHING, not a look-up and then an insert: half the statements, and
+    two transactions queueing the same key at once cannot both add it (the loser adds nothing).
+    """
+    insert_item = _INSERT_ITEM.get(session.get_bind().dialect.name)
+    if insert_item is None:  # another database: look first (under its unique index all the same)
+        if dedupe_key is not None and session.scalar(select(_OUTBOX_ID).where(OutboxItem.dedupe_key == dedupe_key)):
+            return None
+        insert_item = insert(OutboxItem.__table__)
+    item_id = session.execute(insert_item.returning(_OUTBOX_ID), {
+        "kind": kind, "channel": channel, "recipient": recipient, "payload": payload, "ticket_id": ticket_id,
+        "dedupe_key": dedupe_key, "status": "pending", "attempts": 0, "next_attempt_at": now, "created_at": now,
+    }).scalar()
+    return Queued(item_id, kind, channel, recipient) if item_id is not None else None
 
 
 def agent_address(agent: Agent) -> str:
@@ -37,7 +65,7 @@ def agent_address(agent: Agent) -> str:
 
 
 def notify_agent(session: Session, agent: Agent, *, kind: str, ticket: Ticket, text: str, now: datetime,
-                 dedupe_key: str | None = None, **extra) -> OutboxItem | None:
+                 dedupe_key: str | None = None, **extra) -> Queued | None:
     return enqueue(session, kind=kind, channel=STAFF_CHANNEL, recipient=agent_address(agent), ticket_id=ticket.id,
                    payload={"ticket": ticket.number, "text": text, "agent_id": agent.id, **extra},
                    dedupe_key=dedupe_key, now=now)
@@ -49,7 +77,7 @@ def supervisors_of(session: Session) -> list[Agent]:
 
 def notify_supervisors(session: Session, *, kind: str, ticket: Ticket, text: str, now: datetime,
                        on_call_only: bool = False, dedupe_key: str | None = None,
-                       supervisors: Sequence[Agent] | None = None, **extra) -> list[OutboxItem]:
+                       supervisors: Sequence[Agent] | None = None, **extra) -> list[Queued]:
     """Tell the supervisors (or only the on-call ones, falling back to all when none is on call).
     `supervisors`: `supervisors_of(session)`, when the caller tells them about many tickets."""
     if supervisors is None:

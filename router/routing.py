@@ -115,15 +115,16 @@ class _BatchReads:
     """What routing new tickets reads, read once for the batch: customers (VIP), their identities
     (where to acknowledge) and any clocks the tickets already have (a relabelled ticket's)."""
 
+    customers: dict[int, Customer]  # held here: the session only keeps rows someone refers to
     identities: dict[int, list[Identity]]
     clocks: dict[int, list[SlaClock]]
 
     @classmethod
     def load(cls, session: Session, tickets: list[Ticket]) -> _BatchReads:
         if not tickets:
-            return cls({}, {})
+            return cls({}, {}, {})
         customer_ids = {t.customer_id for t in tickets}
-        session.scalars(select(Customer).where(Customer.id.in_(customer_ids))).all()  # session.get finds them
+        customers = {c.id: c for c in session.scalars(select(Customer).where(Customer.id.in_(customer_ids)))}
         identities: dict[int, list[Identity]] = {}
         for identity in session.scalars(select(Identity).where(Identity.customer_id.in_(customer_ids))
                                         .order_by(Identity.id)):
@@ -132,7 +133,7 @@ class _BatchReads:
         for clock in session.scalars(select(SlaClock).where(SlaClock.ticket_id.in_(list(clocks)))
                                      .order_by(SlaClock.id)):
             clocks[clock.ticket_id].append(clock)
-        return cls(identities, clocks)
+        return cls(customers, identities, clocks)
 
 
 def _unclassified_messages(session: Session, ticket_ids: list[int]) -> dict[int, list[Message]]:
@@ -170,7 +171,7 @@ def _route_new(session: Session, ticket: Ticket, messages: list[Message], predic
     (False when it went to triage)."""
     from router import sla
 
-    customer = session.get(Customer, ticket.customer_id)
+    customer = batch.customers.get(ticket.customer_id)
     predicted = prediction.priority.label if prediction else DEFAULT_PRIORITY
     decision = first_priority(predicted, vip=bool(customer and customer.vip))
     if prediction is not None:
