@@ -23,10 +23,11 @@ import functools
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
-from sqlalchemy import case, insert, select, update
+from sqlalchemy import bindparam, case, insert, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 from sqlalchemy.orm.attributes import set_committed_value
 
 from models.errors import ActionRefused, NotFound
@@ -81,7 +82,13 @@ def resolve_agent(session: Session, actor: Agent | str | int) -> Agent:
         raise ActionRefused("say which agent is acting (e.g. `--as NAME`); see `paidan agents list`")
     from router.agents import get_agent
 
-    return get_agent(session, text)
+    # An edge acting for the same people several times in one transaction (a console working
+    # through a batch of updates) reads each of them once; the session's row stays current.
+    known = session.info.setdefault("agents_by_name", {})
+    agent = known.get(text)
+    if agent is None or agent not in session or agent.name != text:
+        agent = known[text] = get_agent(session, text)
+    return agent
 
 
 def agent_for_telegram(session: Session, telegram_id: int) -> Agent:
@@ -219,44 +226,51 @@ def _pending_offer(session: Session, ticket: Ticket, agent: Agent, action: str) 
     return offer
 
 
-def _take_offer(session: Session, ticket: Ticket, agent: Agent, offer: Assignment, now: datetime, *,
-                how: str) -> TicketEvent:
-    """Accept `offer` and start work on the ticket (assigned → in_progress).
+# The agent's open offer of the ticket, accepted if nobody ended it first (see _take_offer).
+_CLAIM_OFFER = (
+    update(Assignment.__table__)
+    .where(Assignment.ticket_id == bindparam("of_ticket"), Assignment.agent_id == bindparam("of_agent"),
+           Assignment.accepted_at.is_(None), Assignment.ended_at.is_(None))
+    .values(accepted_at=bindparam("accepted"))
+    .returning(Assignment.id, Assignment.expires_at)
+)
 
-    The offer is claimed with a conditional update, so an accept racing the offer-expiry timer in
-    another process either wins cleanly or is refused: never both.
+
+def _take_offer(session: Session, ticket: Ticket, agent: Agent, now: datetime, *, how: str) -> bool:
+    """Accept the agent's open offer of the ticket and start work on it (assigned → in_progress);
+    False when there is no open offer to accept.
+
+    The offer is claimed with one conditional UPDATE, so an accept racing the offer-expiry timer in
+    another process either wins cleanly or finds nothing to accept: never both.
     """
-    claimed = session.execute(
-        update(Assignment)
-        .where(Assignment.id == offer.id, Assignment.accepted_at.is_(None), Assignment.ended_at.is_(None))
-        .values(accepted_at=now)
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if claimed != 1:
-        raise ActionRefused(
-            f"the offer of {ticket.number} to {agent.name} ended a moment ago (it expired or was withdrawn); "
-            f"see `paidan tickets explain {ticket.number}`"
-        )
-    set_committed_value(offer, "accepted_at", now)  # as the UPDATE wrote it, without reading it back
+    offer = session.execute(_CLAIM_OFFER, {"of_ticket": ticket.id, "of_agent": agent.id, "accepted": now}).first()
+    if offer is None:
+        return False
+    loaded = session.identity_map.get(identity_key(Assignment, offer.id))
+    if loaded is not None:
+        set_committed_value(loaded, "accepted_at", now)  # as the UPDATE wrote it, without reading it back
     data: dict = {"action": "accept", "how": how, "assignment_id": offer.id}
-    if now > offer.expires_at:
-        data["late_by_seconds"] = int((now - offer.expires_at).total_seconds())
+    expires_at = _aware(offer.expires_at)
+    if now > expires_at:
+        data["late_by_seconds"] = int((now - expires_at).total_seconds())
     ticket.accepted_at = now
     reason = f"{agent.name} accepted the ticket" + (f" ({how})" if how != "accepted" else "")
     if ticket.state == states.IN_PROGRESS:
-        return _event(session, ticket, agent, "accepted", reason, now, data)
-    return _move(session, ticket, agent, states.IN_PROGRESS, reason, now, data)
+        _event(session, ticket, agent, "accepted", reason, now, data)
+    else:
+        _move(session, ticket, agent, states.IN_PROGRESS, reason, now, data)
+    return True
+
+
+def _aware(at: datetime) -> datetime:
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)  # SQLite returns naive UTC via Core
 
 
 def _accept_if_offered(session: Session, ticket: Ticket, agent: Agent, now: datetime, *, how: str) -> bool:
     """The holder working on a ticket not yet accepted accepts it by doing so."""
     if _holder_id(ticket) != agent.id or ticket.accepted_at is not None:
         return False  # (every new offer clears accepted_at: a ticket that has one was accepted)
-    offer = _open_offer(session, ticket, agent.id)
-    if offer is None or offer.accepted_at is not None:
-        return False
-    _take_offer(session, ticket, agent, offer, now, how=how)
-    return True
+    return _take_offer(session, ticket, agent, now, how=how)
 
 
 @_written_together
@@ -266,8 +280,12 @@ def accept(session: Session, ticket_number: str, actor: Agent | str | int, confi
     agent = resolve_agent(session, actor)
     ticket = _ticket(session, ticket_number)
     _refuse_if_finished(session, ticket, "accept")
-    offer = _pending_offer(session, ticket, agent, "accept")
-    _take_offer(session, ticket, agent, offer, now, how="accepted")
+    if _holder_id(ticket) != agent.id:
+        raise _not_yours(session, ticket, agent, "accept")
+    if not _take_offer(session, ticket, agent, now, how="accepted"):
+        _pending_offer(session, ticket, agent, "accept")  # refuses with the reason: ended, or accepted already
+        raise ActionRefused(f"the offer of {ticket.number} to {agent.name} ended a moment ago; "
+                            f"see `paidan tickets explain {ticket.number}`")
     return _outcome(session, ticket, "accept", f"{agent.name} accepted {ticket.number}; it is in progress")
 
 

@@ -209,17 +209,17 @@ def test_an_offer_that_ended_cannot_be_accepted(staff):
 def test_an_accept_that_loses_the_race_with_expiry_is_refused_and_changes_nothing(staff, monkeypatch):
     number = new_ticket(staff)
     name = holder(staff, number)
-    read_offer = actions._pending_offer
+    read_ticket = actions._ticket
 
-    def expiry_wins_meanwhile(session, ticket, agent, action):
-        offer = read_offer(session, ticket, agent, action)
+    def expiry_wins_meanwhile(session, wanted):
+        ticket = read_ticket(session, wanted)
         # what another process's expire_offers does between our read and our claim
-        session.execute(Assignment.__table__.update().where(Assignment.__table__.c.id == offer.id)
+        session.execute(Assignment.__table__.update().where(Assignment.__table__.c.ticket_id == ticket.id)
                         .values(ended_at=NOW, end_reason="expired"))
-        return offer
+        return ticket
 
-    monkeypatch.setattr(actions, "_pending_offer", expiry_wins_meanwhile)
-    with pytest.raises(ActionRefused, match="ended a moment ago"):
+    monkeypatch.setattr(actions, "_ticket", expiry_wins_meanwhile)
+    with pytest.raises(ActionRefused, match=r"offer of .* ended at .*\(expired\)"):
         act(staff, actions.accept, number, name)
     t = ticket(staff, number)
     assert t.state == "assigned" and t.accepted_at is None  # the refusal rolled everything back
