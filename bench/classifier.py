@@ -52,7 +52,19 @@ def machine() -> str:
         pass
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     return (f"{os.cpu_count()} cores, {model}, Python {platform.python_version()}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
-            f"load average at start {load} (the cores are shared: timings move with it)")
+            f"load average at start {load} (the cores are shared: timings move with it); speed probe "
+            f"{speed_probe():.0f} ms (a fixed pure-Python loop, median of 5: compare it between runs, since this "
+            f"virtual machine's speed changes during a day and every timing here moves with it)")
+
+
+def speed_probe() -> float:
+    """Milliseconds for a fixed pure-Python workload: tells runs on a fast and a slow day apart."""
+    times = []
+    for _ in range(5):
+        started = time.perf_counter()
+        sum(i * i for i in range(1_000_000))
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
 
 
 def read(path: Path) -> list[dict[str, str]]:
