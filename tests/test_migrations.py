@@ -29,3 +29,30 @@ def test_upgrade_is_idempotent_and_downgrade_reverses_it(database_url):
     engine = make_engine(database_url)
     assert {"tickets", "messages", "identities", "outbox", "label_corrections"} <= set(inspect(engine).get_table_names())
     engine.dispose()
+
+
+def test_a_pooled_connection_cut_while_idle_is_replaced_before_use(database_url, monkeypatch):
+    """PostgreSQL: a connection the server dropped while it sat in the pool is pinged and replaced,
+    so the next transaction works (no error reaches intake or the scheduler)."""
+    import psycopg
+    import pytest
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    import paidan.db as db
+
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has no server to drop a connection")
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 0.0)  # every checkout is "after idle"
+    engine = make_engine(database_url, pool_size=1, max_overflow=0)
+    try:
+        with engine.connect() as conn:
+            first = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+        plain = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+        with psycopg.connect(plain, autocommit=True) as admin:  # what a server restart does to it
+            admin.execute("SELECT pg_terminate_backend(%s)", [first])
+        with engine.connect() as conn:
+            second = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+        assert second != first
+    finally:
+        engine.dispose()
