@@ -357,6 +357,13 @@ LinearSVC C=1, no calibration; test figures only for the adopted default):
 - Earlier (2026-11-23, test set): LinearSVC C in {0.3, 0.5, 0.6, 1, 2} with word 1-2/1-3 grams and char_wb
   1-4..2-6 (min_df 1 or 2): 0.912-0.917; LogisticRegression C=30 0.920 but 16-20 s to fit; SVC+LR blends
   0.913-0.920; SGD 0.908-0.913; SVC + MultinomialNB/ComplementNB blends within noise.
+- Single-message tail (2026-12-06): the timing above interleaves ours with plain `Pipeline.predict`,
+  which evicts the caches. With a 64 MB memory sweep between messages instead (the same effect,
+  repeatable), each stage's p50 grows 2-5x: char n-grams 43 -> 151 us, word n-grams 15 -> 89, pairs
+  23 -> 109, normalisation 15 -> 50, rules 25 -> 50; without the sweep, single p99 is 0.86-0.99 ms. A
+  message's weight rows are now gathered at float32 (exact: the weights are float32; one cache line per
+  row): that gather cold 38 -> 17 us. Tried and dropped: scanning a batch joined into one text per rule
+  pattern (no gain: the regex work is per character, and alone each message runs only its scripts' patterns).
 - Serving path (classifier/fast.py): normalisation and segmentation stay per message in Python (jieba
   port, cached per clause of <= 32 characters; placeholder regexes skipped when their trigger character
   is absent), then all word and char n-grams of the batch are looked up at once by walking vocabulary
