@@ -41,6 +41,9 @@ RESULTS = ROOT / "bench" / "RESULTS.md"
 START, END = "<!-- classifier:start -->", "<!-- classifier:end -->"
 
 
+from probe import speed_probe  # noqa: E402  (bench/ is on sys.path when run as a script)
+
+
 def machine() -> str:
     model = "unknown CPU"
     try:
@@ -55,16 +58,6 @@ def machine() -> str:
             f"load average at start {load} (the cores are shared: timings move with it); speed probe "
             f"{speed_probe():.0f} ms (a fixed pure-Python loop, median of 5: compare it between runs, since this "
             f"virtual machine's speed changes during a day and every timing here moves with it)")
-
-
-def speed_probe() -> float:
-    """Milliseconds for a fixed pure-Python workload: tells runs on a fast and a slow day apart."""
-    times = []
-    for _ in range(5):
-        started = time.perf_counter()
-        sum(i * i for i in range(1_000_000))
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
 
 
 def read(path: Path) -> list[dict[str, str]]:

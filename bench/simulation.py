@@ -25,6 +25,8 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+from probe import speed_probe  # bench/ is on sys.path when run as a script
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_AGAINST = "03e61f2"  # main before 2026-12-06's second session: statements per action cut since
 RESULT = re.compile(r"simulated day: .* in ([0-9.]+) s")
@@ -61,6 +63,7 @@ def main() -> None:
     subprocess.run(["git", "worktree", "add", "--detach", "-q", str(worktree), args.against], cwd=ROOT, check=True)
     here = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     rows = []
+    probes = [speed_probe()]
     try:
         for label, url in legs:
             seconds: dict[str, list[tuple[float, float]]] = {"ours": [], "against": []}
@@ -74,6 +77,7 @@ def main() -> None:
             rows.append((label, ours, then, [s for s, _ in seconds["ours"]], [s for s, _ in seconds["against"]]))
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT, check=False)
+    probes.append(speed_probe())
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     lines = [
         "## Router: the simulated working day",
@@ -90,7 +94,8 @@ def main() -> None:
         runs = ", ".join(f"{a:.0f}/{b:.0f}" for a, b in zip(each, each_then))
         lines.append(f"| {label} | {ours[0]:.1f} s | {ours[1]:.1f} s | {then[0]:.1f} s | {then[1]:.1f} s | "
                      f"**{then[0] / ours[0]:.2f}×** | {runs} s | {'met' if ours[0] < 60 else '**not met**'} |")
-    lines += ["", f"Load average at the end: {', '.join(f'{v:.1f}' for v in os.getloadavg())}."]
+    lines += ["", f"Load average at the end: {', '.join(f'{v:.1f}' for v in os.getloadavg())}; speed probe "
+                  f"(bench/probe.py, lower is faster) {probes[0]:.0f} ms before, {probes[1]:.0f} ms after."]
     body = "\n".join(lines)
     print(body)
     if not args.no_write:
