@@ -27,6 +27,8 @@ import uuid
 from datetime import date
 from pathlib import Path
 
+from probe import speed_probe  # bench/ is on sys.path when run as a script
+
 ROOT = Path(__file__).resolve().parent.parent
 # Run as a script, Python puts bench/ first on the path, where bench/router.py would hide the
 # `router` package: the project root goes there instead.
@@ -174,7 +176,8 @@ def machine() -> str:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    return (f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, {platform.system()} {platform.release()}, "
+            f"speed probe {speed_probe():.0f} ms (bench/probe.py; lower is faster)")
 
 
 def measure(label: str, make_url, args) -> list[str]:
