@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
 import re
 import socket
 import statistics
@@ -27,7 +25,7 @@ import uuid
 from datetime import date
 from pathlib import Path
 
-from probe import speed_probe  # bench/ is on sys.path when run as a script
+from probe import machine  # bench/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parent.parent
 # Run as a script, Python puts bench/ first on the path, where bench/router.py would hide the
@@ -168,16 +166,6 @@ def pg_settings(url: str) -> str:
         fsync, sync = conn.execute(text("SHOW fsync")).scalar(), conn.execute(text("SHOW synchronous_commit")).scalar()
     engine.dispose()
     return f"server {version} on this machine, fsync={fsync}, synchronous_commit={sync}"
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, {platform.system()} {platform.release()}, "
-            f"speed probe {speed_probe():.0f} ms (bench/probe.py; lower is faster)")
 
 
 def measure(label: str, make_url, args) -> list[str]:

@@ -3,6 +3,8 @@ same run has taken 60 s and 120 s hours apart), so each bench prints the probe n
 
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 import time
 
@@ -15,3 +17,14 @@ def speed_probe() -> float:
         sum(i * i for i in range(1_000_000))
         times.append((time.perf_counter() - started) * 1000)
     return statistics.median(times)
+
+
+def machine() -> str:
+    """Cores, CPU, Python, kernel and the speed probe, for a benchmark's results line."""
+    cpu = "unknown CPU"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, {platform.system()} {platform.release()}, "
+            f"speed probe {speed_probe():.0f} ms (bench/probe.py; lower is faster)")

@@ -202,11 +202,11 @@ class FastModel:
             self.labels[head] = tuple(labels[start : start + size])
             start += size
         self.temperatures = dict(zip(self.heads, (float(t) for t in arrays["temperatures"])))
-        self.weights = np.ascontiguousarray(arrays["weights"], dtype=np.float64)
-        # The same weights at their stored (exact) float32 precision, for one message: its few hundred
-        # rows are gathered from memory that other work has usually evicted from the caches, and a
-        # float32 row (52 bytes) is one cache line where a float64 row is two.
-        self.weights32 = self.weights.astype(np.float32)
+        self.weights = np.ascontiguousarray(arrays["weights"], dtype=np.float64)  # for the sparse batch product
+        # The weights as stored (float32 since format 3, exactly), for one message: its few hundred rows
+        # are gathered from memory that other work has usually evicted from the caches, and a float32
+        # row (52 bytes) is one cache line where a float64 row is two.
+        self.stored_weights = np.ascontiguousarray(arrays["weights"])
         self.intercepts = np.asarray(arrays["intercepts"], dtype=np.float64)
         self.n_features = len(self.idf)
         if self.weights.shape[0] != self.n_features:
@@ -382,7 +382,7 @@ class FastModel:
         batch = self.batch_features(texts)
         m = len(batch.normalised)
         if m == 1:
-            raw = batch.values @ self.weights32.take(batch.columns, axis=0).astype(np.float64) + self.intercepts
+            raw = batch.values @ self.stored_weights.take(batch.columns, axis=0).astype(np.float64) + self.intercepts
             return raw[None, :], batch.coverage, batch.normalised
         import scipy.sparse as sp  # here, not at the top: importing it costs ~0.1 s of every load
 

@@ -15,6 +15,7 @@ from sqlalchemy.orm import selectinload
 from models.errors import PaidanError
 from paidan.cli_router import _now, _router_config
 from paidan.settings import Settings
+from router.config import ROLES
 
 console = Console()
 
@@ -131,7 +132,7 @@ def _split(value: str | None) -> list[str] | None:
 @click.option("--skills", default="", help="Comma-separated skills, e.g. technical,transaction,zh,en.")
 @click.option("--capacity", type=int, default=5, show_default=True, help="Open tickets at once.")
 @click.option("--seniority", type=click.IntRange(1, 3), default=1, show_default=True, help="1 junior … 3 senior.")
-@click.option("--role", type=click.Choice(["agent", "supervisor", "admin"]), default="agent", show_default=True)
+@click.option("--role", type=click.Choice(ROLES), default="agent", show_default=True)
 @click.option("--telegram-id", type=int, help="The agent's Telegram user id (for the agent console).")
 @click.option("--email", help="The agent's email address.")
 def agents_add(name, skills, capacity, seniority, role, telegram_id, email) -> None:
@@ -179,7 +180,7 @@ def agents_list(as_json: bool) -> None:
 @click.option("--skills", help="Replace the skills (comma-separated).")
 @click.option("--capacity", type=int)
 @click.option("--seniority", type=click.IntRange(1, 3))
-@click.option("--role", type=click.Choice(["agent", "supervisor", "admin"]))
+@click.option("--role", type=click.Choice(ROLES))
 @click.option("--telegram-id", type=int)
 @click.option("--email")
 @click.option("--online/--offline", default=None, help="Mark the agent available or not.")

@@ -23,7 +23,7 @@ import functools
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import bindparam, case, insert, select, update
 from sqlalchemy.orm import Session
@@ -33,10 +33,9 @@ from sqlalchemy.orm.attributes import set_committed_value
 from models.errors import ActionRefused, NotFound
 from models.tables import Agent, Assignment, LabelCorrection, Message, Ticket, TicketEvent
 from router import states
-from router.config import PRIORITIES, RouterConfig
+from router.config import PRIORITIES, SUPERVISOR_ROLES, RouterConfig
 from router.outbox import customer_address, enqueue
 
-SUPERVISOR_ROLES = frozenset({"supervisor", "admin"})
 
 # DESIGN.md's default taxonomy; a deployment with its own label sets passes them as `labels`
 # (RouterConfig.labels when the lead adds it).
@@ -250,9 +249,8 @@ def _take_offer(session: Session, ticket: Ticket, agent: Agent, now: datetime, *
     if loaded is not None:
         set_committed_value(loaded, "accepted_at", now)  # as the UPDATE wrote it, without reading it back
     data: dict = {"action": "accept", "how": how, "assignment_id": offer.id}
-    expires_at = _aware(offer.expires_at)
-    if now > expires_at:
-        data["late_by_seconds"] = int((now - expires_at).total_seconds())
+    if now > offer.expires_at:
+        data["late_by_seconds"] = int((now - offer.expires_at).total_seconds())
     ticket.accepted_at = now
     reason = f"{agent.name} accepted the ticket" + (f" ({how})" if how != "accepted" else "")
     if ticket.state == states.IN_PROGRESS:
@@ -260,10 +258,6 @@ def _take_offer(session: Session, ticket: Ticket, agent: Agent, now: datetime, *
     else:
         _move(session, ticket, agent, states.IN_PROGRESS, reason, now, data)
     return True
-
-
-def _aware(at: datetime) -> datetime:
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)  # SQLite returns naive UTC via Core
 
 
 def _accept_if_offered(session: Session, ticket: Ticket, agent: Agent, now: datetime, *, how: str) -> bool:

@@ -8,10 +8,9 @@ from sqlalchemy.orm import Session
 from models.errors import InvalidInput, NotFound
 from models.tables import Agent, Ticket
 from router.assignment import LANGUAGES
-from router.config import RouterConfig
+from router.config import ROLES, RouterConfig
 from router.states import OPEN_STATES
 
-ROLES = ("agent", "supervisor", "admin")
 
 
 def _check(role: str | None, capacity: int | None, seniority: int | None) -> None:

@@ -744,8 +744,7 @@ def release(session: Session, ticket: Ticket, now: datetime, *, why: str, actor:
         .returning(Assignment.agent_id)
         .execution_options(synchronize_session=False)
     ).scalars().all()
-    for agent_id in ended:
-        _unload(session, agent_id)
+    _unload(session, ended)
     if ticket.state in states.OPEN_STATES and why not in FINISHED:
         ticket.assigned_agent_id = None
     if ended:
@@ -819,9 +818,7 @@ def expire_offers(session: Session, config: RouterConfig, now: datetime, limit: 
     offers = [o for o in offers if o.id in claimed]
     if not offers:
         return 0
-    session.execute(_UNLOAD, [{"agent_id": o.agent_id} for o in offers])  # one each, several per agent
-    for agent_id in {o.agent_id for o in offers}:
-        _forget(session, agent_id)
+    _unload(session, [o.agent_id for o in offers])
     names = dict(session.execute(select(_A.id, _A.name).where(_A.id.in_({o.agent_id for o in offers}))).all())
     tickets = {t.id: t for t in session.scalars(select(Ticket).where(Ticket.id.in_({o.ticket_id for o in offers})))}
     ended: list[tuple[Row, Ticket, str]] = []  # (offer, its ticket, what happened)
@@ -881,9 +878,12 @@ def _claim(session: Session, agent_id: int, now: datetime, *, by_hand: bool = Fa
     return claimed
 
 
-def _unload(session: Session, agent_id: int) -> None:
-    session.execute(_UNLOAD, {"agent_id": agent_id})
-    _forget(session, agent_id)
+def _unload(session: Session, agent_ids: Sequence[int]) -> None:
+    """One ticket less for each agent listed (an agent listed twice gives back two), in one statement."""
+    if agent_ids:
+        session.execute(_UNLOAD, [{"agent_id": agent_id} for agent_id in agent_ids])
+    for agent_id in set(agent_ids):
+        _forget(session, agent_id)
 
 
 def _forget(session: Session, agent_id: int) -> None:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from datetime import date, time, timedelta
 
 PRIORITIES = ("P0", "P1", "P2", "P3")
+ROLES = ("agent", "supervisor", "admin")  # who a staff member is (Agent.role)
+SUPERVISOR_ROLES = frozenset({"supervisor", "admin"})  # may act on any ticket; told of escalations
 
 
 @dataclass(frozen=True, slots=True)

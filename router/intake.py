@@ -18,7 +18,6 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine, bindparam, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -36,6 +35,7 @@ from models.tables import (
 )
 from router import states
 from router.config import RouterConfig
+from router.dialects import PerDialect
 from router.identity import conflicts, describe_conflicts, identities_of, merge_customers, root_customer
 from router.topics import has_topic, topic_similarity
 
@@ -614,8 +614,7 @@ def _next_ticket_numbers(session: Session, day: str, count: int) -> list[str]:
     """
     if count == 0:
         return []
-    stmt = _RESERVE_NUMBERS["postgresql" if session.get_bind().dialect.name == "postgresql" else "sqlite"]
-    last = session.execute(stmt, {"day": day, "count": count}).scalar_one()
+    last = session.execute(_RESERVE_NUMBERS.for_session(session), {"day": day, "count": count}).scalar_one()
     return [f"GD{day}{seq:03d}" for seq in range(last - count + 1, last + 1)]
 
 
@@ -630,7 +629,7 @@ def _reserve_numbers(upsert) -> object:
     )
 
 
-_RESERVE_NUMBERS = {"postgresql": _reserve_numbers(postgresql.insert), "sqlite": _reserve_numbers(sqlite.insert)}
+_RESERVE_NUMBERS = PerDialect(_reserve_numbers)
 
 
 # A customer message restarts work on a ticket in these states (the rest just take the message).

@@ -10,12 +10,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import insert, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models.tables import Agent, Identity, OutboxItem, Ticket
+from router.config import SUPERVISOR_ROLES
+from router.dialects import PerDialect
 
 # Where a notification to an agent or supervisor goes: the agent console lives in Telegram.
 STAFF_CHANNEL = "telegram"
@@ -31,11 +31,10 @@ class Queued:
     recipient: str
 
 
-_INSERT_ITEM = {  # by dialect: a dedupe key already queued adds nothing, in the same statement
-    "postgresql": pg_insert(OutboxItem.__table__).on_conflict_do_nothing(index_elements=["dedupe_key"]),
-    "sqlite": sqlite_insert(OutboxItem.__table__).on_conflict_do_nothing(index_elements=["dedupe_key"]),
-}
 _OUTBOX_ID = OutboxItem.__table__.c.id
+# A dedupe key already queued adds nothing, in the same statement.
+_INSERT_ITEM = PerDialect(lambda insert: insert(OutboxItem.__table__)
+                          .on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(_OUTBOX_ID))
 
 
 def enqueue(
@@ -47,12 +46,7 @@ def enqueue(
     One INSERT … ON CONFLICT DO NOTHING, not a look-up and then an insert: half the statements, and
     two transactions queueing the same key at once cannot both add it (the loser adds nothing).
     """
-    insert_item = _INSERT_ITEM.get(session.get_bind().dialect.name)
-    if insert_item is None:  # another database: look first (under its unique index all the same)
-        if dedupe_key is not None and session.scalar(select(_OUTBOX_ID).where(OutboxItem.dedupe_key == dedupe_key)):
-            return None
-        insert_item = insert(OutboxItem.__table__)
-    item_id = session.execute(insert_item.returning(_OUTBOX_ID), {
+    item_id = session.execute(_INSERT_ITEM.for_session(session), {
         "kind": kind, "channel": channel, "recipient": recipient, "payload": payload, "ticket_id": ticket_id,
         "dedupe_key": dedupe_key, "status": "pending", "attempts": 0, "next_attempt_at": now, "created_at": now,
     }).scalar()
@@ -72,7 +66,7 @@ def notify_agent(session: Session, agent: Agent, *, kind: str, ticket: Ticket, t
 
 
 def supervisors_of(session: Session) -> list[Agent]:
-    return list(session.scalars(select(Agent).where(Agent.role.in_(("supervisor", "admin"))).order_by(Agent.id)))
+    return list(session.scalars(select(Agent).where(Agent.role.in_(sorted(SUPERVISOR_ROLES))).order_by(Agent.id)))
 
 
 def notify_supervisors(session: Session, *, kind: str, ticket: Ticket, text: str, now: datetime,

@@ -19,7 +19,7 @@ from models.errors import PaidanError
 from models.tables import Agent, Assignment, Customer, Message, SlaClock, Ticket, TicketEvent
 from paidan.db import transaction
 from router import actions, states
-from router.agents import add_agent
+from router.agents import add_agent, open_load
 from router.config import RouterConfig
 from router.intake import Intake
 from router.scheduler import Scheduler, router_jobs
@@ -130,7 +130,7 @@ def test_one_working_day(engine):
             work_the_tickets(session, now, diligent, plans, rng)
         if minute % 15 == 0:
             with Session(engine) as session:
-                held = open_tickets_by_agent(session)
+                held = open_load(session)  # counted from the tickets, not the agents' load
                 for agent in session.scalars(select(Agent)):
                     max_load_seen[agent.name] = max(max_load_seen[agent.name], agent.load)
                     assert agent.load <= agent.capacity or agent.role != "agent", f"{agent.name} over capacity"
@@ -143,13 +143,6 @@ def test_one_working_day(engine):
         assert_lazy_agents_offers_moved_on(session, diligent)
         stats = day_statistics(session)
     print(f"\nsimulated day: {stats} in {time.monotonic() - started:.1f} s")
-
-
-def open_tickets_by_agent(session: Session) -> dict[int, int]:
-    """agent id → open tickets assigned to them, counted from the tickets (not the agents' load)."""
-    return dict(session.execute(
-        select(Ticket.assigned_agent_id, func.count()).where(Ticket.state.in_(states.OPEN_STATES))
-        .group_by(Ticket.assigned_agent_id)).all())
 
 
 def work_the_tickets(session: Session, now: datetime, diligent: dict[str, bool], plans: dict, rng: random.Random):
