@@ -439,9 +439,8 @@ def resolve(session: Session, ticket_number: str, actor: Agent | str | int, conf
           {"action": "resolve", "note": why, "first_response_at": _iso(ticket.first_response_at)})
     # Both clocks: a ticket closed without a reply needs no first response any more (and
     # first_response_at stays empty, so reports can tell it was never answered).
-    sla.stop_clock(session, ticket, "resolution", now)
-    if ticket.first_response_at is None:
-        sla.stop_clock(session, ticket, "first_response", now)
+    sla.stop_clocks(session, ticket, ("resolution",) if ticket.first_response_at else ("resolution", "first_response"),
+                    now)
     ticket.queue = ticket.queue_reason = None
     # Released as "resolved", the ticket keeps its agent as the record of who worked it.
     freed = assignment.release(session, ticket, now, why="resolved", actor=_actor(agent))

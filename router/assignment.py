@@ -30,7 +30,8 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import Float, Text, and_, bindparam, case, cast, func, insert, or_, select, type_coerce, update
+from sqlalchemy import (Float, Text, and_, bindparam, case, cast, func, insert, literal_column, or_, select,
+                        type_coerce, union_all, update)
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -458,10 +459,16 @@ _LATEST_OFFERS = (
     .group_by(_T.customer_id)
     .subquery()
 )
-_PREVIOUS_AGENTS = (
-    select(_T.customer_id, _O.agent_id)
+# What ranking needs from the past, in one statement of two parts (column "part"): the agents who
+# refused the tickets being routed (declined, let expire), keyed by ticket; each customer's
+# previous agent, keyed by customer.
+_REFUSED, _PREVIOUS = 1, 2
+_HISTORY = union_all(
+    select(literal_column(str(_REFUSED)).label("part"), _O.ticket_id.label("key"), _O.agent_id)
+    .where(_O.ticket_id.in_(bindparam("offered", expanding=True)), _O.end_reason.in_(sorted(REFUSALS))),
+    select(literal_column(str(_PREVIOUS)), _T.customer_id, _O.agent_id)
     .select_from(Assignment.__table__.join(_LATEST_OFFERS, _LATEST_OFFERS.c.id == _O.id)
-                 .join(Ticket.__table__, _T.id == _O.ticket_id))
+                 .join(Ticket.__table__, _T.id == _O.ticket_id)),
 )
 _OPEN_OFFERS = (
     select(_O.ticket_id, _O.id, _O.agent_id, _A.name)
@@ -477,8 +484,6 @@ _QUEUED = (
 )
 _QUEUED_KINDS = (select(_T.category, _T.language).distinct()
                  .where(_T.queue == QUEUE, _T.state.in_(sorted(states.OPEN_STATES))))
-_PAST_OFFERS = select(_O.ticket_id, _O.agent_id, _O.end_reason).where(
-    _O.ticket_id.in_(bindparam("tickets", expanding=True)))
 _CLAIM = (update(Agent.__table__)
           .where(_A.id == bindparam("agent_id"), _A.load < _A.capacity, _A.online.is_(True), _A.role == "agent")
           .values(load=_A.load + 1, last_assigned_at=bindparam("now")))
@@ -532,9 +537,7 @@ def _like(skill: str | None) -> str:
 def ticket_facts(session: Session, ticket: Ticket, exclude: Iterable[int] = ()) -> TicketFacts:
     """What ranking needs to know about `ticket`: its labels, the customer's previous agent and
     the agents who already refused it."""
-    refused, own = _histories(session, [ticket], exclude)
-    previous = own.get(ticket.id) or _previous_agents(session, [ticket]).get(ticket.customer_id)
-    return _facts(ticket, previous, refused.get(ticket.id, frozenset(exclude)))
+    return _history(session, [ticket], exclude)[ticket.id]
 
 
 def _facts(ticket: Ticket, previous: int | None, refused: frozenset[int]) -> TicketFacts:
@@ -542,28 +545,27 @@ def _facts(ticket: Ticket, previous: int | None, refused: frozenset[int]) -> Tic
                        previous, refused)
 
 
-def _histories(session: Session, tickets: Sequence[Ticket], exclude: Iterable[int]
-               ) -> tuple[dict[int, frozenset[int]], dict[int, int]]:
-    """Per ticket: the agents who refused it (declined, let it expire) plus `exclude`; and the
-    ticket's own last agent, kept by release() only when it was finished (a reopened ticket)."""
-    exclude = frozenset(exclude)
-    offered = [t.id for t in tickets if t.assigned_at is not None]  # never offered: nothing to look up
-    refused: dict[int, set[int]] = {t.id: set(exclude) for t in tickets}
-    if offered:
-        for row in session.execute(_PAST_OFFERS, {"tickets": offered}):
-            if row.end_reason in REFUSALS:
-                refused[row.ticket_id].add(row.agent_id)
-    own = {t.id: t.assigned_agent_id for t in tickets if t.assigned_at is not None and t.assigned_agent_id}
-    return {tid: frozenset(ids) for tid, ids in refused.items()}, own
-
-
-def _previous_agents(session: Session, tickets: Sequence[Ticket]) -> dict[int, int]:
-    """customer id → the agent of their latest offer on another ticket (not one being routed)."""
+def _history(session: Session, tickets: Sequence[Ticket], exclude: Iterable[int]) -> dict[int, TicketFacts]:
+    """Each ticket's facts, read with one statement for the batch. The agents who refused it
+    (declined, let it expire) plus `exclude` are not offered it again. Its previous agent is the
+    ticket's own last one when release() kept it (a finished ticket, reopened), else the agent of
+    the customer's latest offer on another ticket (not one being routed)."""
     if not tickets:
         return {}
-    rows = session.execute(_PREVIOUS_AGENTS, {"customers": sorted({t.customer_id for t in tickets}),
-                                              "tickets": [t.id for t in tickets]})
-    return {r.customer_id: r.agent_id for r in rows}
+    exclude = frozenset(exclude)
+    refused: dict[int, set[int]] = {t.id: set(exclude) for t in tickets}
+    previous: dict[int, int] = {}
+    rows = session.execute(_HISTORY, {
+        "offered": [t.id for t in tickets if t.assigned_at is not None],  # never offered: never refused
+        "customers": sorted({t.customer_id for t in tickets}), "tickets": [t.id for t in tickets]})
+    for part, key, agent_id in rows:
+        if part == _REFUSED:
+            refused[key].add(agent_id)
+        else:
+            previous[key] = agent_id
+    return {t.id: _facts(t, (t.assigned_agent_id if t.assigned_at is not None else None)
+                         or previous.get(t.customer_id), frozenset(refused[t.id]))
+            for t in tickets}
 
 
 class Roster:
@@ -695,13 +697,15 @@ def _assign_batch(session: Session, tickets: Sequence[Ticket], config: RouterCon
     with session.no_autoflush:
         results = _open_offers(session, tickets)
         todo = list({t.id: t for t in tickets if t.id not in results}.values())  # each ticket once
-        refused, own = _histories(session, todo, exclude)
-        previous = _previous_agents(session, todo)
+        history = _history(session, todo, exclude)
+        previous: dict[int, int] = {}  # customer → the agent this batch gave their earlier ticket
         offers: list[tuple[Ticket, AgentState, Choice]] = []
         for ticket in todo:
             if stop_when_full and not roster.anyone_free():
                 break
-            facts = _facts(ticket, own.get(ticket.id) or previous.get(ticket.customer_id), refused[ticket.id])
+            facts = history[ticket.id]
+            if ticket.customer_id in previous and not (ticket.assigned_at and ticket.assigned_agent_id):
+                facts = replace(facts, previous_agent_id=previous[ticket.customer_id])
             choice, agent = roster.choose(facts, config, explain_nobody=requeue_event or ticket.queue != QUEUE)
             if agent is None and not requeue_event and ticket.queue == QUEUE:
                 # Still waiting: its reason stays the one recorded when it was queued.

@@ -17,11 +17,14 @@ UPDATE of `warned_at` / `breached_at` and acts only when its own update changed 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, bindparam, case, or_, select, update
+from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 
 from models.errors import InvalidInput
 from models.tables import Agent, SlaClock, Ticket, TicketEvent
@@ -96,21 +99,51 @@ def stop_clock(session: Session, ticket: Ticket, kind: str, now: datetime, confi
 
     With `config`, consumed_seconds then holds the clock's whole count (see pause_clocks).
     """
-    if kind not in CLOCK_KINDS:
-        raise InvalidInput("kind", f"must be one of {', '.join(CLOCK_KINDS)}, not {kind!r}")
-    clock = next((c for c in _clocks(session, ticket) if c.kind == kind), None)
-    if clock is None or clock.stopped_at is not None:
-        return
-    clock.stopped_at = max(now, clock.resumed_at)
-    if config is not None:
-        _fold(clock, config, now)
-    on_time = clock.breached_at is None and (clock.due_at is None or now <= clock.due_at)
-    due = f" (due {_iso(clock.due_at)})" if clock.due_at else ""
-    session.add(TicketEvent(
-        ticket_id=ticket.id, at=now, actor=ACTOR, kind="sla_met" if on_time else "sla_stopped",
-        reason=f"{_LABELS[kind]} {'met' if on_time else 'done late'}{due}",
-        data={**_facts(clock), "on_time": on_time},
-    ))
+    stop_clocks(session, ticket, (kind,), now, config)
+
+
+def stop_clocks(session: Session, ticket: Ticket, kinds: Sequence[str], now: datetime,
+                config: RouterConfig | None = None) -> None:
+    """`stop_clock` for several kinds at once (a ticket resolved before any reply stops both).
+
+    One UPDATE … RETURNING stops the running ones and gives what their events say: a reply or a
+    resolve costs one statement here, not a read of the clocks and a write of them at the flush.
+    """
+    unknown = [k for k in kinds if k not in CLOCK_KINDS]
+    if unknown:
+        raise InvalidInput("kind", f"must be one of {', '.join(CLOCK_KINDS)}, not {unknown[0]!r}")
+    if any(isinstance(o, SlaClock) for o in (*session.new, *session.dirty)):
+        session.flush()  # a clock started or restarted in this transaction: the UPDATE must see it
+    stopped = session.execute(_STOP, {"of_ticket": ticket.id, "kinds": list(kinds), "now": now}).all()
+    for row in sorted(stopped, key=lambda r: list(kinds).index(r.kind)):  # events in the order asked
+        clock = session.identity_map.get(identity_key(SlaClock, row.id))
+        if clock is not None:  # already loaded in this session: show the row as it now is
+            set_committed_value(clock, "stopped_at", row.stopped_at)
+        if config is not None:
+            clock = clock or session.get(SlaClock, row.id)
+            _fold(clock, config, now)
+        facts = _facts(clock if clock is not None else row)
+        on_time = row.breached_at is None and (row.due_at is None or now <= row.due_at)
+        due = f" (due {_iso(row.due_at)})" if row.due_at else ""
+        session.add(TicketEvent(
+            ticket_id=ticket.id, at=now, actor=ACTOR, kind="sla_met" if on_time else "sla_stopped",
+            reason=f"{_LABELS[row.kind]} {'met' if on_time else 'done late'}{due}",
+            data={**facts, "on_time": on_time},
+        ))
+
+
+_C = SlaClock.__table__.c
+_NOW = bindparam("now", type_=_C.stopped_at.type)
+# Stopped at `now`, or at the start of its running segment if that lies ahead (as the ORM code
+# did with max()); CASE rather than GREATEST/MAX, which SQLite and PostgreSQL spell differently.
+_STOP = (
+    update(SlaClock.__table__)
+    .where(_C.ticket_id == bindparam("of_ticket"), _C.kind.in_(bindparam("kinds", expanding=True)),
+           _C.stopped_at.is_(None))
+    .values(stopped_at=case((_C.resumed_at > _NOW, _C.resumed_at), else_=_NOW))
+    .returning(_C.id, _C.kind, _C.priority, _C.calendar, _C.target_seconds, _C.consumed_seconds, _C.warn_at,
+               _C.due_at, _C.breached_at, _C.stopped_at)
+)
 
 
 def restart_clocks(session: Session, ticket: Ticket, config: RouterConfig, now: datetime) -> None:
@@ -378,7 +411,7 @@ def _when(at: datetime, config: RouterConfig, now: datetime) -> str:
     return local.strftime("%H:%M") if local.date() == now.astimezone(zone).date() else local.strftime("%Y-%m-%d %H:%M")
 
 
-def _facts(clock: SlaClock) -> dict:
+def _facts(clock: SlaClock | Row) -> dict:
     return {"clock": clock.kind, "priority": clock.priority, "calendar": clock.calendar,
             "target_seconds": clock.target_seconds, "consumed_seconds": clock.consumed_seconds,
             "warn_at": _iso(clock.warn_at), "due_at": _iso(clock.due_at)}
