@@ -476,14 +476,24 @@ _OPEN_OFFERS = (
     .where(_O.ticket_id.in_(bindparam("tickets", expanding=True)), _O.ended_at.is_(None))
     .order_by(_O.id)
 )
-# The assignment queue, most urgent first, then oldest (tickets without a priority last).
-_QUEUED = (
-    select(_T.id, _T.category, _T.language, _T.assigned_at)
+# The assignment queue, most urgent first, then oldest (tickets without a priority last), at most
+# `places` tickets of each kind (category, language) that would take a place: the tickets of each
+# kind are counted in queue order, and one is read only while fewer than `places` of its kind are
+# ahead of it. One that someone refused before (assigned_at set) may be passed over again, so it
+# takes no place. A drain after one resolved ticket reads a few rows, not the queue.
+_QUEUE_ORDER = (case(_PRIORITY_ORDER, value=_T.priority, else_=len(_PRIORITY_ORDER)), _T.created_at, _T.id)
+_QUEUED_ROWS = (
+    select(_T.id, _T.category, _T.language, _T.assigned_at, *(c.label(f"o{i}") for i, c in enumerate(_QUEUE_ORDER)),
+           func.coalesce(func.sum(case((_T.assigned_at.is_(None), 1), else_=0)).over(
+               partition_by=(_T.category, _T.language), order_by=_QUEUE_ORDER, rows=(None, -1)), 0).label("ahead"))
     .where(_T.queue == QUEUE, _T.state.in_(sorted(states.OPEN_STATES)))
-    .order_by(case(_PRIORITY_ORDER, value=_T.priority, else_=len(_PRIORITY_ORDER)), _T.created_at, _T.id)
+    .subquery()
 )
-_QUEUED_KINDS = (select(_T.category, _T.language).distinct()
-                 .where(_T.queue == QUEUE, _T.state.in_(sorted(states.OPEN_STATES))))
+_QUEUED = (
+    select(_QUEUED_ROWS.c.id, _QUEUED_ROWS.c.category, _QUEUED_ROWS.c.language, _QUEUED_ROWS.c.assigned_at)
+    .where(_QUEUED_ROWS.c.ahead < bindparam("places"))
+    .order_by(_QUEUED_ROWS.c.o0, _QUEUED_ROWS.c.o1, _QUEUED_ROWS.c.o2)
+)
 _CLAIM = (update(Agent.__table__)
           .where(_A.id == bindparam("agent_id"), _A.load < _A.capacity, _A.online.is_(True), _A.role == "agent")
           .values(load=_A.load + 1, last_assigned_at=bindparam("now")))
@@ -761,9 +771,10 @@ def drain_queue(session: Session, config: RouterConfig, now: datetime, limit: in
                 freed_by: int | None = None) -> int:
     """Assign waiting tickets while capacity lasts, most urgent first, then oldest; returns how many.
 
-    Only tickets that someone free has the skills for are loaded and ranked (as many per kind as
-    there are free places): a long queue of tickets nobody can take yet costs a look-up each, and
-    never hides the ones behind it. A ticket that stays queued keeps the reason it was queued with.
+    Only tickets that someone free has the skills for are loaded and ranked, as many per kind as
+    there are free places. The queue is read in one statement that stops each kind at the number of
+    free places, so a long queue of tickets nobody can take yet is a few rows, and never hides the
+    ones behind it. A ticket that stays queued keeps the reason it was queued with.
 
     `freed_by`: the agent whose ticket just ended. Only their capacity changed, so when they cannot
     take work now (offline, off shift) there is nothing new to drain; the periodic drain does the rest.
@@ -775,14 +786,18 @@ def drain_queue(session: Session, config: RouterConfig, now: datetime, limit: in
         return 0
     # Free places by kind of ticket (category, language; a queue has few kinds), and per kind no
     # more tickets than places: a drain after one resolved ticket loads one or two, not the queue.
-    places = {(cat, lang): roster.free_places(needs(TicketFacts("", None, cat, None, lang), config), config)
-              for cat, lang in session.execute(_QUEUED_KINDS)}
-    if not any(n > 0 for n in places.values()):
-        return 0  # the free agents lack the skills every waiting ticket needs: the queue stays as it is
+    # No kind has more places than all free agents together: the most the statement reads per kind.
+    free = sum(a.capacity - a.load for a in roster.agents.values() if roster.can_take_work(a.id, config))
+    if free <= 0:
+        return 0  # those online with room are all off shift
+    places: dict[tuple[str | None, str | None], int] = {}
     servable: list[int] = []
-    for row in session.execute(_QUEUED):
+    for row in session.execute(_QUEUED, {"places": free}):
         kind = (row.category, row.language)
-        if places.get(kind, 0) <= 0:
+        if kind not in places:
+            places[kind] = roster.free_places(needs(TicketFacts("", None, row.category, None, row.language), config),
+                                              config)
+        if places[kind] <= 0:
             continue
         servable.append(row.id)
         if row.assigned_at is None:  # one that someone refused may be passed over again: it takes no place

@@ -421,6 +421,22 @@ def test_a_drain_takes_as_many_per_kind_as_there_are_places(desk):
     assert [desk.get(t).queue for t in technical[1:]] == ["assignment"] * 3
 
 
+def test_a_drain_reads_no_more_of_each_kind_than_there_are_free_places(desk):
+    desk.set_agent("Ann", online=False)
+    desk.set_agent("Bo", online=False)
+    technical = [desk.ticket(email=f"t{i}@example.com", priority="P2") for i in range(6)]
+    product = [desk.ticket(email=f"p{i}@example.com", category="product", priority="P0") for i in range(4)]
+    for ticket_id in [*technical, *product]:
+        assert desk.assign(ticket_id).queued
+    with transaction(desk.engine) as session:
+        read = [row.id for row in session.execute(assignment._QUEUED, {"places": 2})]
+    # Two of each kind, in queue order (the P0 product tickets first): not the whole queue.
+    assert read == [*product[:2], *technical[:2]]
+    desk.set_agent("Bo", online=True, capacity=2)
+    assert desk.run(assignment.drain_queue) == 2
+    assert [desk.get(t).assigned_agent_id for t in technical[:3]] == [desk.agent("Bo").id] * 2 + [None]
+
+
 def test_a_ticket_its_agent_refused_does_not_block_the_next_one(desk):
     desk.set_agent("Ann", capacity=1)
     desk.set_agent("Bo", online=False)
