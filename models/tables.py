@@ -227,6 +227,14 @@ class TicketEvent(Base):
 
     ticket: Mapped[Ticket] = relationship(back_populates="events")
 
+    def __init__(self, **fields):
+        # Every event carries its time and its data: the ORM writes a flush's events with one
+        # multi-row INSERT only while they all set the same columns, and an event left to a Python
+        # default (data=dict) split a resolve's or an expiry's events into one INSERT per row.
+        fields.setdefault("at", utcnow())
+        fields.setdefault("data", {})
+        super().__init__(**fields)
+
 
 class OutboxItem(Base):
     """Everything we send, written in the same transaction as the decision that caused it."""

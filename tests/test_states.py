@@ -48,3 +48,28 @@ def test_the_machine_has_no_dead_ends_but_merged():
     for state in states.STATES:
         assert states.TRANSITIONS[state] or state == states.MERGED
         assert states.TRANSITIONS[state] <= set(states.STATES)
+
+
+def test_the_events_of_one_flush_are_written_with_one_statement(engine):
+    """Events with and without data (a transition, a queued notice) are written together: an event
+    left to a Python-side default used to split a flush into one INSERT per event."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite writes rows that need their ids back one statement each, by design")
+    from sqlalchemy import event
+
+    number = _ticket(engine)
+    inserts: list[str] = []
+    listener = lambda _c, _cur, statement, *_rest: inserts.append(statement)  # noqa: E731
+    with Session(engine) as session, session.begin():
+        ticket = session.query(Ticket).filter_by(number=number).one()
+        event.listen(engine, "before_cursor_execute", listener)
+        try:
+            for i in range(4):
+                states.transition(session, ticket, states.ASSIGNED if i % 2 == 0 else states.NEW, actor="router",
+                                  reason="test", at=datetime.now(UTC))
+                session.add(TicketEvent(ticket_id=ticket.id, actor="router", kind="queued", reason="test",
+                                        data={"queue": "assignment"}))
+            session.flush()
+        finally:
+            event.remove(engine, "before_cursor_execute", listener)
+    assert len([s for s in inserts if s.startswith("INSERT INTO ticket_events")]) == 1
