@@ -41,7 +41,7 @@ from models.errors import ActionRefused, IllegalTransition, NotFound
 from models.tables import Agent, Assignment, OutboxItem, Ticket, TicketEvent
 from router import states
 from router.config import RouterConfig
-from router.outbox import STAFF_CHANNEL, agent_address, notify_supervisors, supervisors_of
+from router.outbox import STAFF_CHANNEL, agent_address, enqueue_many, supervisor_items, supervisors_of
 
 # Language skills agents list; a ticket in another language (or none) needs no language skill.
 LANGUAGES = frozenset({"zh", "en"})
@@ -855,16 +855,17 @@ def expire_offers(session: Session, config: RouterConfig, now: datetime, limit: 
     # All the freed capacity first, then one set-based assignment for the tickets that moved on.
     open_ones = [ticket for _, ticket, _ in ended if ticket.state in states.OPEN_STATES]
     results = dict(zip((t.id for t in open_ones), assign_many(session, open_ones, config, now))) if open_ones else {}
-    supervisors = supervisors_of(session) if ended else []
+    supervisors = supervisors_of(session)
+    notices = []
     for offer, ticket, what in ended:
         result = results.get(ticket.id)
         if result is None:
             outcome = f"the ticket is {ticket.state}; nothing to reassign"
         else:
             outcome = f"now offered to {result.reason}" if result.agent_id else f"queued: {result.reason}"
-        notify_supervisors(session, kind="offer_expired", ticket=ticket, now=now, on_call_only=True,
-                           dedupe_key=f"offer_expired:{offer.id}", text=f"{what}; {outcome}",
-                           supervisors=supervisors)
+        notices += supervisor_items(supervisors, kind="offer_expired", ticket=ticket, now=now, on_call_only=True,
+                                    dedupe_key=f"offer_expired:{offer.id}", text=f"{what}; {outcome}")
+    enqueue_many(session, notices)  # the sweep's notices in one statement
     return len(ended)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from datetime import datetime
 
 from sqlalchemy import select
@@ -35,6 +36,15 @@ _OUTBOX_ID = OutboxItem.__table__.c.id
 # A dedupe key already queued adds nothing, in the same statement.
 _INSERT_ITEM = PerDialect(lambda insert: insert(OutboxItem.__table__)
                           .on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(_OUTBOX_ID))
+_INSERT_ITEMS = PerDialect(lambda insert: insert(OutboxItem.__table__)
+                           .on_conflict_do_nothing(index_elements=["dedupe_key"]))
+
+
+def item(*, kind: str, channel: str, recipient: str, payload: dict, ticket_id: int | None = None,
+         dedupe_key: str | None = None, now: datetime) -> dict:
+    """One outbox row, for `enqueue` or `enqueue_many`."""
+    return {"kind": kind, "channel": channel, "recipient": recipient, "payload": payload, "ticket_id": ticket_id,
+            "dedupe_key": dedupe_key, "status": "pending", "attempts": 0, "next_attempt_at": now, "created_at": now}
 
 
 def enqueue(
@@ -46,11 +56,20 @@ def enqueue(
     One INSERT … ON CONFLICT DO NOTHING, not a look-up and then an insert: half the statements, and
     two transactions queueing the same key at once cannot both add it (the loser adds nothing).
     """
-    item_id = session.execute(_INSERT_ITEM.for_session(session), {
-        "kind": kind, "channel": channel, "recipient": recipient, "payload": payload, "ticket_id": ticket_id,
-        "dedupe_key": dedupe_key, "status": "pending", "attempts": 0, "next_attempt_at": now, "created_at": now,
-    }).scalar()
-    return Queued(item_id, kind, channel, recipient) if item_id is not None else None
+    return _insert(session, item(kind=kind, channel=channel, recipient=recipient, payload=payload,
+                                 ticket_id=ticket_id, dedupe_key=dedupe_key, now=now))
+
+
+def _insert(session: Session, row: dict) -> Queued | None:
+    item_id = session.execute(_INSERT_ITEM.for_session(session), row).scalar()
+    return Queued(item_id, row["kind"], row["channel"], row["recipient"]) if item_id is not None else None
+
+
+def enqueue_many(session: Session, items: Sequence[dict]) -> None:
+    """`enqueue` for the rows of a whole step (routing's acknowledgements, a sweep's notices), in one
+    statement; for callers that need neither the ids nor which keys were new."""
+    if items:
+        session.execute(_INSERT_ITEMS.for_session(session), list(items))
 
 
 def agent_address(agent: Agent) -> str:
@@ -60,9 +79,8 @@ def agent_address(agent: Agent) -> str:
 
 def notify_agent(session: Session, agent: Agent, *, kind: str, ticket: Ticket, text: str, now: datetime,
                  dedupe_key: str | None = None, **extra) -> Queued | None:
-    return enqueue(session, kind=kind, channel=STAFF_CHANNEL, recipient=agent_address(agent), ticket_id=ticket.id,
-                   payload={"ticket": ticket.number, "text": text, "agent_id": agent.id, **extra},
-                   dedupe_key=dedupe_key, now=now)
+    return _insert(session, _staff_item(agent, kind=kind, ticket=ticket, text=text, now=now, dedupe_key=dedupe_key,
+                                        **extra))
 
 
 def supervisors_of(session: Session) -> list[Agent]:
@@ -76,20 +94,29 @@ def notify_supervisors(session: Session, *, kind: str, ticket: Ticket, text: str
     `supervisors`: `supervisors_of(session)`, when the caller tells them about many tickets."""
     if supervisors is None:
         supervisors = supervisors_of(session)
+    rows = supervisor_items(supervisors, kind=kind, ticket=ticket, text=text, now=now, on_call_only=on_call_only,
+                            dedupe_key=dedupe_key, **extra)
+    return [queued for queued in map(partial(_insert, session), rows) if queued is not None]
+
+
+def supervisor_items(supervisors: Sequence[Agent], *, kind: str, ticket: Ticket, text: str, now: datetime,
+                     on_call_only: bool = False, dedupe_key: str | None = None, **extra) -> list[dict]:
+    """The outbox rows of `notify_supervisors`, for `enqueue_many`."""
     if on_call_only and any(s.on_call for s in supervisors):
         supervisors = [s for s in supervisors if s.on_call]
-    items = []
-    for supervisor in supervisors:
-        key = f"{dedupe_key}:{supervisor.id}" if dedupe_key else None
-        item = notify_agent(session, supervisor, kind=kind, ticket=ticket, text=text, now=now, dedupe_key=key, **extra)
-        if item is not None:
-            items.append(item)
     if not supervisors:
         # Nobody to tell yet: keep the notice anyway, addressed to the role, so it is not lost.
-        item = enqueue(session, kind=kind, channel=STAFF_CHANNEL, recipient="role:supervisor", ticket_id=ticket.id,
-                       payload={"ticket": ticket.number, "text": text, **extra}, dedupe_key=dedupe_key, now=now)
-        items += [item] if item else []
-    return items
+        return [item(kind=kind, channel=STAFF_CHANNEL, recipient="role:supervisor", ticket_id=ticket.id,
+                     payload={"ticket": ticket.number, "text": text, **extra}, dedupe_key=dedupe_key, now=now)]
+    return [_staff_item(s, kind=kind, ticket=ticket, text=text, now=now,
+                        dedupe_key=f"{dedupe_key}:{s.id}" if dedupe_key else None, **extra) for s in supervisors]
+
+
+def _staff_item(agent: Agent, *, kind: str, ticket: Ticket, text: str, now: datetime, dedupe_key: str | None,
+                **extra) -> dict:
+    return item(kind=kind, channel=STAFF_CHANNEL, recipient=agent_address(agent), ticket_id=ticket.id,
+                payload={"ticket": ticket.number, "text": text, "agent_id": agent.id, **extra},
+                dedupe_key=dedupe_key, now=now)
 
 
 def customer_address(session: Session, ticket: Ticket, channel: str,

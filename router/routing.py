@@ -20,7 +20,7 @@ from models.prediction import Classifier, Prediction
 from models.tables import Customer, Identity, Message, ReviewItem, SlaClock, Ticket, TicketEvent
 from router import states
 from router.config import PRIORITIES, RouterConfig
-from router.outbox import customer_address, enqueue, notify_agent, notify_supervisors
+from router.outbox import customer_address, enqueue_many, item, notify_agent, notify_supervisors
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ def route_pending(
     predictions: Sequence[Prediction | None] = classifier.predict_many(texts) if classifier else [None] * len(tickets)
     batch = _BatchReads.load(session, [t for t in tickets if t.priority is None])
     to_assign: list[Ticket] = []
+    acknowledgements: list[dict] = []  # written together after the loop, one statement
     # The loop only adds and changes rows, and what it reads was read above or is its own ticket's:
     # one flush at the end writes each kind of row together instead of a round trip per query.
     with session.no_autoflush:
@@ -94,12 +95,13 @@ def route_pending(
             messages = pending.get(ticket.id, [])
             _label_messages(messages, prediction)
             if ticket.priority is None:
-                wants_agent = _route_new(session, ticket, messages, prediction, config, now, batch)
+                wants_agent = _route_new(session, ticket, messages, prediction, config, now, batch, acknowledgements)
             else:
                 wants_agent = _route_again(session, ticket, messages, prediction, config, now)
             if wants_agent:
                 to_assign.append(ticket)
             ticket.routed_at = now
+    enqueue_many(session, acknowledgements)
     if to_assign:
         from router import assignment
 
@@ -166,9 +168,10 @@ def _label_messages(messages: list[Message], prediction: Prediction | None) -> N
 
 
 def _route_new(session: Session, ticket: Ticket, messages: list[Message], prediction: Prediction | None,
-               config: RouterConfig, now: datetime, batch: _BatchReads) -> bool:
-    """Label, prioritise, start the clocks and acknowledge a new ticket; True when it wants an agent
-    (False when it went to triage)."""
+               config: RouterConfig, now: datetime, batch: _BatchReads, acknowledgements: list[dict]) -> bool:
+    """Label, prioritise, start the clocks and acknowledge a new ticket (the acknowledgement added to
+    `acknowledgements`, for the caller to write); True when it wants an agent (False when it went to
+    triage)."""
     from router import sla
 
     customer = batch.customers.get(ticket.customer_id)
@@ -194,8 +197,10 @@ def _route_new(session: Session, ticket: Ticket, messages: list[Message], predic
         notify_supervisors(session, kind="triage", ticket=ticket, now=now, dedupe_key=f"triage:{ticket.id}",
                            text=f"{ticket.number} needs triage: {triage}")
     first_response = next((c for c in clocks if c.kind == sla.FIRST_RESPONSE), None)
-    _acknowledge(session, ticket, now, first_response.due_at if first_response else None,
-                 batch.identities.get(ticket.customer_id, []))
+    acknowledgement = _acknowledgement(session, ticket, now, first_response.due_at if first_response else None,
+                                       batch.identities.get(ticket.customer_id, []))
+    if acknowledgement is not None:
+        acknowledgements.append(acknowledgement)
     return not triage
 
 
@@ -270,15 +275,16 @@ def _review_flags(session: Session, ticket: Ticket, messages: list[Message], now
                                                            "a new ticket was opened instead"}))
 
 
-def _acknowledge(session: Session, ticket: Ticket, now: datetime, due: datetime | None,
-                 identities: list[Identity]) -> None:
+def _acknowledgement(session: Session, ticket: Ticket, now: datetime, due: datetime | None,
+                     identities: list[Identity]) -> dict | None:
+    """The outbox row that tells the customer their ticket number and when to expect an answer."""
     if ticket.channel not in ACK_CHANNELS:
-        return
+        return None
     address = customer_address(session, ticket, ticket.channel, identities)
     if address is None:
-        return
+        return None
     channel, recipient = address
-    enqueue(session, kind="ack", channel=channel, recipient=recipient, ticket_id=ticket.id, now=now,
-            dedupe_key=f"ack:{ticket.id}",
-            payload={"ticket": ticket.number, "subject": ticket.subject, "language": ticket.language,
-                     "first_response_due": due.isoformat() if due else None})
+    return item(kind="ack", channel=channel, recipient=recipient, ticket_id=ticket.id, now=now,
+                dedupe_key=f"ack:{ticket.id}",
+                payload={"ticket": ticket.number, "subject": ticket.subject, "language": ticket.language,
+                         "first_response_due": due.isoformat() if due else None})

@@ -11,7 +11,7 @@ from factories import make_message
 from models.tables import OutboxItem
 from paidan.db import transaction
 from router.intake import Intake
-from router.outbox import enqueue
+from router.outbox import enqueue, enqueue_many, item
 
 NOW = datetime(2026, 11, 24, 3, 0, tzinfo=UTC)
 
@@ -54,6 +54,22 @@ def test_items_without_a_key_are_all_kept(engine):
     assert len(set(ids)) == 3
     with transaction(engine) as session:
         assert session.scalar(select(func.count()).select_from(OutboxItem).where(OutboxItem.id.in_(ids))) == 3
+
+
+def test_a_batch_of_items_is_queued_once_per_key_too(engine):
+    ticket_id = _ticket_id(engine)
+    with transaction(engine) as session:
+        _queue(session, ticket_id, "ack:1")
+    batch = [item(kind="ack", channel="email", recipient="kehu@example.com", ticket_id=ticket_id,
+                  payload={"n": n}, dedupe_key=key, now=NOW)
+             for n, key in enumerate(["ack:1", "ack:2", "ack:2", None, None])]
+    with transaction(engine) as session:
+        enqueue_many(session, batch)
+        enqueue_many(session, [])  # nothing to write: no statement, no error
+    assert [r.payload for r in _rows(engine, "ack:1")] == [{"text": "hello"}]  # queued before: kept as it was
+    assert [r.payload for r in _rows(engine, "ack:2")] == [{"n": 1}]  # twice in one batch: once
+    with transaction(engine) as session:
+        assert session.scalar(select(func.count()).select_from(OutboxItem).where(OutboxItem.dedupe_key.is_(None))) == 2
 
 
 def test_concurrent_transactions_queue_one_key_once_without_an_error(engine):
