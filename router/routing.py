@@ -17,10 +17,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models.prediction import Classifier, Prediction
-from models.tables import Customer, Identity, Message, ReviewItem, SlaClock, Ticket, TicketEvent
+from models.tables import Agent, Customer, Identity, Message, ReviewItem, SlaClock, Ticket, TicketEvent
 from router import states
 from router.config import PRIORITIES, RouterConfig
-from router.outbox import customer_address, enqueue_many, item, notify_agent, notify_supervisors
+from router.outbox import customer_address, enqueue_many, item, notify_agent, notify_supervisors, supervisors_of
 
 log = logging.getLogger(__name__)
 
@@ -115,27 +115,38 @@ def route_pending(
 @dataclass(slots=True)
 class _BatchReads:
     """What routing new tickets reads, read once for the batch: customers (VIP), their identities
-    (where to acknowledge) and any clocks the tickets already have (a relabelled ticket's)."""
+    (where to acknowledge), any clocks the tickets already have (a relabelled ticket's) and, when a
+    ticket is urgent, the supervisors to tell."""
 
     customers: dict[int, Customer]  # held here: the session only keeps rows someone refers to
     identities: dict[int, list[Identity]]
     clocks: dict[int, list[SlaClock]]
+    _supervisors: list[Agent] | None = None
 
     @classmethod
     def load(cls, session: Session, tickets: list[Ticket]) -> _BatchReads:
         if not tickets:
             return cls({}, {}, {})
         customer_ids = {t.customer_id for t in tickets}
-        customers = {c.id: c for c in session.scalars(select(Customer).where(Customer.id.in_(customer_ids)))}
+        customers: dict[int, Customer] = {}
         identities: dict[int, list[Identity]] = {}
-        for identity in session.scalars(select(Identity).where(Identity.customer_id.in_(customer_ids))
-                                        .order_by(Identity.id)):
-            identities.setdefault(identity.customer_id, []).append(identity)
+        # Customers and their identities in one statement (a customer without any: None).
+        for customer, identity in session.execute(
+                select(Customer, Identity).outerjoin(Identity, Identity.customer_id == Customer.id)
+                .where(Customer.id.in_(customer_ids)).order_by(Customer.id, Identity.id)):
+            customers[customer.id] = customer
+            if identity is not None:
+                identities.setdefault(customer.id, []).append(identity)
         clocks: dict[int, list[SlaClock]] = {t.id: [] for t in tickets}
         for clock in session.scalars(select(SlaClock).where(SlaClock.ticket_id.in_(list(clocks)))
                                      .order_by(SlaClock.id)):
             clocks[clock.ticket_id].append(clock)
         return cls(customers, identities, clocks)
+
+    def supervisors(self, session: Session) -> list[Agent]:
+        if self._supervisors is None:
+            self._supervisors = supervisors_of(session)
+        return self._supervisors
 
 
 def _unclassified_messages(session: Session, ticket_ids: list[int]) -> dict[int, list[Message]]:
@@ -186,8 +197,8 @@ def _route_new(session: Session, ticket: Ticket, messages: list[Message], predic
 
     _review_flags(session, ticket, messages, now)
     clocks = sla.start_clocks(session, ticket, config, now, existing=batch.clocks[ticket.id])
-    if ticket.priority in ("P0", "P1"):
-        sla.notify_on_call_at_creation(session, ticket, now)
+    if ticket.priority in sla.ON_CALL_PRIORITIES:
+        sla.notify_on_call_at_creation(session, ticket, now, supervisors=batch.supervisors(session))
 
     triage = needs_triage(prediction, config)
     if triage:

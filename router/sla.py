@@ -288,12 +288,14 @@ def _escalate(session: Session, ticket: Ticket, clock: SlaClock, config: RouterC
                             data={**_facts(clock), "notified": [i.recipient for i in items]}))
 
 
-def notify_on_call_at_creation(session: Session, ticket: Ticket, now: datetime) -> int:
-    """A P0/P1 ticket: tell the on-call supervisors (all of them when nobody is on call), once."""
+def notify_on_call_at_creation(session: Session, ticket: Ticket, now: datetime, *,
+                               supervisors: Sequence[Agent] | None = None) -> int:
+    """A P0/P1 ticket: tell the on-call supervisors (all of them when nobody is on call), once.
+    `supervisors`: `supervisors_of(session)`, when the caller routes many tickets."""
     if ticket.priority not in ON_CALL_PRIORITIES:
         return 0
     items = notify_supervisors(
-        session, kind="on_call", ticket=ticket, now=now, on_call_only=True,
+        session, kind="on_call", ticket=ticket, now=now, on_call_only=True, supervisors=supervisors,
         dedupe_key=f"oncall:{ticket.id}:{ticket.priority}", priority=ticket.priority,
         text=f"{ticket.priority} ticket {ticket.number} on {ticket.channel}: {ticket.subject or '(no subject)'}",
     )
