@@ -573,9 +573,12 @@ def _history(session: Session, tickets: Sequence[Ticket], exclude: Iterable[int]
             refused[key].add(agent_id)
         else:
             previous[key] = agent_id
-    return {t.id: _facts(t, (t.assigned_agent_id if t.assigned_at is not None else None)
-                         or previous.get(t.customer_id), frozenset(refused[t.id]))
-            for t in tickets}
+    return {t.id: _facts(t, _own_agent(t) or previous.get(t.customer_id), frozenset(refused[t.id])) for t in tickets}
+
+
+def _own_agent(ticket: Ticket) -> int | None:
+    """The ticket's last agent, which release() keeps only when it finished the ticket (a reopened one)."""
+    return ticket.assigned_agent_id if ticket.assigned_at is not None else None
 
 
 class Roster:
@@ -714,7 +717,7 @@ def _assign_batch(session: Session, tickets: Sequence[Ticket], config: RouterCon
             if stop_when_full and not roster.anyone_free():
                 break
             facts = history[ticket.id]
-            if ticket.customer_id in previous and not (ticket.assigned_at and ticket.assigned_agent_id):
+            if ticket.customer_id in previous and not _own_agent(ticket):
                 facts = replace(facts, previous_agent_id=previous[ticket.customer_id])
             choice, agent = roster.choose(facts, config, explain_nobody=requeue_event or ticket.queue != QUEUE)
             if agent is None and not requeue_event and ticket.queue == QUEUE:
