@@ -6,7 +6,7 @@ The test is the router's end-to-end load: 2,080 messages over three channels, 20
 scheduler's timers and the agents' actions, minute by minute on a fake clock (issue #4's goal: under
 60 s on both databases). Each run starts the test in a fresh process; this checkout and REV (checked
 out into a temporary git worktree, default the commit before this session's router work) alternate
-run by run, so the machine's changing speed hits both alike. Reported: the test's own "simulated
+run by run (and which goes first alternates), so the machine's changing speed hits both alike. Reported: the test's own "simulated
 day ... in X s" and the process's CPU time, medians of the runs, and their ratios.
 Writes into bench/RESULTS.md between <!-- simulation:start --> and <!-- simulation:end -->.
 """
@@ -68,7 +68,10 @@ def main() -> None:
         for label, url in legs:
             seconds: dict[str, list[tuple[float, float]]] = {"ours": [], "against": []}
             for i in range(args.runs):
-                for side, checkout in (("ours", ROOT), ("against", worktree)):
+                # Which side goes first alternates too: a machine speeding up or slowing down during
+                # the runs then favours neither.
+                sides = (("ours", ROOT), ("against", worktree))
+                for side, checkout in (sides if i % 2 == 0 else sides[::-1]):
                     seconds[side].append(run_once(checkout, url))
                     print(f"{label} run {i + 1} {side}: {seconds[side][-1][0]:.1f} s (CPU {seconds[side][-1][1]:.1f} s)",
                           flush=True)
@@ -85,7 +88,8 @@ def main() -> None:
         f"`python bench/simulation.py --runs {args.runs}{' --pg …' if args.pg else ''}`, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
         f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}. tests/test_simulation.py (2,080 messages, "
         f"20 agents, one day on a fake clock) at {here} and at {args.against}, alternating run by run; medians of "
-        f"{args.runs}. PostgreSQL is the throwaway test cluster (fsync off). Goal: under 60 s on both databases.",
+        f"{args.runs}. PostgreSQL is the throwaway test cluster (tests/peers/postgres.sh: fsync off, autovacuum every "
+        f"second). Goal: under 60 s on both databases.",
         "",
         f"| database | ours ({here}) | CPU | {args.against} | CPU | ratio | each run, ours / {args.against} | goal |",
         "|---|---:|---:|---:|---:|---:|---|---|",
