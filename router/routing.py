@@ -116,7 +116,7 @@ def route_pending(
 class _BatchReads:
     """What routing new tickets reads, read once for the batch: customers (VIP), their identities
     (where to acknowledge), any clocks the tickets already have (a relabelled ticket's) and, when a
-    ticket is urgent, the supervisors to tell."""
+    ticket is urgent or needs triage, the supervisors to tell."""
 
     customers: dict[int, Customer]  # held here: the session only keeps rows someone refers to
     identities: dict[int, list[Identity]]
@@ -206,7 +206,7 @@ def _route_new(session: Session, ticket: Ticket, messages: list[Message], predic
         session.add(TicketEvent(ticket_id=ticket.id, at=now, actor="router", kind="queued", reason=f"triage: {triage}",
                                 data={"queue": "triage"}))
         notify_supervisors(session, kind="triage", ticket=ticket, now=now, dedupe_key=f"triage:{ticket.id}",
-                           text=f"{ticket.number} needs triage: {triage}")
+                           text=f"{ticket.number} needs triage: {triage}", supervisors=batch.supervisors(session))
     first_response = next((c for c in clocks if c.kind == sla.FIRST_RESPONSE), None)
     acknowledgement = _acknowledgement(session, ticket, now, first_response.due_at if first_response else None,
                                        batch.identities.get(ticket.customer_id, []))

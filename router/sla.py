@@ -114,8 +114,9 @@ def stop_clocks(session: Session, ticket: Ticket, kinds: Sequence[str], now: dat
         raise InvalidInput("kind", f"must be one of {', '.join(CLOCK_KINDS)}, not {unknown[0]!r}")
     if any(isinstance(o, SlaClock) for o in (*session.new, *session.dirty)):
         session.flush()  # a clock started or restarted in this transaction: the UPDATE must see it
-    stopped = session.execute(_STOP, {"of_ticket": ticket.id, "kinds": list(kinds), "now": now}).all()
-    for row in sorted(stopped, key=lambda r: list(kinds).index(r.kind)):  # events in the order asked
+    kinds = list(kinds)
+    stopped = session.execute(_STOP, {"of_ticket": ticket.id, "kinds": kinds, "now": now}).all()
+    for row in sorted(stopped, key=lambda r: kinds.index(r.kind)):  # events in the order asked
         clock = session.identity_map.get(identity_key(SlaClock, row.id))
         if clock is not None:  # already loaded in this session: show the row as it now is
             set_committed_value(clock, "stopped_at", row.stopped_at)
