@@ -38,10 +38,10 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
 from models.errors import ActionRefused, IllegalTransition, NotFound
-from models.tables import Agent, Assignment, OutboxItem, Ticket, TicketEvent
+from models.tables import Agent, Assignment, Ticket, TicketEvent
 from router import states
 from router.config import RouterConfig
-from router.outbox import STAFF_CHANNEL, agent_address, enqueue_many, supervisor_items, supervisors_of
+from router.outbox import enqueue_many, staff_item, supervisor_items, supervisors_of
 
 # Language skills agents list; a ticket in another language (or none) needs no language skill.
 LANGUAGES = frozenset({"zh", "en"})
@@ -514,7 +514,6 @@ _TICKETS_OFFERED = (
             assigned_at=bindparam("now"), accepted_at=None, queue=None, queue_reason=None)
 )
 _NEW_EVENTS = insert(TicketEvent.__table__)
-_NEW_OUTBOX = insert(OutboxItem.__table__)
 
 
 @lru_cache(maxsize=4096)
@@ -790,7 +789,7 @@ def drain_queue(session: Session, config: RouterConfig, now: datetime, limit: in
     # Free places by kind of ticket (category, language; a queue has few kinds), and per kind no
     # more tickets than places: a drain after one resolved ticket loads one or two, not the queue.
     # No kind has more places than all free agents together: the most the statement reads per kind.
-    free = sum(a.capacity - a.load for a in roster.agents.values() if roster.can_take_work(a.id, config))
+    free = roster.free_places(Needs(None, None, ()), config)
     if free <= 0:
         return 0  # those online with room are all off shift
     places: dict[tuple[str | None, str | None], int] = {}
@@ -957,18 +956,13 @@ def _write_offers(session: Session, offers: list[tuple[Ticket, AgentState, Choic
         for key, value in (("state", states.ASSIGNED), ("updated_at", now), ("assigned_agent_id", agent.id),
                            ("assigned_at", now), ("accepted_at", None), ("queue", None), ("queue_reason", None)):
             set_committed_value(ticket, key, value)
-        # The row router.outbox.notify_agent would add, for the agent console.
-        notices.append({
-            "kind": "assigned", "channel": STAFF_CHANNEL, "recipient": agent_address(agent),  # type: ignore[arg-type]
-            "ticket_id": ticket.id, "dedupe_key": None, "status": "pending", "attempts": 0, "next_attempt_at": now,
-            "last_error": None, "created_at": now, "sent_at": None,
-            "payload": {"ticket": ticket.number, "agent_id": agent.id, "assignment_id": offer_id,
-                        "text": f"{ticket.number}: {ticket.subject or '(no subject)'} — accept within {within}",
-                        "expires_at": expires.isoformat(), "reason": choice.reason},
-        })
+        notices.append(staff_item(  # type: ignore[arg-type]  (an AgentState has what the row needs)
+            agent, kind="assigned", ticket=ticket, now=now, assignment_id=offer_id,
+            text=f"{ticket.number}: {ticket.subject or '(no subject)'} — accept within {within}",
+            expires_at=expires.isoformat(), reason=choice.reason))
         results.append(AssignmentResult(agent.id, agent.name, choice.reason, queued=False, assignment_id=offer_id))
     session.execute(_NEW_EVENTS, events)
-    session.execute(_NEW_OUTBOX, notices)
+    enqueue_many(session, notices)
     return results
 
 

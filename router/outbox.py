@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from datetime import datetime
+from functools import partial
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -79,7 +79,7 @@ def agent_address(agent: Agent) -> str:
 
 def notify_agent(session: Session, agent: Agent, *, kind: str, ticket: Ticket, text: str, now: datetime,
                  dedupe_key: str | None = None, **extra) -> Queued | None:
-    return _insert(session, _staff_item(agent, kind=kind, ticket=ticket, text=text, now=now, dedupe_key=dedupe_key,
+    return _insert(session, staff_item(agent, kind=kind, ticket=ticket, text=text, now=now, dedupe_key=dedupe_key,
                                         **extra))
 
 
@@ -108,12 +108,13 @@ def supervisor_items(supervisors: Sequence[Agent], *, kind: str, ticket: Ticket,
         # Nobody to tell yet: keep the notice anyway, addressed to the role, so it is not lost.
         return [item(kind=kind, channel=STAFF_CHANNEL, recipient="role:supervisor", ticket_id=ticket.id,
                      payload={"ticket": ticket.number, "text": text, **extra}, dedupe_key=dedupe_key, now=now)]
-    return [_staff_item(s, kind=kind, ticket=ticket, text=text, now=now,
-                        dedupe_key=f"{dedupe_key}:{s.id}" if dedupe_key else None, **extra) for s in supervisors]
+    return [staff_item(s, kind=kind, ticket=ticket, text=text, now=now,
+                       dedupe_key=f"{dedupe_key}:{s.id}" if dedupe_key else None, **extra) for s in supervisors]
 
 
-def _staff_item(agent: Agent, *, kind: str, ticket: Ticket, text: str, now: datetime, dedupe_key: str | None,
-                **extra) -> dict:
+def staff_item(agent: Agent, *, kind: str, ticket: Ticket, text: str, now: datetime, dedupe_key: str | None = None,
+               **extra) -> dict:
+    """The outbox row of `notify_agent`, for `enqueue_many`."""
     return item(kind=kind, channel=STAFF_CHANNEL, recipient=agent_address(agent), ticket_id=ticket.id,
                 payload={"ticket": ticket.number, "text": text, "agent_id": agent.id, **extra},
                 dedupe_key=dedupe_key, now=now)
