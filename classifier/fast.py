@@ -202,6 +202,10 @@ class FastModel:
             self.labels[head] = tuple(labels[start : start + size])
             start += size
         self.temperatures = dict(zip(self.heads, (float(t) for t in arrays["temperatures"])))
+        # Every head's softmax at once: each label column's temperature, and where each head's columns start.
+        self.head_sizes = np.array(sizes)
+        self.head_starts = np.cumsum(self.head_sizes) - self.head_sizes
+        self.column_temperatures = np.repeat(np.asarray(arrays["temperatures"], dtype=np.float64), self.head_sizes)
         self.weights = np.ascontiguousarray(arrays["weights"], dtype=np.float64)  # for the sparse batch product
         # The weights as stored (float32 since format 3, exactly), for one message: its few hundred rows
         # are gathered from memory that other work has usually evicted from the caches, and a float32
@@ -392,12 +396,12 @@ class FastModel:
     def probabilities_many(self, texts: Sequence[str]) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
         """{head: calibrated probabilities, messages x labels}, coverage per message and normalised texts."""
         raw, coverage, normalised = self.raw_scores_many(texts)
-        out = {}
-        for head in self.heads:
-            scores = raw[:, self.slices[head]] / self.temperatures[head]
-            exp = np.exp(scores - scores.max(axis=1, keepdims=True))
-            out[head] = exp / exp.sum(axis=1, keepdims=True)
-        return out, coverage, normalised
+        # One softmax per head, for all heads in a few whole-matrix passes (reduceat over each head's columns).
+        scores = raw / self.column_temperatures
+        scores -= np.repeat(np.maximum.reduceat(scores, self.head_starts, axis=1), self.head_sizes, axis=1)
+        np.exp(scores, out=scores)
+        scores /= np.repeat(np.add.reduceat(scores, self.head_starts, axis=1), self.head_sizes, axis=1)
+        return {head: scores[:, self.slices[head]] for head in self.heads}, coverage, normalised
 
     def scores(self, text: str) -> tuple[dict[str, HeadScores], float, str]:
         """Calibrated probabilities per head for one message, its n-gram coverage and normalised text."""

@@ -70,7 +70,14 @@ class ModelClassifier:
     # -- any heads ---------------------------------------------------------------------------
 
     def predict_heads(self, text: str) -> HeadsResult:
-        return self.predict_heads_many([text])[0]
+        probabilities, coverage, normalised = self.fast.probabilities_many([text])
+        # One message: the best label per head from Python floats (numpy's per-call cost dominates at this size).
+        best = {}
+        for head, p in probabilities.items():
+            row = p[0].tolist()
+            index = max(range(len(row)), key=row.__getitem__)  # the first of equal maxima, as argmax
+            best[head] = ([index], [row[index]], self.fast.labels[head])
+        return self._finish(0, best, float(coverage[0]), normalised[0])
 
     def predict_heads_many(self, texts: Sequence[str]) -> list[HeadsResult]:
         if not texts:
