@@ -258,21 +258,27 @@ class FastModel:
 
     def _pairs(self, words: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
         """(message of each known word pair, its column) for the batch's segmented messages."""
-        rows, keys = [], []
+        # Messages with the same number of known pair words are paired in one matrix operation, so a
+        # batch costs a few numpy calls per distinct count (at most pair_max_words), not per message.
+        by_count: dict[int, tuple[list[int], list[list[int]]]] = {}
         for row, ws in enumerate(words):
             ids = [i for i in map(self.pair_ids.get, pair_words(ws, self.pair_max_words)) if i is not None]
-            if len(ids) < 2:
-                continue
-            ids = np.array(ids, dtype=np.int64)  # ascending: pair_words is sorted, ids follow word order
-            first, second = _upper_pairs(len(ids))
-            keys.append(ids[first] * self.pair_base + ids[second])
-            rows.append(np.full(len(first), row, dtype=np.int64))
-        if not keys:
+            if len(ids) >= 2:  # ascending: pair_words is sorted, and ids follow word order
+                message_rows, id_lists = by_count.setdefault(len(ids), ([], []))
+                message_rows.append(row)
+                id_lists.append(ids)
+        if not by_count:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        key = np.concatenate(keys)
+        rows, keys = [], []
+        for count, (message_rows, id_lists) in by_count.items():
+            ids = np.array(id_lists, dtype=np.int64)  # messages x count
+            first, second = _upper_pairs(count)
+            keys.append((ids[:, first] * self.pair_base + ids[:, second]).ravel())
+            rows.append(np.repeat(np.array(message_rows, dtype=np.int64), len(first)))
+        key = np.concatenate(keys) if len(keys) > 1 else keys[0]
         at = self.pair_keys.searchsorted(key)
         known = self.pair_keys.take(at, mode="clip") == key
-        return np.concatenate(rows)[known], self.pair_columns[at[known]]
+        return (np.concatenate(rows) if len(rows) > 1 else rows[0])[known], self.pair_columns[at[known]]
 
     def _long_windows_by_length(self) -> np.ndarray:
         """How many char n-grams at least ``coverage_n`` long a segment of each length has (known or not)."""
@@ -363,7 +369,9 @@ class FastModel:
                     part /= np.sqrt(part @ part)
             return _Batch(np.array([0, len(column)]), column, values, coverage, normalised)
         n_blocks = len(self.block_starts)
-        block = row * n_blocks + self.block_starts.searchsorted(column, side="right") - 1
+        block = row * n_blocks
+        for start in self.block_starts[1:]:  # one comparison per block: cheaper than a search per column
+            block += column >= start
         values /= np.sqrt(np.bincount(block, weights=values * values, minlength=n_blocks * m))[block]
         indptr = np.zeros(m + 1, dtype=np.int64)
         np.cumsum(np.bincount(row, minlength=m), out=indptr[1:])
