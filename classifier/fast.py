@@ -201,7 +201,6 @@ class FastModel:
             self.slices[head] = slice(start, start + size)
             self.labels[head] = tuple(labels[start : start + size])
             start += size
-        self.temperatures = dict(zip(self.heads, (float(t) for t in arrays["temperatures"])))
         # Every head's softmax at once: each label column's temperature, and where each head's columns start.
         self.head_sizes = np.array(sizes)
         self.head_starts = np.cumsum(self.head_sizes) - self.head_sizes
