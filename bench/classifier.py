@@ -347,6 +347,17 @@ LinearSVC C=1, no calibration; test figures only for the adopted default):
   COCC, CV (baseline 0.873): char 1-3 (not word-bounded) 0.878; word unigrams alone 0.879; char 1-2 alone
   0.880; LogisticRegression C=10 0.870-0.877; C 0.3-2 0.875-0.878; balanced class weights 0.873;
   ComplementNB 0.853; NBSVM 0.871-0.874; pairs within 3/6 words 0.873-0.874; binary tf 0.873.
+- Pretrained dense features (2026-12-06; nothing may download at run time, so only weights shipped inside a
+  PyPI wheel qualify). Each block l2-normalised, scaled by w, appended to our TF-IDF, LinearSVC C=1, test set:
+  wordllama 0.4.0 (MIT code; 256-dim embeddings derived from Llama 2's, so its licence would need review;
+  its offline load is broken as shipped, it looks for tokenizer/ and ships tokenizers/), mean-pooled, w 0.3 /
+  0.5 / 1 / 2: Banking77 0.920 / 0.922 / 0.926 / 0.928 (w=1 chosen by 5-fold CV: 0.926), COCC 0.900-0.906;
+  all-MiniLM-L6-v2 (Apache-2.0 weights found inside a third-party 84 MB wheel, run as a numpy forward pass):
+  Banking77 0.938 at w=2 (chosen by 3-fold CV), COCC 0.873-0.904 (no help for Chinese), but ~28 ms a
+  message (100 ms for a long Chinese one) against a 1 ms goal, and +88 MB against a 20 MB model; a 64-dim
+  multilingual static model (tokenlearn-static-model, no licence declared) 0.918-0.923 / 0.885-0.904. No
+  wheel with usable Chinese vectors was found. kNN votes blended into the SVC scores (k 5-20) and a
+  pairwise re-rank of the top two classes did not help: best Banking77 0.917, COCC 0.908 (+3 messages).
 - Earlier (2026-11-23, test set): LinearSVC C in {0.3, 0.5, 0.6, 1, 2} with word 1-2/1-3 grams and char_wb
   1-4..2-6 (min_df 1 or 2): 0.912-0.917; LogisticRegression C=30 0.920 but 16-20 s to fit; SVC+LR blends
   0.913-0.920; SGD 0.908-0.913; SVC + MultinomialNB/ComplementNB blends within noise.
