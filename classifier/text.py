@@ -51,8 +51,13 @@ _PHONE = re.compile(
 _TICKET = re.compile(r"(?<![a-z0-9])gd[0-9]{11,}(?![a-z0-9])")
 # An order/transaction/parcel number: an ASCII token with at least six consecutive digits.
 _ORDER = re.compile(r"(?<![a-z0-9])[a-z]{0,6}[0-9\-]*[0-9]{6,}[a-z0-9\-]*(?![a-z0-9])")
-_SPACES = re.compile(r"\s+")
-_DIGIT = re.compile("[0-9]")
+# Cheap necessary conditions for the placeholder patterns, each a scan that re's first-character
+# filter makes ~10x faster than the pattern itself (whose leading look-behinds defeat that filter).
+# A URL has "://", "www." or a dot before one of _URL's endings. A ticket, phone or order number
+# has a run of at least six characters of [0-9 +-] that starts with a digit or "+" (ticket: 11
+# digits; phones: 10 or more; orders: six digits in a row). A replacement never creates such a run.
+_MAYBE_URL = re.compile(r"://|www\.|\.(?:com|cn|net|org|io|example|co|app)")
+_MAYBE_NUMBER = re.compile(r"[0-9+][0-9 +\-]{5}")
 
 
 def normalise(text: str | bytes | None, simplified: Mapping[int, str] | None = None) -> str:
@@ -71,17 +76,18 @@ def normalise(text: str | bytes | None, simplified: Mapping[int, str] | None = N
     text = unicodedata.normalize("NFKC", text).casefold()
     if _CJK.search(text):
         text = text.translate(simplified if simplified is not None else simplified_table())
-    # Each placeholder pattern needs a character most messages lack; a substring test is ~50x cheaper
-    # than a regex scan, and a replacement only removes such characters, so skipping cannot change a result.
+    # Each placeholder pattern runs only where a cheap necessary condition holds (a substring test, or a
+    # scan re can filter by first character); a replacement only removes what those conditions look
+    # for, so skipping a pattern cannot change a result.
     if "@" in text:
         text = _EMAIL.sub(" xemail ", text)
-    if "." in text or "://" in text:
+    if _MAYBE_URL.search(text):
         text = _URL.sub(" xurl ", text)
-    if _DIGIT.search(text):
+    if _MAYBE_NUMBER.search(text):
         text = _TICKET.sub(" xticket ", text)
         text = _PHONE.sub(" xphone ", text)
         text = _ORDER.sub(" xorder ", text)
-    return _SPACES.sub(" ", text).strip()[:MAX_CHARS]
+    return " ".join(text.split())[:MAX_CHARS]  # runs of whitespace as one space, as \s+ (both use str.isspace)
 
 
 @functools.cache

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import random
+import re
+
 import pytest
 
-from classifier.rules import RULES, apply_rules, fired_rules
+from classifier.cues import cue_filter, required_literals
+from classifier.rules import RULES, _fires, apply_rules, fired_rules
 from classifier.text import normalise
 
 # rule name -> (texts that must fire it, texts with the same cue negated/hypothetical/over that must not)
@@ -84,3 +88,54 @@ def test_rules_raise_priority_but_never_lower_it() -> None:
     assert apply_rules("P2", (p1, p0)) == "P0"
     assert apply_rules("P0", (p1,)) == "P0"
     assert apply_rules("P1", ()) == "P1"
+
+
+# -- cue filters (classifier/cues.py): a rule's pattern is skipped only when it cannot match ---------------
+
+
+@pytest.mark.parametrize(
+    ("pattern", "literals"),
+    [
+        (r"数据泄露", {"数据泄露"}),
+        (r"(?:数据|信息)泄露", {"泄露"}),  # the longer required string wins over the alternation
+        (r"\b(?:all|every) (?:of )?users?\b", {"user"}),
+        (r"(?:拖库|撞库)|被黑(?:了|客)", {"拖库", "撞库", "被黑"}),  # an alternation: one string per branch
+        (r"[家个]店", {"店"}),
+        (r"x[家个]", {"x"}),
+        (r"[家个]+", {"家", "个"}),
+        (r"(?:ab)?c?", None),  # nothing is required
+        (r"[a-z]+ing", {"ing"}),
+        (r"(?<![0-9])1[3-9][0-9]{9}", {"1"}),
+        (r"a|[0-9]", None),  # a branch without a literal: unknown
+    ],
+)
+def test_required_literals(pattern: str, literals: set[str] | None) -> None:
+    found = required_literals(re.compile(pattern))
+    assert (set(found) if found is not None else None) == literals
+
+
+def test_a_case_insensitive_pattern_gets_no_filter() -> None:
+    assert cue_filter(re.compile("payment", re.IGNORECASE)) is None
+    assert cue_filter(re.compile("(?i)payment")) is None
+
+
+def test_cue_filters_never_skip_a_pattern_that_matches() -> None:
+    # Random messages built from the rules' own vocabulary, cues and vetoes: wherever a pattern matches,
+    # its filter must have let it through; and the rules fire exactly as without filters.
+    rng = random.Random(7)
+    vocabulary = [*" ".join(t for ts in CASES.values() for group in ts for t in group).split(), "，", "。", "都", "了"]
+    patterns = [p for rule in RULES for p in (rule.zh, rule.en) if p is not None]
+    filters = {p: cue_filter(p) for p in patterns}
+    assert sum(f is not None for f in filters.values()) >= len(patterns) - 2  # the filters exist at all
+    texts = [normalise(t) for ts in CASES.values() for group in ts for t in group]
+    texts += [normalise(" ".join(rng.choice(vocabulary) for _ in range(rng.randint(1, 12)))) for _ in range(3000)]
+    for text in texts:
+        for p in patterns:
+            if p.search(text):
+                assert filters[p] is None or filters[p].search(text), (p.pattern, text)
+        scripts = (re.search("[\u4e00-\u9fff]", text) is not None, re.search("[a-z]", text) is not None)
+        unfiltered = tuple(
+            r for r in RULES
+            if _fires(r, text, [p for p, present in zip((r.zh, r.en), scripts) if present and p is not None])
+        )
+        assert fired_rules(text) == unfiltered, text

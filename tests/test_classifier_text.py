@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import random
 import re
+import unicodedata
 from pathlib import Path
 
 import jieba
@@ -60,6 +62,30 @@ def test_normalise_replaces_identifiers_with_placeholders(raw: str, placeholder:
 def test_traditional_folding_uses_the_given_table() -> None:
     assert normalise("發票") == "发票"
     assert normalise("發票", {ord("發"): "X"}) == "X票"  # a model's own table wins over zhconv's
+
+
+def test_placeholder_pre_checks_never_change_a_result() -> None:
+    # normalise() runs the URL and number patterns only where a cheap scan finds what any match needs;
+    # the same text with every pattern always run must come out identical.
+    from classifier import text as t
+
+    def reference(raw: str) -> str:
+        s = unicodedata.normalize("NFKC", t._INVISIBLE.sub(" ", raw[:MAX_CHARS])).casefold()
+        if t._CJK.search(s):
+            s = s.translate(t.simplified_table())
+        for pattern, placeholder in ((t._EMAIL, "xemail"), (t._URL, "xurl"), (t._TICKET, "xticket"),
+                                     (t._PHONE, "xphone"), (t._ORDER, "xorder")):
+            s = pattern.sub(f" {placeholder} ", s)
+        return re.sub(r"\s+", " ", s).strip()[:MAX_CHARS]
+
+    rng = random.Random(3)
+    alphabet = "0123456789  +-./:@wcomnxgd \u3000１２\u00a0\t\nab订单号"
+    texts = ["+1 2 3 4 5 6 7 8 9 0", "tel 010-12345678", "400-123-4567", "gd201611230012", "a.cn/x", "foo.co", "x://y"]
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(5000)]
+    for path in sorted((ROOT / "training_data" / "train").glob("*.csv")):
+        texts += [row["text"] for row in csv.DictReader(path.open(encoding="utf-8"))]
+    for raw in texts:
+        assert normalise(raw) == reference(raw), raw
 
 
 def test_normalise_keeps_amounts_and_short_numbers() -> None:
