@@ -183,6 +183,8 @@ class FastModel:
         self._build_word_trie(word_terms)
         self._build_char_trie(arrays["char_terms"])
         self.n_pair_start = self.n_word_features + len(arrays["char_idf"])
+        # Kept packed (a few MB of bytes); unpacked only to name a column (term_of), e.g. to explain a label.
+        self._packed_terms = [arrays["word_terms"], arrays["char_terms"], arrays.get("pair_terms", np.zeros(0, np.uint8))]
         self.pair_max_words = int(arrays.get("pair_max_words", 0))
         self._build_pair_index(unpack_terms(arrays["pair_terms"]) if self.pair_max_words else [])
         # Column where each l2-normalised block starts (word, char, pair).
@@ -385,6 +387,18 @@ class FastModel:
         """
         batch = self.batch_features([text])
         return batch.columns, batch.values, float(batch.coverage[0]), batch.normalised[0]
+
+    def term_of(self, column: int) -> tuple[str, str]:
+        """The n-gram behind a feature column and its block: "word" (word n-gram, words joined by a
+        space), "chars" (character n-gram; char_wb pads words with a space) or "pair" (two words
+        anywhere in the message, joined by ``PAIR_JOINER``)."""
+        if column < self.n_word_features:
+            return self._terms[column], "word"
+        return self._terms[column], "chars" if column < self.n_pair_start else "pair"
+
+    @functools.cached_property
+    def _terms(self) -> list[str]:
+        return [term for packed in self._packed_terms for term in unpack_terms(packed)]
 
     # -- scores ------------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from classifier.corrections import Correction, load_corrections, record_version
 from classifier.data import csv_columns, read_csv
 from classifier.errors import ClassifierError, ModelIncompatible, ModelNotFound
 from classifier.evaluate import compact, evaluate_examples
+from classifier.explain import explain
 from classifier.service import SERVICE_HEADS, ModelClassifier
 from classifier.store import ModelStore
 from paidan.settings import Settings
@@ -133,7 +134,9 @@ def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
 @click.command("classify")
 @click.argument("text")
 @click.option("--json", "as_json", is_flag=True, help="Print the prediction as JSON.")
-def classify(text: str, as_json: bool) -> None:
+@click.option("--explain", "with_reasons", is_flag=True,
+              help="Also show, per label, the words and character n-grams that favoured it most over the runner-up.")
+def classify(text: str, as_json: bool, with_reasons: bool) -> None:
     """Classify TEXT (use - to read it from standard input) with the active model.
 
     Prints type, category and priority with their confidences, and any priority rule that fired.
@@ -142,15 +145,24 @@ def classify(text: str, as_json: bool) -> None:
     if text == "-":
         text = sys.stdin.read()
     with _clear_errors():
-        prediction = ModelClassifier.load_active(settings.model_dir).predict(text)
+        classifier = ModelClassifier.load_active(settings.model_dir)
+        prediction = classifier.predict(text)
+    reasons = explain(classifier.fast, text) if with_reasons else {}
     if as_json:
-        click.echo(json.dumps(prediction.as_dict(), ensure_ascii=False))
+        out = prediction.as_dict()
+        if with_reasons:
+            out["explain"] = {head: reason.as_dict() for head, reason in reasons.items()}
+        click.echo(json.dumps(out, ensure_ascii=False))
         return
     for head in SERVICE_HEADS:
         score = getattr(prediction, head)
         click.echo(f"{head:<9} {score.label:<11} {score.confidence:.2f}")
     click.echo(f"rules     {', '.join(prediction.rules) or '-'}")
     click.echo(f"model     {prediction.model_version}")
+    for head, reason in reasons.items():
+        cues = "  ".join(f"“{c.term}” {c.weight:+.2f}" for c in reason.cues) or "-"
+        ruled = "" if getattr(prediction, head).label == reason.label else f"; a rule set {getattr(prediction, head).label}"
+        click.echo(f"why {head} = {reason.label} over {reason.runner_up} (log-odds {reason.log_odds:.2f}{ruled}): {cues}")
 
 
 # -- evaluate ------------------------------------------------------------------------------------

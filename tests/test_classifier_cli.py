@@ -77,6 +77,20 @@ def test_classify_json(workspace) -> None:
         assert set(data[head]) == {"label", "confidence"} and 0 <= data[head]["confidence"] <= 1
 
 
+def test_classify_explain_names_the_cues_of_each_label(workspace) -> None:
+    text = "收银机连不上网络，一直报错"
+    data = json.loads(run(workspace, "classify", "--json", "--explain", text).output)
+    assert set(data["explain"]) == {"type", "category", "priority"}
+    for head, reason in data["explain"].items():
+        assert reason["label"] == data[head]["label"] or data["rules"]  # a rule may raise the priority
+        assert reason["runner_up"] != reason["label"] and reason["log_odds"] >= 0
+        assert reason["cues"] and all(c["weight"] > 0 and c["kind"] in ("word", "chars", "pair") for c in reason["cues"])
+    lines = run(workspace, "classify", "--explain", "").output.splitlines()  # empty text: labels, no cues
+    assert any(line.startswith("why type = ") for line in lines)
+    text_output = run(workspace, "classify", "--explain", text).output
+    assert "why category = " in text_output and "“" in text_output
+
+
 def test_classify_text_output_and_bad_input(workspace) -> None:
     result = run(workspace, "classify", "")
     assert result.exit_code == 0, result.output

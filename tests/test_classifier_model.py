@@ -14,9 +14,11 @@ import pytest
 from classifier.data import TAXONOMY, Example, read_csv
 from classifier.errors import ModelIncompatible, ModelNotFound, TrainingDataError
 from classifier.evaluate import evaluate_examples, head_metrics
+from classifier.explain import explain
 from classifier.fast import FastModel
 from classifier.service import SERVICE_HEADS, ModelClassifier
 from classifier.store import METADATA_FILE, MODEL_FILE, ModelStore, load_skops, sha256_file
+from classifier.text import PAIR_JOINER
 from classifier.train import TrainConfig, fit_model, gate, load_split, train_version
 from models.prediction import Classifier, Prediction
 
@@ -342,3 +344,41 @@ def test_a_deployment_can_bring_its_own_label_sets(tmp_path) -> None:
     (tmp_path / "labels.json").write_text('{"type": ["ask"]}')
     with pytest.raises(TrainingDataError, match=r"labels\.json"):
         label_sets(tmp_path)
+
+
+def test_explanations_add_up_to_the_models_log_odds_and_name_the_messages_own_words(classifier, split) -> None:
+    fast = classifier.fast
+    for text in [e.text for e in split[1][:150]] + ODD_TEXTS:
+        scores, _coverage, normalised = fast.scores(text)
+        words = " ".join(fast.segmenter.words(normalised))
+        for head, reason in explain(fast, text).items():
+            p = dict(zip(scores[head].labels, scores[head].probabilities))
+            assert reason.label == scores[head].best[0]
+            assert reason.log_odds == pytest.approx(np.log(p[reason.label] / p[reason.runner_up]), abs=1e-9)
+            weights = [c.weight for c in reason.cues]
+            assert weights == sorted(weights, reverse=True) and all(w > 0 for w in weights)
+            for cue in reason.cues:  # every cue is in the message, as the model segmented it
+                if cue.kind == "word":
+                    assert cue.term in words
+                elif cue.kind == "chars":
+                    assert cue.term in f" {normalised} "
+                else:
+                    assert all(w in words.split() for w in cue.term.split(PAIR_JOINER))
+
+
+def test_explanation_cues_are_the_pipelines_own_contributions(trained, classifier, split) -> None:
+    # Independently of the fast path: the scikit-learn features and coefficients, named by the vectorizers.
+    features = trained.features
+    blocks = [features.word_vectorizer_, features.char_vectorizer_, features.pair_vectorizer_]
+    names = np.concatenate([b.get_feature_names_out() for b in blocks if b is not None])
+    for text in [e.text for e in split[1][:40]]:
+        x = features.transform([text]).toarray()[0]
+        for head, reason in explain(classifier.fast, text).items():
+            model = trained.heads[head]
+            best, runner_up = (list(model.classes_).index(label) for label in (reason.label, reason.runner_up))
+            contribution = x * (model.coef_[best] - model.coef_[runner_up]) / model.temperature_
+            expected = np.sort(contribution[contribution > 0])[::-1][: len(reason.cues)]
+            np.testing.assert_allclose([c.weight for c in reason.cues], expected, rtol=0, atol=1e-9)
+            for cue in reason.cues:
+                assert cue.term in set(names[np.abs(contribution - cue.weight) < 1e-9]), (head, cue)
+
