@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     max_attachment_bytes: int = 10 * 1024 * 1024
     max_api_body_bytes: int = 1024 * 1024
     form_rate_limit_per_minute: int = 10
+    # API requests per bearer token: a burst of this many, then this many a minute (0: no limit).
+    api_rate_limit_per_minute: int = 1200
     # Shown to the customer before a ticket is classified (P2 default of DESIGN.md).
     default_first_response_hours: float = 4.0
 

@@ -40,6 +40,7 @@ def webform_config(settings: Settings) -> WebFormConfig:
         max_attachment_bytes=settings.max_attachment_bytes,
         max_api_body_bytes=settings.max_api_body_bytes,
         rate_limit_per_minute=settings.form_rate_limit_per_minute,
+        api_rate_limit_per_minute=settings.api_rate_limit_per_minute,
         default_first_response=settings.default_first_response,
         timezone=settings.timezone,
         default_region=settings.phone_region,

@@ -161,6 +161,27 @@ def test_storage_failure_is_503_with_retry_after(engine):
     assert answer.json()["error"] == "unavailable"
 
 
+def test_each_token_has_its_own_rate_limit_answering_429_and_storing_nothing(engine, web_intake):
+    queries = TicketQueries(engine)
+    with serve(build_app(make_settings(api_rate_limit_per_minute=3), web_intake.accept, queries.ticket_view)) as url:
+        def post(token: str, tag: str) -> httpx.Response:
+            return httpx.post(url + "/api/v1/messages", json=body(), headers={
+                "Authorization": f"Bearer {token}", "Idempotency-Key": key(tag)})
+
+        answers = [post(API_TOKEN, f"rl{i}") for i in range(4)]
+        assert [a.status_code for a in answers] == [201, 201, 201, 429]
+        refused = answers[-1]
+        assert refused.json()["error"] == "rate_limited" and "nothing was stored" in refused.json()["detail"]
+        assert 1 <= int(refused.headers["retry-after"]) <= 60
+        assert count_messages(engine, Message.external_id.like("%rl0-%")) == 1
+        assert count_messages(engine, Message.external_id.like("%rl3-%")) == 0
+        assert post("test-token-2", "other").status_code == 201  # another integration is not held up
+        # Ticket look-ups with the same token draw on the same budget.
+        number = answers[0].json()["ticket_number"]
+        lookup = httpx.get(f"{url}/api/v1/tickets/{number}?email=a@b.cn", headers={"Authorization": f"Bearer {API_TOKEN}"})
+        assert lookup.status_code == 429
+
+
 def test_ticket_endpoint_shows_a_ticket_only_to_its_customer(api_client):
     payload = body(phone="13800138000", text="<b>bold</b> 文本")
     receipt = api_client.post("/api/v1/messages", json=payload, headers={"Idempotency-Key": key("t")}).json()

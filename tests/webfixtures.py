@@ -44,7 +44,8 @@ def make_settings(**overrides) -> Settings:
     values = {
         "secret_key": "webform-test-secret",
         "api_tokens": [API_TOKEN, "test-token-2"],
-        "form_rate_limit_per_minute": 10_000,  # the rate-limit test builds its own app
+        "form_rate_limit_per_minute": 10_000,  # the rate-limit tests build their own apps
+        "api_rate_limit_per_minute": 0,
         "database_url": "sqlite:///unused.db",
     }
     values.update(overrides)

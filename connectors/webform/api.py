@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 
 from connectors.webform import i18n
 from connectors.webform.compose import build_message
+from connectors.webform.ratelimit import RateLimiter
 from connectors.webform.site import Site
 from connectors.webform.validation import (
     FieldProblem,
@@ -134,6 +135,8 @@ class Api:
         self.config = site.config
         # Keys are namespaced by a short hash of the token, so two clients' "1" are two messages.
         self._tokens = [(t.encode(), hashlib.sha256(t.encode()).hexdigest()[:12]) for t in site.config.api_tokens if t]
+        per_minute = site.config.api_rate_limit_per_minute
+        self._limiter = RateLimiter(per_minute) if per_minute > 0 else None
 
     def authenticate(self, request: Request) -> str | None:
         """The token's tag when the bearer token is one of ours, else None."""
@@ -147,6 +150,16 @@ class Api:
                 found = tag
         return found
 
+    def over_limit(self, tag: str) -> JSONResponse | None:
+        """429 with Retry-After when this token has used up its requests for now, else None."""
+        wait = self._limiter.hit(tag) if self._limiter is not None else 0
+        if not wait:
+            return None
+        self.site.count("api", "rate_limited")
+        return error(429, "rate_limited",
+                     f"more than {self.config.api_rate_limit_per_minute} requests a minute with this token; "
+                     f"nothing was stored: send it again in {wait} s", headers={"Retry-After": str(wait)})
+
     def unauthorized(self) -> JSONResponse:
         self.site.count("api", "unauthorized")
         return error(401, "unauthorized", "send Authorization: Bearer <token> with a token configured on the server",
@@ -156,6 +169,8 @@ class Api:
         tag = self.authenticate(request)
         if tag is None:
             return self.unauthorized()
+        if (refused := self.over_limit(tag)) is not None:
+            return refused
         media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if media_type != "application/json":
             self.site.count("api", "invalid")
@@ -245,8 +260,11 @@ class Api:
         return key
 
     async def get_ticket(self, request: Request) -> Response:
-        if self.authenticate(request) is None:
+        tag = self.authenticate(request)
+        if tag is None:
             return self.unauthorized()
+        if (refused := self.over_limit(tag)) is not None:
+            return refused
         number = normalise_ticket_number(request.path_params.get("number"))
         email, phone = request.query_params.get("email"), request.query_params.get("phone")
         contact = email if email else phone

@@ -39,7 +39,8 @@ with the same key returns the first receipt (`200`, `"duplicate": true`) and sto
 
 Answers: `201` stored; `200` already stored; `400` `{"error": "invalid", "fields": {...}}` naming each
 bad field (malformed JSON names `body`); `401` unknown token; `413` body too large; `415` not JSON;
-`503` the database is unavailable — nothing was stored, retry after `Retry-After` seconds."""
+`429` too many requests with this token (1,200 a minute by default) — nothing was stored, retry after
+`Retry-After` seconds; `503` the database is unavailable — nothing was stored, retry after `Retry-After` seconds."""
 
 
 def _is_api(scope: Scope) -> bool:
@@ -68,7 +69,9 @@ def build_app(config: WebFormConfig, sink: Sink, ticket_view: TicketLookup, *,
     bearer = {"security": [{BEARER_SCHEME: []}]}
     errors = {code: {"model": ApiError, "description": text} for code, text in (
         (400, "Invalid input; `fields` names each problem"), (401, "Missing or unknown token"),
-        (413, "Body too large"), (415, "Not application/json"), (503, "Database unavailable; retry later"))}
+        (413, "Body too large"), (415, "Not application/json"),
+        (429, "Too many requests with this token; retry after Retry-After seconds"),
+        (503, "Database unavailable; retry later"))}
     app.add_api_route(
         "/api/v1/messages", api.post_message, methods=["POST"], tags=["messages"],
         summary="Submit a customer message", description=_API_DESCRIPTION, status_code=201,

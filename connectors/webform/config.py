@@ -18,6 +18,9 @@ class WebFormConfig:
     max_attachment_bytes: int = 10 * MB
     max_api_body_bytes: int = 1 * MB
     rate_limit_per_minute: int = 10  # form posts and status look-ups, per client IP
+    # API requests per token (a burst of this many, then this many a minute); 0: no limit. One runaway
+    # integration must not crowd out the others or the web form.
+    api_rate_limit_per_minute: int = 1200
     default_first_response: timedelta = timedelta(hours=4)
     default_region: str = "CN"  # phone numbers without a country code are read as this region's
     default_language: str = "zh"  # when neither the browser nor a cookie says otherwise

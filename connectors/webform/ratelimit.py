@@ -1,4 +1,4 @@
-"""A per-key token bucket (key = client IP): a burst of `per_minute`, refilled evenly.
+"""A per-key token bucket (key = client IP, or API token): a burst of `per_minute`, refilled evenly.
 
 In-process state: with several `paidan serve` processes each enforces its own share, which is
 enough to stop a script hammering the form (FAILURE_MODES 28) without a shared store.
