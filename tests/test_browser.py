@@ -92,10 +92,15 @@ def test_chinese_form_with_attachment_becomes_a_ticket_found_on_the_status_page(
     assert dialogs == []  # ...and never ran
 
     page.fill("#message", "补充：收件人电话 13800138000")
+    page.set_input_files("#attachments", files=[{"name": "面单.png", "mimeType": "image/png", "buffer": PNG_1X1}])
     page.click("#send-message")
     page.wait_for_selector("#status-notice")
     assert page.inner_text("#status-notice") == "您的补充说明已收到。"
     assert page.locator("#messages .text").all_inner_texts() == [text, "补充：收件人电话 13800138000"]
+    with Session(live_app.engine) as session:
+        added = session.scalars(select(Message).where(Message.text == "补充：收件人电话 13800138000")).one()
+        [attachment] = session.scalars(select(AttachmentRow).where(AttachmentRow.message_id == added.id)).all()
+        assert (attachment.filename, bytes(attachment.data)) == ("面单.png", PNG_1X1)
 
     page.click("#lang-switch")
     assert page.locator("h1").inner_text() == "Ticket status"

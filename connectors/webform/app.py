@@ -132,7 +132,7 @@ def build_app(config: WebFormConfig, sink: Sink, ticket_view: TicketLookup, *,
         path = scope.get("path", "")
         if path.startswith("/api/"):
             return config.max_api_body_bytes
-        if path in ("/", "/contact"):
+        if path in ("/", "/contact", "/status/message"):  # the forms that take attachments
             return config.max_form_body_bytes
         if path.startswith("/status"):
             return config.max_text_chars * 4 + MB

@@ -33,7 +33,7 @@ from connectors.webform.validation import (
     parse_contact,
 )
 from models.errors import InvalidMessage, StorageUnavailable
-from models.message import Channel, Identity, TicketView
+from models.message import Attachment, Channel, Identity, TicketView
 
 CONTACT_FIELDS = ("name", "email", "phone", "subject", "message")
 HONEYPOT = "website"
@@ -141,22 +141,45 @@ class Pages:
         finally:
             await form.close()
 
-    async def _contact_submit(self, request: Request, form: FormData, lang: str) -> Response:
-        site, config = self.site, self.config
-        values = {k: v for k in CONTACT_FIELDS if isinstance(v := form.get(k), str)}
-        uploads = [
-            f for f in form.getlist("attachments")
-            if isinstance(f, UploadFile) and (f.filename or (f.size or 0) > 0)  # an empty file input sends filename=""
-        ]
+    # --- attachments (the contact form and the status page's "add a message") ----------
 
-        # Size first: an oversized upload is reported as that, never as a CSRF failure (FAILURE_MODES 29).
-        size_problems = []
+    def size_problems(self, uploads: list[UploadFile]) -> list[FieldProblem]:
+        """Too many files, or a file over the limit: checked before anything else, so an oversized
+        upload is reported as that and never as a CSRF failure (FAILURE_MODES 29)."""
+        config = self.config
+        problems = []
         if len(uploads) > config.max_attachments:
-            size_problems.append(FieldProblem("attachments", "too_many_attachments", {"max": config.max_attachments}))
+            problems.append(FieldProblem("attachments", "too_many_attachments", {"max": config.max_attachments}))
         for upload in uploads:
             if (upload.size or 0) > config.max_attachment_bytes:
                 params = {"filename": upload.filename, "max_size": config.max_attachment_size}
-                size_problems.append(FieldProblem("attachments", "attachment_too_large", params))
+                problems.append(FieldProblem("attachments", "attachment_too_large", params))
+        return problems
+
+    async def read_attachments(
+        self, uploads: list[UploadFile]
+    ) -> tuple[list[Attachment], list[dict], list[FieldProblem]]:
+        """The uploads checked by content (check_attachment), a record of each for the raw message, and
+        the problems of those refused."""
+        attachments, records, problems = [], [], []
+        for upload in uploads:
+            data = await upload.read()
+            records.append({"field": "attachments", "filename": upload.filename,
+                            "content_type": upload.content_type, "size": len(data)})
+            try:
+                # Sniffing 10 MB (decoding text, listing a zip) is CPU work: off the event loop.
+                attachments.append(await asyncio.to_thread(check_attachment, upload.filename, data,
+                                                           max_bytes=self.config.max_attachment_bytes))
+                records[-1]["sha256"] = attachments[-1].sha256
+            except Invalid as exc:
+                problems.extend(exc.problems)
+        return attachments, records, problems
+
+    async def _contact_submit(self, request: Request, form: FormData, lang: str) -> Response:
+        site, config = self.site, self.config
+        values = {k: v for k in CONTACT_FIELDS if isinstance(v := form.get(k), str)}
+        uploads = _uploads(form)
+        size_problems = self.size_problems(uploads)
         check = site.csrf.check(_str(form.get("csrf_token")), site.session_id(request))
         if size_problems:
             site.count("web", "too_large")
@@ -188,19 +211,8 @@ class Pages:
                              problems=problems)
         text = check_text("message", values.get("message"), max_chars=config.max_text_chars, required=True,
                           multiline=True, problems=problems)
-        attachments = []
-        file_records = []
-        for upload in uploads:
-            data = await upload.read()
-            file_records.append({"field": "attachments", "filename": upload.filename,
-                                 "content_type": upload.content_type, "size": len(data)})
-            try:
-                # Sniffing 10 MB (decoding text, listing a zip) is CPU work: off the event loop.
-                attachments.append(await asyncio.to_thread(check_attachment, upload.filename, data,
-                                                           max_bytes=config.max_attachment_bytes))
-                file_records[-1]["sha256"] = attachments[-1].sha256
-            except Invalid as exc:
-                problems.extend(exc.problems)
+        attachments, file_records, attachment_problems = await self.read_attachments(uploads)
+        problems += attachment_problems
         if problems:
             site.count("web", "invalid")
             return self.contact_page(request, lang=lang, status=400, values=values,
@@ -313,6 +325,17 @@ class Pages:
             form = await self.read_form(request, max_part_size=config.max_text_chars * 4 + 65536)
         except FormUnreadable as exc:
             return self.unreadable(request, lang, exc, "/status")
+        try:
+            return await self._status_message(request, form, lang)
+        finally:
+            await form.close()
+
+    async def _status_message(self, request: Request, form: FormData, lang: str) -> Response:
+        site, config = self.site, self.config
+        uploads = _uploads(form)
+        if self.size_problems(uploads):
+            site.count("web", "too_large")
+            return self.too_large_page(request, lang)
         check = site.csrf.check(_str(form.get("csrf_token")), site.session_id(request))
         if check.status in (CsrfStatus.MISSING, CsrfStatus.INVALID):
             return self.csrf_failed(request, lang, "/status")
@@ -328,13 +351,15 @@ class Pages:
         problems: list[FieldProblem] = []
         text = check_text("message", draft, max_chars=config.max_text_chars, required=True, multiline=True,
                           problems=problems)
+        attachments, file_records, attachment_problems = await self.read_attachments(uploads)
+        problems += attachment_problems
         if problems:
             site.count("web", "invalid")
             return self.status_page(request, status=400, errors=problems_to_errors(problems, lang), **keep)
         message = build_message(
             channel=Channel.WEB, key=f"status:{check.submission_id}", identities=(identity,), name="",
-            subject="", text=text, attachments=(), ticket_number=view.number, language=lang,
-            raw=form_raw(_text_items(form), [], _provenance(request)), received_at=datetime.now(UTC),
+            subject="", text=text, attachments=tuple(attachments), ticket_number=view.number, language=lang,
+            raw=form_raw(_text_items(form), file_records, _provenance(request)), received_at=datetime.now(UTC),
         )
         try:
             receipt = await site.sink(message)
@@ -347,6 +372,11 @@ class Pages:
         # A fresh submission id: the next message on this page is a new message, not a retry.
         return self.status_page(request, lang=lang, view=fresh or view, number=receipt.ticket_number,
                                 contact=contact_in, notice=i18n.text("message_added", lang))
+
+
+def _uploads(form: FormData) -> list[UploadFile]:
+    """The files of the attachments input; an empty file input sends one part with filename=""."""
+    return [f for f in form.getlist("attachments") if isinstance(f, UploadFile) and (f.filename or (f.size or 0) > 0)]
 
 
 def _str(value: object) -> str:
