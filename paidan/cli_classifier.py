@@ -20,8 +20,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from classifier.corrections import Correction, load_corrections, record_version
-from classifier.data import csv_columns, read_csv
-from classifier.errors import ClassifierError, ModelIncompatible, ModelNotFound
+from classifier.data import csv_columns, csv_files, read_csv
+from classifier.errors import ClassifierError, ModelIncompatible, ModelNotFound, TrainingDataError
 from classifier.evaluate import compact, evaluate_examples
 from classifier.explain import explain
 from classifier.service import SERVICE_HEADS, ModelClassifier
@@ -267,6 +267,9 @@ def _train(settings: Settings, force: bool, use_corrections: bool) -> Any:
             notes.append(note)
     store = ModelStore(settings.model_dir)
     total = count_steps(SERVICE_HEADS, SERVICE_CONFIG) + 2
+    with _clear_errors():
+        if not csv_files(settings.training_data_dir / "train"):  # say so before drawing a progress bar
+            raise TrainingDataError(settings.training_data_dir / "train", "no training CSV files (expected train/*.csv)")
     with _clear_errors(), _progress(total, "training") as step:
         result = train_version(settings.training_data_dir, store, corrections, force=force, progress=step)
     note = _audit(settings, result.version, result.path, _summary(result.new_metrics), result.promoted)

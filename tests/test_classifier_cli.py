@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import click
@@ -96,6 +97,15 @@ def test_classify_text_output_and_bad_input(workspace) -> None:
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[0].startswith("type ")
     assert "rules     -" in result.output
+
+
+def test_ensure_without_training_data_says_so_before_any_progress_bar(tmp_path) -> None:
+    settings = Settings(model_dir=tmp_path / "models", training_data_dir=tmp_path / "nothing",
+                        database_url=f"sqlite:///{tmp_path / 'x.db'}")
+    result = CliRunner().invoke(cli, ["model", "ensure"], obj=settings)
+    assert result.exit_code == 1
+    assert "no training CSV files" in result.output and "Traceback" not in result.output
+    assert not re.search(r"(^|\s)\d+/\d+(\s|$)", result.output, re.MULTILINE)  # no "training 0/8" progress bar
 
 
 def test_classify_without_a_model_is_a_clear_error(tmp_path) -> None:
