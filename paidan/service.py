@@ -124,21 +124,26 @@ async def run(settings: Settings, *, migrate: bool = True) -> None:
     host, port = sock.getsockname()[:2]
     log.info("paidan serving http://%s:%s (web form /, status /status, API /api/v1/messages, docs /docs) "
              "on %s", host, port, normalise_url(settings.database_url).split(":", 1)[0])
-    # uvicorn shuts down gracefully on SIGTERM, then re-raises it to whatever handler was there
-    # before; a no-op here lets our own shutdown below run instead of the default "die now".
-    previous = signal.signal(signal.SIGTERM, lambda *_: None) if _main_thread() else None
+    # uvicorn shuts down gracefully on SIGTERM or Ctrl-C, then re-raises the signal to whatever
+    # handler was there before: for SIGTERM the default "die now", for SIGINT asyncio's, which cancels
+    # this task, so the shutdown below would stop at its first await. No-ops while uvicorn serves let
+    # it run; the handlers are back before it starts, so a second Ctrl-C still interrupts.
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in _STOP_SIGNALS} if _main_thread() else {}
     stop = asyncio.Event()
     timers = asyncio.create_task(scheduler.run_forever(stop))
     try:
         await server.serve(sockets=[sock])
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         stop.set()
         await timers
         intake.close()  # finishes what is queued: nothing acknowledged is left behind
         engine.dispose()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
         log.info("paidan stopped")
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def _main_thread() -> bool:

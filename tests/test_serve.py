@@ -44,7 +44,8 @@ def start(database_url: str, tmp_path: Path, **settings: str) -> tuple[subproces
     raise AssertionError("paidan serve did not start:\n" + "".join(lines))
 
 
-def test_serve_migrates_answers_and_stops_cleanly(database_url, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_serve_migrates_answers_and_stops_cleanly(database_url, tmp_path, stop):
     proc, base, lines = start(database_url, tmp_path)
     try:
         assert httpx.get(f"{base}/healthz").json()["status"] == "ok"
@@ -52,7 +53,7 @@ def test_serve_migrates_answers_and_stops_cleanly(database_url, tmp_path):
                            json={"external_id": "s1", "email": "zhao@example.com", "text": "发票什么时候能开？"})
         assert reply.status_code == 201, reply.text
     finally:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(stop)  # either way the scheduler stops and intake closes before the process ends
         assert proc.wait(timeout=30) == 0
     time.sleep(0.2)  # let the reader thread drain stderr
     log = "".join(lines)
