@@ -31,7 +31,7 @@ class HeadExplanation:
     label: str  # the model's own choice (a priority rule may have raised the final priority)
     runner_up: str
     log_odds: float  # log(p(label) / p(runner_up)) before coverage damping: the sum of every cue plus the intercepts'
-    cues: tuple[Cue, ...]  # the strongest, strongest first; only those that favour the label
+    cues: tuple[Cue, ...]  # the strongest that favour the label, strongest first (spaces and punctuation left out)
 
     def as_dict(self) -> dict[str, object]:
         return {"label": self.label, "runner_up": self.runner_up, "log_odds": round(self.log_odds, 4),
@@ -53,10 +53,13 @@ def explain(fast: FastModel, text: str, top: int = 5) -> dict[str, HeadExplanati
         best, runner_up = span.start + int(order[0]), span.start + int(order[1])
         temperature = fast.column_temperatures[best]
         contribution = values * (weights[:, best] - weights[:, runner_up]) / temperature
-        strongest = np.argsort(-contribution, kind="stable")[:top]
-        cues = tuple(
-            Cue(*fast.term_of(int(columns[j])), float(contribution[j])) for j in strongest if contribution[j] > 0
-        )
+        cues: list[Cue] = []
+        for j in np.argsort(-contribution, kind="stable"):
+            if len(cues) == top or contribution[j] <= 0:
+                break
+            term, kind = fast.term_of(int(columns[j]))
+            if any(ch.isalnum() for ch in term):  # a lone space or comma says nothing a person can check
+                cues.append(Cue(term, kind, float(contribution[j])))
         log_odds = float((raw[best] - raw[runner_up]) / temperature)
-        out[head] = HeadExplanation(labels[order[0]], labels[order[1]], log_odds, cues)
+        out[head] = HeadExplanation(labels[order[0]], labels[order[1]], log_odds, tuple(cues))
     return out

@@ -7,17 +7,17 @@ import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from models.errors import PaidanError
 from paidan.cli_router import _now, _router_config
+from paidan.console import make_console
 from paidan.settings import Settings
 from router.config import ROLES
 
-console = Console()
+console = make_console()
 
 
 def _settings() -> Settings:

@@ -26,6 +26,7 @@ from classifier.evaluate import compact, evaluate_examples
 from classifier.explain import explain
 from classifier.service import SERVICE_HEADS, ModelClassifier
 from classifier.store import ModelStore
+from paidan.console import make_console
 from paidan.settings import Settings
 
 
@@ -36,7 +37,7 @@ def _settings() -> Settings:
 
 
 def _console(err: bool = False) -> Console:
-    return Console(stderr=err, highlight=False, soft_wrap=True)
+    return make_console(err=err)
 
 
 @contextmanager

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from models.errors import PaidanError
+from paidan.console import make_console
 from paidan.settings import Settings
 
 
@@ -52,7 +53,7 @@ def _clear_errors() -> Iterator[None]:
 
 
 def _console() -> Console:
-    return Console(highlight=False, soft_wrap=True)
+    return make_console()
 
 
 @click.group()

@@ -17,6 +17,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from paidan.console import make_console
 from paidan.settings import Settings
 
 AS_HELP = "The agent acting (name or id); defaults to $PAIDAN_AGENT."
@@ -46,8 +47,7 @@ def _now() -> datetime:
 
 
 def _console() -> Console:
-    # Piped or captured output keeps whole rows (ticket numbers, reasons) instead of wrapping at 80 columns.
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+    return make_console()
 
 
 def _run(action: Callable, number: str, actor: str, as_json: bool, **kwargs) -> None:
