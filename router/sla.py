@@ -408,10 +408,11 @@ def _due_phrase(clock: SlaClock, config: RouterConfig, now: datetime) -> str:
 
 
 def _when(at: datetime, config: RouterConfig, now: datetime) -> str:
-    """Local time in the calendar's zone; with the date when it is not today."""
+    """Local time in the calendar's zone, named ("14:30 CST"), as the team reads a clock; with the date
+    when it is not today. Named because the same trail shows other times in UTC."""
     zone = zone_of(config.calendar)
     local = at.astimezone(zone)
-    return local.strftime("%H:%M") if local.date() == now.astimezone(zone).date() else local.strftime("%Y-%m-%d %H:%M")
+    return local.strftime("%H:%M %Z" if local.date() == now.astimezone(zone).date() else "%Y-%m-%d %H:%M %Z")
 
 
 def _facts(clock: SlaClock | Row) -> dict:

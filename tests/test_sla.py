@@ -222,14 +222,14 @@ def test_warning_to_the_agent_breach_to_the_supervisors(engine, supervisors):
     assert run_sweep(engine, sh(2024, 3, 18, 13, 11)) == 0
     assert run_sweep(engine, sh(2024, 3, 18, 13, 12)) == 1
     [warning] = events(engine, "sla_warning", tid)
-    assert warning.reason == "first response due 14:00 (P2, 4 business hours): 80 % used"
+    assert warning.reason == "first response due 14:00 CST (P2, 4 business hours): 80 % used"
     assert warning.data["clock"] == "first_response" and warning.actor == "sla"
     [note] = outbox(engine, "sla_warning")
     assert note.recipient == "telegram:7001" and note.dedupe_key == f"sla:{fr.id}:warn" and note.ticket_id == tid
 
     assert run_sweep(engine, sh(2024, 3, 18, 14, 0)) == 1
     [breach] = events(engine, "sla_breach", tid)
-    assert breach.reason.startswith("first response overdue since 14:00 (P2, 4 business hours)")
+    assert breach.reason.startswith("first response overdue since 14:00 CST (P2, 4 business hours)")
     escalations = outbox(engine, "escalation")
     assert {e.recipient for e in escalations} == {"telegram:9001", "telegram:9002"}
     assert {e.dedupe_key for e in escalations} == {f"sla:{fr.id}:breach:{supervisors['on_call']}",
