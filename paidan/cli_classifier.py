@@ -317,7 +317,8 @@ def train(force: bool, no_corrections: bool) -> None:
     """Retrain from training_data/ plus supervisors' corrections, compare with the active model, promote.
 
     The new version is evaluated on training_data/heldout/ next to the active one and promoted only if
-    no head's macro-F1 drops by more than 0.01 (--force overrides). It is kept either way.
+    no head's macro-F1 drops by more than 0.01 (--force overrides). It is kept either way. A running
+    `paidan serve` labels new tickets with a promoted version within a few seconds; no restart.
     """
     result, notes = _train(_settings(), force, not no_corrections)
     _print_train(result, notes)
@@ -353,7 +354,9 @@ def model_list(as_json: bool) -> None:
 @model.command("promote")
 @click.argument("version")
 def model_promote(version: str) -> None:
-    """Make VERSION the active model (no gate: this is a deliberate choice)."""
+    """Make VERSION the active model (no gate: this is a deliberate choice).
+
+    A running `paidan serve` labels new tickets with it within a few seconds; no restart."""
     settings = _settings()
     store = ModelStore(settings.model_dir)
     with _clear_errors():
@@ -369,7 +372,9 @@ def model_promote(version: str) -> None:
 
 @model.command("rollback")
 def model_rollback() -> None:
-    """Re-activate the version that was active before the current one."""
+    """Re-activate the version that was active before the current one.
+
+    A running `paidan serve` labels new tickets with it within a few seconds; no restart."""
     settings = _settings()
     store = ModelStore(settings.model_dir)
     with _clear_errors():

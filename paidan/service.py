@@ -8,7 +8,10 @@ import logging
 import signal
 import socket
 import threading
+from collections.abc import Callable
 from datetime import time, timedelta
+from pathlib import Path
+from time import monotonic
 
 import uvicorn
 
@@ -37,18 +40,59 @@ def serve_forever(settings: Settings, *, migrate: bool = True) -> None:
         runner.run(run(settings, migrate=migrate))
 
 
-def load_classifier(settings: Settings):
-    """The active model, or None (tickets then wait in triage for a human, and the log says why)."""
-    from classifier.errors import ClassifierError
-    from classifier.service import ModelClassifier
+class ActiveModel:
+    """The model store's active classifier, followed while `paidan serve` runs.
 
-    try:
-        model = ModelClassifier.load_active(settings.model_dir)
-    except ClassifierError as exc:
-        log.error("no classifier: %s — tickets go to the triage queue until `paidan model ensure` has run", exc)
-        return None
-    log.info("classifier model %s loaded from %s", model.version, settings.model_dir)
-    return model
+    `paidan train`, `paidan model promote` and `paidan model rollback` move the store's ACTIVE
+    pointer. At most every `check_seconds`, a call here reads that pointer (one small file) and, when
+    it names another version, loads it (~0.1 s, in the scheduler's thread): the next tickets are
+    labelled by it, with no restart. A version that cannot be loaded is logged once and the model in
+    use is kept. With no model at all, tickets wait in triage for a human, and the log says why.
+    """
+
+    def __init__(self, model_dir: Path, *, check_seconds: float = 5.0, clock: Callable[[], float] = monotonic):
+        from classifier.store import ModelStore
+
+        self.store = ModelStore(model_dir)
+        self.check_seconds = check_seconds
+        self.clock = clock
+        self.model = None  # a classifier.service.ModelClassifier once one has loaded
+        self._checked_at: float | None = None
+        self._tried: object = _NOTHING_YET  # the version last tried, loaded or not: each is tried once
+
+    def __call__(self):
+        now = self.clock()
+        if self._checked_at is None or now - self._checked_at >= self.check_seconds:
+            self._checked_at = now
+            self._follow()
+        return self.model
+
+    def _follow(self) -> None:
+        from classifier.errors import ClassifierError
+        from classifier.service import ModelClassifier
+
+        version = self.store.active()
+        if version == self._tried:
+            return
+        self._tried = version
+        try:  # with no ACTIVE pointer, active_path() raises the error that says what to run
+            model = ModelClassifier.load(self.store.path(version) if version else self.store.active_path())
+        except ClassifierError as exc:
+            if self.model is None:
+                log.error("no classifier: %s — tickets go to the triage queue until `paidan model ensure` has run", exc)
+            else:
+                log.error("classifier model %s cannot be used (%s); still labelling with %s",
+                          version, exc, self.model.version)
+            return
+        previous, self.model = self.model, model
+        if previous is None:
+            log.info("classifier model %s loaded from %s", model.version, self.store.root)
+        else:
+            log.info("classifier model %s loaded from %s (was %s): it labels the tickets from now on",
+                     model.version, self.store.root, previous.version)
+
+
+_NOTHING_YET = object()
 
 
 def router_config(settings: Settings) -> RouterConfig:
@@ -106,7 +150,9 @@ async def run(settings: Settings, *, migrate: bool = True) -> None:
     intake = Intake(engine, timezone=settings.timezone, first_response=settings.default_first_response,
                     config=routing)
     queries = TicketQueries(engine)
-    scheduler = Scheduler(engine, router_jobs(load_classifier(settings), routing))
+    classifier = ActiveModel(settings.model_dir)
+    classifier()  # load (or say why not) before serving
+    scheduler = Scheduler(engine, router_jobs(classifier, routing))
 
     async def sink(message):
         receipt = await intake.accept(message)

@@ -94,13 +94,14 @@ class Scheduler:
 ROUTE_BATCH = 200
 
 
-def router_jobs(classifier: Classifier | None, config: RouterConfig) -> list[Job]:
-    """The router's timers, in the order a tick runs them."""
+def router_jobs(classifier: Callable[[], Classifier | None], config: RouterConfig) -> list[Job]:
+    """The router's timers, in the order a tick runs them. `classifier()` gives the model for each
+    routing step (`paidan serve` follows the model store's active version; None: tickets go to triage)."""
     from router import assignment, sla
     from router.routing import route_pending
 
     return [
-        Job("route", 1.0, lambda s, now: route_pending(s, classifier, config, now, limit=ROUTE_BATCH),
+        Job("route", 1.0, lambda s, now: route_pending(s, classifier(), config, now, limit=ROUTE_BATCH),
             batch=ROUTE_BATCH),
         Job("sla", 5.0, lambda s, now: sla.sweep(s, config, now)),
         Job("offers", 5.0, lambda s, now: assignment.expire_offers(s, config, now)),

@@ -383,3 +383,40 @@ def test_explanation_cues_are_the_pipelines_own_contributions(trained, classifie
             for cue in reason.cues:
                 assert cue.term in set(names[np.abs(contribution - cue.weight) < 1e-9]), (head, cue)
 
+
+
+def test_serve_follows_the_active_model_without_a_restart(tmp_path, trained, caplog) -> None:
+    from paidan.service import ActiveModel
+
+    store = ModelStore(tmp_path / "models")
+    now = [0.0]
+    active = ActiveModel(store.root, check_seconds=5, clock=lambda: now[0])
+    with caplog.at_level("ERROR", logger="paidan"):
+        assert active() is None  # no model yet: tickets go to triage, and the log says what to run
+    assert "paidan model ensure" in caplog.text
+
+    first = store.save(trained, trained.serving_arrays(), {"training_data": {"sha256": "01" * 32}})
+    store.promote(first.name)
+    assert active() is None  # not looked at again before check_seconds have passed
+    now[0] = 5
+    assert active().version == first.name
+
+    second = store.save(trained, trained.serving_arrays(), {"training_data": {"sha256": "02" * 32}})
+    store.promote(second.name)  # `paidan train` promoting a retrained model
+    now[0] = 10
+    assert active().version == second.name
+
+    broken = store.save(trained, trained.serving_arrays(), {"training_data": {"sha256": "03" * 32}})
+    (broken / "serving.npz").write_bytes(b"not a model")
+    store.promote(broken.name)
+    caplog.clear()
+    now[0] = 15
+    with caplog.at_level("ERROR", logger="paidan"):
+        assert active().version == second.name  # the model in use is kept
+        now[0] = 20
+        active()
+    assert caplog.text.count(f"classifier model {broken.name} cannot be used") == 1  # said once, not every check
+
+    store.rollback()  # back to the second
+    now[0] = 25
+    assert active().version == second.name

@@ -112,7 +112,8 @@ def test_one_working_day(engine):
     assert len(arrivals) >= 2000
     clock = {"now": START}
     intake = Intake(engine, config=CONFIG, clock=lambda: clock["now"])
-    scheduler = Scheduler(engine, router_jobs(KeywordClassifier(), CONFIG))
+    classifier = KeywordClassifier()
+    scheduler = Scheduler(engine, router_jobs(lambda: classifier, CONFIG))
     plans: dict[str, tuple[int, int, int]] = {}  # ticket → minutes to accept, first reply, resolve
     max_load_seen = Counter()
     by_minute: dict[int, list[InboundMessage]] = {}
