@@ -159,7 +159,8 @@ async def run(settings: Settings, *, migrate: bool = True) -> None:
         scheduler.wake()  # route it now rather than at the next tick
         return receipt
 
-    app = build_app(settings, sink=sink, ticket_view=queries.ticket_view, db_ok=queries.db_ok)
+    app = build_app(settings, sink=sink, ticket_view=queries.ticket_view, db_ok=queries.db_ok,
+                    operations=queries.operations)
     server = uvicorn.Server(uvicorn.Config(
         app, log_config=None, access_log=False, lifespan="on",
         proxy_headers=settings.forwarded_allow_ips is not None,

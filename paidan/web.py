@@ -10,6 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -18,10 +19,12 @@ from connectors.webform import WebFormConfig
 from connectors.webform import build_app as build_webform
 from connectors.webform.site import Sink, TicketLookup
 from paidan.settings import Settings
+from router.queries import Operations
 
 log = logging.getLogger(__name__)
 
 DbCheck = Callable[[], Awaitable[bool]]
+OperationsQuery = Callable[[], Awaitable[Operations]]
 HEALTH_TIMEOUT = 5.0  # a database that does not answer in this time is as bad as one that fails
 
 
@@ -67,6 +70,39 @@ class WebMetrics:
         self.submissions.labels(channel, outcome).inc()
 
 
+class OperationsCollector:
+    """One snapshot of the help desk as Prometheus gauges: tickets by state, waiting without an
+    agent, not yet routed, undelivered outbox rows and their age by channel, overdue SLA clocks."""
+
+    def __init__(self, ops: Operations | None):
+        self.ops = ops
+
+    def collect(self):
+        up = GaugeMetricFamily("paidan_database_up", "1 when the database answered this scrape's counts")
+        up.add_metric([], 1 if self.ops is not None else 0)
+        yield up
+        if self.ops is None:
+            return
+        ops = self.ops
+        yield _gauge("paidan_tickets", "Tickets by state", "state", ops.tickets)
+        yield _gauge("paidan_tickets_waiting", "Open tickets without an agent, by queue", "queue", ops.waiting)
+        unrouted = GaugeMetricFamily("paidan_tickets_unrouted", "Tickets stored but not yet classified and routed")
+        unrouted.add_metric([], ops.unrouted)
+        yield unrouted
+        yield _gauge("paidan_outbox_pending", "Notifications and replies not yet delivered, by channel", "channel",
+                     ops.outbox_pending)
+        yield _gauge("paidan_outbox_oldest_pending_seconds", "Age of the oldest undelivered outbox row, by channel",
+                     "channel", ops.outbox_oldest_seconds)
+        yield _gauge("paidan_sla_overdue", "Running SLA clocks past their due time, by clock", "clock", ops.sla_overdue)
+
+
+def _gauge(name: str, documentation: str, label: str, values: dict[str, float]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, documentation, labels=[label])
+    for key, value in sorted(values.items()):
+        family.add_metric([key], value)
+    return family
+
+
 class LatencyMiddleware:
     """Times every request; labels by the matched route's template so /status/GD… is one series."""
 
@@ -99,8 +135,10 @@ class LatencyMiddleware:
 
 
 def build_app(settings: Settings, sink: Sink, ticket_view: TicketLookup, *, db_ok: DbCheck | None = None,
-              metrics: WebMetrics | None = None, health_timeout: float = HEALTH_TIMEOUT) -> FastAPI:
-    """The whole web app. `db_ok` backs /healthz (None: the database is not checked)."""
+              operations: OperationsQuery | None = None, metrics: WebMetrics | None = None,
+              health_timeout: float = HEALTH_TIMEOUT) -> FastAPI:
+    """The whole web app. `db_ok` backs /healthz (None: the database is not checked); `operations`
+    adds the help desk's counts to /metrics (None: request metrics only)."""
     metrics = metrics or WebMetrics()
     app = build_webform(webform_config(settings), sink, ticket_view, on_outcome=metrics.count,
                         title="paidan", version=_version())
@@ -120,7 +158,17 @@ def build_app(settings: Settings, sink: Sink, ticket_view: TicketLookup, *, db_o
                             headers={"Retry-After": "10", "Cache-Control": "no-store"})
 
     async def metrics_endpoint(request: Request) -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        body = generate_latest(metrics.registry)
+        if operations is not None:
+            try:
+                ops = await asyncio.wait_for(operations(), health_timeout)
+            except Exception as exc:  # noqa: BLE001 — a failing database still gets its request metrics served
+                log.warning("metrics: the database did not answer: %s", type(exc).__name__)
+                ops = None
+            snapshot = CollectorRegistry(auto_describe=False)
+            snapshot.register(OperationsCollector(ops))
+            body += generate_latest(snapshot)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     app.add_api_route("/healthz", healthz, methods=["GET"], tags=["operations"], summary="Liveness and database check")
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from models.message import Identity, PublicMessage, TicketView
-from models.tables import Agent, Customer, Identity as IdentityRow, Message, Ticket
+from models.tables import Agent, Customer, Identity as IdentityRow, Message, OutboxItem, SlaClock, Ticket
+from router import states
 
 
 def ticket_view_sync(session: Session, number: str, identity: Identity) -> TicketView | None:
@@ -72,5 +75,50 @@ class TicketQueries:
         except Exception:  # noqa: BLE001 — any failure means "not healthy"; /healthz reports it
             return False
 
+    async def operations(self) -> Operations:
+        return await asyncio.to_thread(self._operations)
+
+    def _operations(self) -> Operations:
+        with Session(self.engine) as session:
+            return operations_sync(session, datetime.now(UTC))
+
     async def db_ok(self) -> bool:
         return await asyncio.to_thread(self._db_ok)
+
+
+@dataclass(frozen=True, slots=True)
+class Operations:
+    """What an operator watches, counted at one moment (served on /metrics)."""
+
+    tickets: dict[str, int]  # every ticket by state (all states, 0 included)
+    waiting: dict[str, int]  # open tickets without an agent, by queue ("assignment", "triage")
+    unrouted: int  # stored but not yet classified and routed: the scheduler's backlog
+    outbox_pending: dict[str, int]  # notifications and replies not yet delivered, by channel
+    outbox_oldest_seconds: dict[str, float]  # how long the oldest of them has waited, by channel
+    sla_overdue: dict[str, int]  # running SLA clocks past their due time, by clock
+
+
+def operations_sync(session: Session, now: datetime) -> Operations:
+    tickets = dict.fromkeys(states.STATES, 0)
+    tickets.update(session.execute(select(Ticket.state, func.count()).group_by(Ticket.state)).all())
+    waiting = dict(session.execute(
+        select(Ticket.queue, func.count())
+        .where(Ticket.queue.is_not(None), Ticket.state.in_(states.OPEN_STATES)).group_by(Ticket.queue)
+    ).all())
+    unrouted = session.scalar(
+        select(func.count()).select_from(Ticket).where(Ticket.routed_at.is_(None), Ticket.state != states.MERGED))
+    pending = session.execute(
+        select(OutboxItem.channel, func.count(), func.min(OutboxItem.created_at))
+        .where(OutboxItem.status == "pending").group_by(OutboxItem.channel)
+    ).all()
+    overdue = dict(session.execute(
+        select(SlaClock.kind, func.count())
+        .where(SlaClock.stopped_at.is_(None), SlaClock.paused_since.is_(None), SlaClock.due_at < now)
+        .group_by(SlaClock.kind)
+    ).all())
+    return Operations(
+        tickets=tickets, waiting=waiting, unrouted=unrouted or 0,
+        outbox_pending={channel: count for channel, count, _ in pending},
+        outbox_oldest_seconds={channel: max(0.0, (now - oldest).total_seconds()) for channel, _, oldest in pending},
+        sla_overdue=overdue,
+    )

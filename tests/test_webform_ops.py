@@ -84,3 +84,57 @@ def test_each_app_has_its_own_registry():
     labels = {"channel": "web", "outcome": "accepted"}
     assert one.registry.get_sample_value("paidan_web_submissions_total", labels) == 1
     assert two.registry.get_sample_value("paidan_web_submissions_total", labels) is None
+
+
+def test_metrics_show_the_help_desk_tickets_queues_outbox_and_overdue_clocks(engine, web_intake):
+    from datetime import UTC, datetime, timedelta
+
+    from factories import KeywordClassifier, make_message
+    from sqlalchemy import select
+
+    from models import Channel
+    from models.tables import OutboxItem, SlaClock
+    from paidan.db import transaction
+    from router.config import RouterConfig
+    from router.queries import TicketQueries
+    from router.routing import route_pending
+
+    for i, text in enumerate(["支付系统宕机了", "我要退款", "lowconf 在吗"]):  # P0, P2, and one for triage
+        # By email: an email customer is acknowledged through the outbox (the web and API answer at once).
+        web_intake.accept_now(make_message(f"ops-{i}", email=f"ops{i}@example.com", text=text, channel=Channel.EMAIL))
+    queries = TicketQueries(engine)
+
+    def scrape() -> dict[str, float]:
+        app = build_app(make_settings(), _no_sink, _no_view, operations=queries.operations)
+        with serve(app) as url:
+            text = httpx.get(url + "/metrics").text
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines() if line.startswith("paidan_") and " " in line}
+
+    before = scrape()
+    assert before["paidan_database_up"] == 1
+    assert before['paidan_tickets{state="new"}'] == 3 and before["paidan_tickets_unrouted"] == 3
+    # Routed with nobody online, then a day passes (the clocks and the outbox moved a day back): the clocks
+    # are overdue, and the acknowledgements still wait in the outbox (no email sender has taken them).
+    with transaction(engine) as session:
+        route_pending(session, KeywordClassifier(), RouterConfig(), datetime.now(UTC))
+    with transaction(engine) as session:
+        for clock in session.scalars(select(SlaClock)):
+            clock.started_at, clock.due_at = clock.started_at - timedelta(days=1), clock.due_at - timedelta(days=1)
+        for item in session.scalars(select(OutboxItem)):
+            item.created_at -= timedelta(days=1)
+    after = scrape()
+    assert after["paidan_tickets_unrouted"] == 0
+    assert after['paidan_tickets_waiting{queue="triage"}'] == 1
+    assert after['paidan_tickets_waiting{queue="assignment"}'] == 2
+    assert after['paidan_outbox_pending{channel="email"}'] >= 3  # one acknowledgement per customer
+    assert after['paidan_outbox_oldest_pending_seconds{channel="email"}'] > 23 * 3600
+    assert after['paidan_sla_overdue{clock="first_response"}'] >= 1  # P0: 15 minutes around the clock
+
+    async def down():
+        raise OSError("database is down")
+
+    with serve(build_app(make_settings(), _no_sink, _no_view, operations=down)) as url:
+        answer = httpx.get(url + "/metrics")
+    assert answer.status_code == 200 and "paidan_database_up 0.0" in answer.text
+    assert "paidan_http_request_duration_seconds" in answer.text  # request metrics are still served
