@@ -237,8 +237,9 @@ def relabel(number: str, head: str, label: str, actor: str, as_json: bool) -> No
 @click.argument("number")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def explain(number: str, as_json: bool) -> None:
-    """Why ticket NUMBER went where it went: identity and merges, thread, labels and rules,
-    candidate agents and the choice, SLA targets and state, and the audit trail."""
+    """Why ticket NUMBER went where it went: identity and merges, thread, labels and rules (with the
+    words that favoured each label, when the model that chose them is still in the store), candidate
+    agents and the choice, SLA targets and state, and the audit trail."""
     from sqlalchemy.orm import Session
 
     from paidan.logs import mask
@@ -248,12 +249,45 @@ def explain(number: str, as_json: bool) -> None:
     try:
         with Session(engine) as session:
             data = explain_ticket(session, number, now=_now(), config=_router_config())
+            data["labels"]["cues"] = _label_cues(session, data)
     finally:
         engine.dispose()
     if as_json:
         click.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str))
         return
     click.echo(format_explanation(data, mask=mask))
+
+
+def _label_cues(session, data: dict) -> dict | str:
+    """Why the model chose the ticket's labels: per head, the words that favoured them most
+    (classifier/explain.py), from the model version that classified the ticket, re-reading what
+    routing read (the subject and the first message). Or a sentence saying why there are none."""
+    from sqlalchemy import select
+
+    from classifier.errors import ClassifierError
+    from classifier.explain import explain as explain_labels
+    from classifier.service import ModelClassifier
+    from classifier.store import ModelStore
+    from models.tables import Message, Ticket
+    from router.routing import classification_text
+
+    labels = data["labels"]
+    prediction, version = labels.get("prediction") or {}, labels.get("model_version")
+    if not prediction or not version:
+        return "not classified by a model"
+    ticket = session.scalar(select(Ticket).where(Ticket.number == data["ticket"]["number"]))
+    first = session.scalar(select(Message).where(Message.ticket_id == ticket.id, Message.direction == "in")
+                           .order_by(Message.id).limit(1))
+    text = classification_text(ticket.subject, [first.text] if first else [], new_ticket=True)
+    try:
+        model = ModelClassifier.load(ModelStore(_settings().model_dir).path(version))
+    except ClassifierError as exc:
+        return f"model {version} cannot be loaded here: {exc}"
+    reasons = explain_labels(model.fast, text)
+    heads = [h for h in ("type", "category") + (() if labels.get("rules") else ("priority",)) if h in reasons]
+    if any(reasons[h].label != (prediction.get(h) or {}).get("label") for h in heads):
+        return f"the text model {version} read cannot be reproduced (later messages joined it before routing)"
+    return {head: reason.as_dict() for head, reason in reasons.items()}
 
 
 TICKET_COMMANDS = (accept, decline, reply, wait, resolve, reopen, assign, relabel, explain)

@@ -313,6 +313,13 @@ def format_explanation(data: dict, *, mask: Callable[[str], str] = lambda s: s) 
         lines.append("  predicted: " + ", ".join(
             f"{h}={p[h]['label']} ({_num(p[h]['confidence'])})" for h in ("type", "category", "priority") if h in p))
     lines.append(f"  rules fired: {', '.join(labels['rules']) or 'none'}")
+    cues = labels.get("cues")  # added by the CLI, which can load the model (the router does not)
+    if isinstance(cues, dict):
+        for head, why in cues.items():
+            words = "  ".join(f"“{c['term']}” {c['weight']:+.2f}" for c in why["cues"]) or "-"
+            lines.append(f"  why {head}={why['label']} over {why['runner_up']}: {words}")
+    elif cues:
+        lines.append(f"  no cues: {cues}")
     for bump in labels["priority_bumps"]:
         lines.append(f"  priority rule: {bump}")
     for corr in labels["corrections"]:

@@ -83,7 +83,8 @@ def route_pending(
     if not tickets:
         return 0
     pending = _unclassified_messages(session, [t.id for t in tickets])
-    texts = [_text_for(ticket, pending.get(ticket.id, [])) for ticket in tickets]
+    texts = [classification_text(t.subject, [m.text for m in pending.get(t.id, [])], new_ticket=t.priority is None)
+             for t in tickets]
     predictions: Sequence[Prediction | None] = classifier.predict_many(texts) if classifier else [None] * len(tickets)
     batch = _BatchReads.load(session, [t for t in tickets if t.priority is None])
     to_assign: list[Ticket] = []
@@ -161,11 +162,11 @@ def _unclassified_messages(session: Session, ticket_ids: list[int]) -> dict[int,
     return by_ticket
 
 
-def _text_for(ticket: Ticket, messages: list[Message]) -> str:
+def classification_text(subject: str | None, texts: Sequence[str], *, new_ticket: bool) -> str:
     """What the classifier reads: the subject of a new ticket and the customer's new words."""
-    body = "\n".join(m.text for m in messages)
-    if ticket.priority is None and ticket.subject and ticket.subject not in body:
-        return f"{ticket.subject}\n{body}"
+    body = "\n".join(texts)
+    if new_ticket and subject and subject not in body:
+        return f"{subject}\n{body}"
     return body
 
 

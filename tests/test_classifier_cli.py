@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
+from classifier.service import ModelClassifier
 from classifier.train import load_split
 from models.tables import LabelCorrection, ModelVersion
 from paidan.cli_classifier import COMMANDS
@@ -187,3 +188,42 @@ def test_train_with_corrections_then_list_promote_rollback(workspace) -> None:
 def test_every_command_has_help(args) -> None:
     result = CliRunner().invoke(cli, [*args, "--help"])
     assert result.exit_code == 0 and len(result.output) > 100
+
+
+def test_tickets_explain_shows_the_words_behind_the_labels(workspace, tmp_path) -> None:
+    from datetime import UTC, datetime
+
+    from factories import make_message
+    from paidan.cli import cli as paidan
+    from router.config import RouterConfig
+    from router.intake import Intake
+    from router.routing import route_pending
+
+    settings = workspace["settings"]
+    engine = make_engine(workspace["url"])
+    intake = Intake(engine)
+    receipt = intake.accept_now(make_message("explain-cues", text="收银机连不上网络，一直报错", subject="收银机故障"))
+    intake.close()
+    with transaction(engine) as session:
+        route_pending(session, ModelClassifier.load_active(settings.model_dir), RouterConfig(), datetime.now(UTC))
+    engine.dispose()
+
+    def explain(*args: str) -> str:
+        result = CliRunner().invoke(paidan, ["tickets", "explain", receipt.ticket_number, *args], obj=settings)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    data = json.loads(explain("--json"))
+    cues, predicted = data["labels"]["cues"], data["labels"]["prediction"]
+    assert set(cues) == {"type", "category", "priority"}
+    for head in ("type", "category"):
+        assert cues[head]["label"] == predicted[head]["label"] and cues[head]["cues"]
+    assert any("收银" in c["term"] for c in cues["category"]["cues"])
+    assert "why category=" in explain()
+
+    # The version that labelled the ticket is gone from the store: the explanation says so.
+    gone = Settings(model_dir=tmp_path / "empty", training_data_dir=settings.training_data_dir,
+                    database_url=settings.database_url)
+    result = CliRunner().invoke(paidan, ["tickets", "explain", receipt.ticket_number], obj=gone)
+    assert result.exit_code == 0 and "no cues: model " in result.output and "cannot be loaded here" in result.output
+
