@@ -71,7 +71,7 @@ class WebMetrics:
 
 
 class OperationsCollector:
-    """One snapshot of the help desk as Prometheus gauges: tickets by state, waiting without an
+    """One snapshot of the help desk as Prometheus gauges: open tickets by state, waiting without an
     agent, not yet routed, undelivered outbox rows and their age by channel, overdue SLA clocks."""
 
     def __init__(self, ops: Operations | None):
@@ -84,7 +84,7 @@ class OperationsCollector:
         if self.ops is None:
             return
         ops = self.ops
-        yield _gauge("paidan_tickets", "Tickets by state", "state", ops.tickets)
+        yield _gauge("paidan_tickets", "Open tickets by state", "state", ops.tickets)
         yield _gauge("paidan_tickets_waiting", "Open tickets without an agent, by queue", "queue", ops.waiting)
         unrouted = GaugeMetricFamily("paidan_tickets_unrouted", "Tickets stored but not yet classified and routed")
         unrouted.add_metric([], ops.unrouted)
