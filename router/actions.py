@@ -569,6 +569,7 @@ def relabel(session: Session, ticket_number: str, actor: Agent | str | int, head
             config: RouterConfig, now: datetime) -> Outcome:
     """Correct one label of the ticket; stored as a LabelCorrection the classifier retrains from."""
     from router import sla
+    from router.routing import classification_text
 
     agent = resolve_agent(session, actor)
     ticket = _ticket(session, ticket_number)
@@ -591,7 +592,9 @@ def relabel(session: Session, ticket_number: str, actor: Agent | str | int, head
     )
     correction = LabelCorrection(
         message_id=first.id if first else None,
-        text=(first.text if first and first.text.strip() else ticket.subject) or "",
+        # What the classifier read when it labelled the new ticket (its subject and first message), so
+        # retraining learns from the very input it got wrong.
+        text=classification_text(ticket.subject, [first.text] if first else [], new_ticket=True),
         head=head_key, old_label=old, new_label=label, corrected_by=_actor(agent), corrected_at=now,
     )
     session.add(correction)

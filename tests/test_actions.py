@@ -572,6 +572,14 @@ def test_relabel_stores_a_correction_and_retargets_the_sla(staff):
     assert "P2 → P1" in event.reason
 
 
+def test_a_correction_keeps_the_text_the_classifier_read_subject_included(staff):
+    number, name = accepted(staff, subject="收银机故障")
+    act(staff, actions.relabel, number, name, head="category", new_label="technical")
+    with Session(staff) as session:
+        [c] = session.scalars(select(LabelCorrection)).all()
+    assert c.text == f"收银机故障\n{REFUND}"  # as routing classified the new ticket: subject, then the message
+
+
 def test_relabel_category_warns_when_the_holder_lacks_the_new_skill(staff):
     number, name = accepted(staff)
     outcome = act(staff, actions.relabel, number, "Sue", head="category", new_label="Technical")
