@@ -92,10 +92,16 @@ def test_writers_in_separate_processes_never_share_a_ticket_number(database_url,
         for worker in range(4)
     ]
     numbers = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=240)
-        assert proc.returncode == 0, err
-        numbers += out.split()
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=240)
+            assert proc.returncode == 0, err
+            numbers += out.split()
+    finally:  # a failure must not leave the other writers blocked on a pipe nobody reads
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     assert len(numbers) == 4 * 150 + 4 * 10  # every worker also re-sent 10 of worker 0's messages
     engine = make_engine(database_url)
     with Session(engine) as session:
