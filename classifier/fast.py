@@ -194,18 +194,13 @@ class FastModel:
             unpack_terms(arrays["dictionary_words"]), arrays["dictionary_freqs"].tolist(), int(arrays["dictionary_total"])
         )
         self.heads = tuple(arrays["heads"].tolist())
-        sizes = [int(s) for s in arrays["head_sizes"]]
-        labels = arrays["labels"].tolist()
-        self.slices: dict[str, slice] = {}
-        self.labels: dict[str, tuple[str, ...]] = {}
-        start = 0
-        for head, size in zip(self.heads, sizes):
-            self.slices[head] = slice(start, start + size)
-            self.labels[head] = tuple(labels[start : start + size])
-            start += size
-        # Every head's softmax at once: each label column's temperature, and where each head's columns start.
-        self.head_sizes = np.array(sizes)
+        # Where each head's label columns are; every head's softmax runs at once over these spans.
+        self.head_sizes = np.asarray(arrays["head_sizes"], dtype=np.int64)
         self.head_starts = np.cumsum(self.head_sizes) - self.head_sizes
+        self.slices = {head: slice(start, start + size)
+                       for head, start, size in zip(self.heads, self.head_starts.tolist(), self.head_sizes.tolist())}
+        labels = arrays["labels"].tolist()
+        self.labels = {head: tuple(labels[span]) for head, span in self.slices.items()}
         self.column_temperatures = np.repeat(np.asarray(arrays["temperatures"], dtype=np.float64), self.head_sizes)
         self.weights = np.ascontiguousarray(arrays["weights"], dtype=np.float64)  # for the sparse batch product
         # The weights as stored (float32 since format 3, exactly), for one message: its few hundred rows

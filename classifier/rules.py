@@ -183,12 +183,14 @@ def _fires(rule: PriorityRule, text: str, patterns: list[re.Pattern[str]]) -> bo
     return False
 
 
-# For each combination of scripts present (Chinese?, Latin?): every (rule, pattern, cue filter) to try,
-# in rule order. The cue filter (classifier/cues.py) is a quick scan for the strings every match of the
+# Each pattern's cue filter (classifier/cues.py): a quick scan for the strings every match of the
 # pattern contains; on paidan's messages 1.3 of the 16 patterns get past it.
+_CUES = {pattern: cue_filter(pattern) for rule in RULES for pattern in (rule.zh, rule.en) if pattern is not None}
+# For each combination of scripts present (Chinese?, Latin?): every (rule, pattern, cue filter) to try,
+# in rule order.
 _CHECKS: dict[tuple[bool, bool], tuple[tuple[PriorityRule, re.Pattern[str], re.Pattern[str] | None], ...]] = {
     (zh, en): tuple(
-        (rule, pattern, cue_filter(pattern))
+        (rule, pattern, _CUES[pattern])
         for rule in RULES
         for pattern, present in ((rule.zh, zh), (rule.en, en))
         if present and pattern is not None

@@ -173,6 +173,11 @@ def load_split(data_dir: Path | str, split: str, heads: Sequence[str] = SERVICE_
     return read_csvs(files, heads, label_sets=label_sets(data_dir)), files
 
 
+def no_training_data(data_dir: Path | str) -> TrainingDataError:
+    """The error for a data directory with nothing to train on (told before any work starts, too)."""
+    return TrainingDataError(Path(data_dir) / "train", "no training CSV files (expected train/*.csv)")
+
+
 def train_version(
     data_dir: Path | str,
     store: ModelStore,
@@ -187,7 +192,7 @@ def train_version(
     started = time.perf_counter()
     train, train_files = load_split(data_dir, "train")
     if not train:
-        raise TrainingDataError(Path(data_dir) / "train", "no training CSV files (expected train/*.csv)")
+        raise no_training_data(data_dir)
     heldout, heldout_files = load_split(data_dir, "heldout")
     merged, stats = merge_corrections(
         train, corrections, heldout_texts=[e.text for e in heldout], label_sets=label_sets(data_dir)

@@ -21,7 +21,7 @@ from rich.table import Table
 
 from classifier.corrections import Correction, load_corrections, record_version
 from classifier.data import csv_columns, csv_files, read_csv
-from classifier.errors import ClassifierError, ModelIncompatible, ModelNotFound, TrainingDataError
+from classifier.errors import ClassifierError, ModelIncompatible, ModelNotFound
 from classifier.evaluate import compact, evaluate_examples
 from classifier.explain import explain
 from classifier.service import SERVICE_HEADS, ModelClassifier
@@ -258,7 +258,7 @@ def benchmark(train_csv: Path, test_csv: Path, label: str, as_json: bool) -> Non
 
 
 def _train(settings: Settings, force: bool, use_corrections: bool) -> Any:
-    from classifier.train import SERVICE_CONFIG, count_steps, train_version
+    from classifier.train import SERVICE_CONFIG, count_steps, no_training_data, train_version
 
     notes: list[str] = []
     corrections: list[Correction] = []
@@ -270,7 +270,7 @@ def _train(settings: Settings, force: bool, use_corrections: bool) -> Any:
     total = count_steps(SERVICE_HEADS, SERVICE_CONFIG) + 2
     with _clear_errors():
         if not csv_files(settings.training_data_dir / "train"):  # say so before drawing a progress bar
-            raise TrainingDataError(settings.training_data_dir / "train", "no training CSV files (expected train/*.csv)")
+            raise no_training_data(settings.training_data_dir)
     with _clear_errors(), _progress(total, "training") as step:
         result = train_version(settings.training_data_dir, store, corrections, force=force, progress=step)
     note = _audit(settings, result.version, result.path, _summary(result.new_metrics), result.promoted)

@@ -268,17 +268,14 @@ def _label_cues(session, data: dict) -> dict | str:
     from classifier.explain import explain as explain_labels
     from classifier.service import ModelClassifier
     from classifier.store import ModelStore
-    from models.tables import Message, Ticket
-    from router.routing import classification_text
+    from models.tables import Ticket
+    from router.routing import opening_text
 
     labels = data["labels"]
     prediction, version = labels.get("prediction") or {}, labels.get("model_version")
     if not prediction or not version:
         return "not classified by a model"
-    ticket = session.scalar(select(Ticket).where(Ticket.number == data["ticket"]["number"]))
-    first = session.scalar(select(Message).where(Message.ticket_id == ticket.id, Message.direction == "in")
-                           .order_by(Message.id).limit(1))
-    text = classification_text(ticket.subject, [first.text] if first else [], new_ticket=True)
+    _first, text = opening_text(session, session.scalar(select(Ticket).where(Ticket.number == data["ticket"]["number"])))
     try:
         model = ModelClassifier.load(ModelStore(_settings().model_dir).path(version))
     except ClassifierError as exc:

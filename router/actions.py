@@ -569,7 +569,7 @@ def relabel(session: Session, ticket_number: str, actor: Agent | str | int, head
             config: RouterConfig, now: datetime) -> Outcome:
     """Correct one label of the ticket; stored as a LabelCorrection the classifier retrains from."""
     from router import sla
-    from router.routing import classification_text
+    from router.routing import opening_text
 
     agent = resolve_agent(session, actor)
     ticket = _ticket(session, ticket_number)
@@ -587,14 +587,11 @@ def relabel(session: Session, ticket_number: str, actor: Agent | str | int, head
     if old == label:
         raise ActionRefused(f"{ticket.number} is already labelled {head_key}={label}; nothing changed")
 
-    first = session.scalar(
-        select(Message).where(Message.ticket_id == ticket.id, Message.direction == "in").order_by(Message.id).limit(1)
-    )
+    # The text the classifier read when it labelled the new ticket, so retraining learns from the very
+    # input it got wrong.
+    first, text = opening_text(session, ticket)
     correction = LabelCorrection(
-        message_id=first.id if first else None,
-        # What the classifier read when it labelled the new ticket (its subject and first message), so
-        # retraining learns from the very input it got wrong.
-        text=classification_text(ticket.subject, [first.text] if first else [], new_ticket=True),
+        message_id=first.id if first else None, text=text,
         head=head_key, old_label=old, new_label=label, corrected_by=_actor(agent), corrected_at=now,
     )
     session.add(correction)

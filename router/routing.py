@@ -170,6 +170,15 @@ def classification_text(subject: str | None, texts: Sequence[str], *, new_ticket
     return body
 
 
+def opening_text(session: Session, ticket: Ticket) -> tuple[Message | None, str]:
+    """The ticket's first customer message, and the text the classifier read when it labelled the new
+    ticket (its subject, then that message): what a label correction is about."""
+    first = session.scalar(
+        select(Message).where(Message.ticket_id == ticket.id, Message.direction == "in").order_by(Message.id).limit(1)
+    )
+    return first, classification_text(ticket.subject, [first.text] if first else [], new_ticket=True)
+
+
 def _label_messages(messages: list[Message], prediction: Prediction | None) -> None:
     if prediction is None:
         return
