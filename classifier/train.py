@@ -217,6 +217,8 @@ def train_version(
             "rows": len(train),
             "corrections": stats.corrections,
             "corrections_applied": stats.overridden + stats.added,
+            # the newest correction this version could learn from: later ones are "pending" in `model report`
+            "last_correction_id": max((c.id for c in corrections if c.id is not None), default=None),
             "heldout_sha256": data_sha256(heldout_files) if heldout_files else None,
             "heldout_files": [p.name for p in heldout_files],
             "heldout_rows": len(heldout),

@@ -386,6 +386,129 @@ def model_rollback() -> None:
         click.echo(f"note: {note}", err=True)
 
 
+@model.command("report")
+@click.option("--days", type=click.IntRange(min=1), default=30, show_default=True,
+              help="Look at tickets classified in the last DAYS days.")
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True,
+              help="How many of the most frequent corrections to list.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def model_report(days: int, top: int, as_json: bool) -> None:
+    """How the classifier does in production, from the supervisors' corrections.
+
+    Per model version, label and confidence band: how many tickets it labelled and how many of those
+    supervisors corrected (a floor on its errors: not every ticket is checked), the label pairs it
+    confuses most, and how many corrections the active model has not learned from yet (`paidan train`).
+    """
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from classifier.quality import corrections_after, load_quality_inputs, quality_report
+    from paidan.db import transaction
+
+    settings = _settings()
+    engine = _database(settings)
+    if engine is None:
+        raise click.ClickException(
+            f"no paidan database at {settings.database_url}: run `paidan serve` (or `paidan db upgrade`) first")
+    until = datetime.now(UTC)
+    since = until - timedelta(days=days)
+    active, last_id, trained_at = _active_training_point(settings)
+    try:
+        with transaction(engine) as session:
+            classified, corrections = load_quality_inputs(session, since, until)
+            pending = corrections_after(session, last_id, trained_at) if active else None
+    except SQLAlchemyError as e:
+        raise click.ClickException(f"could not read the database ({type(e).__name__}): {e}") from e
+    finally:
+        engine.dispose()
+    report = quality_report(classified, corrections, since=since, until=until,
+                            triage_threshold=settings.routing.triage_threshold, pending=pending, active_version=active)
+    if as_json:
+        click.echo(json.dumps(report.as_dict()))
+        return
+    _print_report(report, days, top)
+
+
+def _active_training_point(settings: Settings) -> tuple[str | None, int | None, Any]:
+    """The active version, the newest correction it trained on and when it was trained."""
+    from datetime import datetime
+
+    store = ModelStore(settings.model_dir)
+    active = store.active()
+    if active is None:
+        return None, None, None
+    try:
+        meta = ModelStore.read_metadata(store.path(active))
+    except ClassifierError:
+        return active, None, None
+    last_id = (meta.get("training_data") or {}).get("last_correction_id")
+    try:
+        trained_at = datetime.fromisoformat(meta.get("created_at", ""))
+    except ValueError:
+        trained_at = None
+    return active, last_id, trained_at
+
+
+def _bar(share: float, width: int = 20) -> str:
+    filled = round(max(0.0, min(share, 1.0)) * width)
+    return "█" * filled + "·" * (width - filled)
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{part / whole:.1%}" if whole else "-"
+
+
+def _print_report(report: Any, days: int, top: int) -> None:
+    console = _console()
+    if not report.tickets:
+        console.print(f"no tickets were classified in the last {days} days")
+    else:
+        by_head = ", ".join(f"{h} {n}" for h, n in report.corrected.items())
+        console.print(
+            f"{report.tickets:,} tickets classified in the last {days} days by {len(report.versions)} model "
+            f"version(s); supervisors corrected {report.any_corrected:,} ({_share(report.any_corrected, report.tickets)}): "
+            f"{by_head}. Corrections are a floor on errors: not every ticket is checked.")
+
+        versions = Table("version", "tickets", *report.corrected, "any head", title="corrected tickets by model version")
+        for v in report.versions:
+            versions.add_row(v.version, f"{v.tickets:,}",
+                             *(f"{v.corrected[h]} ({_share(v.corrected[h], v.tickets)})" for h in report.corrected),
+                             f"{v.any_corrected} ({_share(v.any_corrected, v.tickets)})")
+        console.print(versions)
+
+        labels = Table("head", "label", "labelled", "corrected away", "", "corrected to (missed)",
+                       title="per label: how often supervisors moved tickets away from it, and to it")
+        for r in report.labels:
+            share = r.corrected_away / r.predicted if r.predicted else 0.0
+            labels.add_row(r.head, r.label, f"{r.predicted:,}", f"{r.corrected_away} ({_share(r.corrected_away, r.predicted)})",
+                           _bar(share), str(r.corrected_to))
+        console.print(labels)
+
+        if report.confusions:
+            pairs = Table("head", "model said", "supervisor said", "tickets", "e.g.",
+                          title=f"most frequent corrections (top {min(top, len(report.confusions))})")
+            for c in report.confusions[:top]:
+                pairs.add_row(c.head, c.model_label, c.final_label, str(c.tickets), ", ".join(c.examples))
+            console.print(pairs)
+
+        bands = Table("confidence", "tickets", "type or category corrected", "",
+                      title=f"does confidence mean right? (triage threshold {report.triage_threshold:.2f})")
+        for b in report.bands:
+            share = b.corrected / b.tickets if b.tickets else 0.0
+            name = f"{b.low:.2f}–{b.high:.2f}" + (" (to triage)" if b.triaged else "")
+            bands.add_row(name, f"{b.tickets:,}", f"{b.corrected} ({_share(b.corrected, b.tickets)})", _bar(share))
+        console.print(bands)
+    if report.unclassified_corrections:
+        console.print(f"{report.unclassified_corrections} corrected ticket(s) had no model labels in this period "
+                      "(classified earlier, or while no model was active)")
+    if report.active_version is None:
+        console.print("no active model: `paidan model ensure` trains one")
+    elif report.pending is not None:
+        hint = "; `paidan train` learns from them" if report.pending else ""
+        console.print(f"active model {report.active_version}: {report.pending} correction(s) since it was trained{hint}")
+
+
 @model.command("ensure")
 def model_ensure() -> None:
     """Make sure a usable model is active: train one from training_data/ and promote it if not.

@@ -184,7 +184,7 @@ def test_train_with_corrections_then_list_promote_rollback(workspace) -> None:
     assert rows == {second: True, first: False} or rows == {second: True}
 
 
-@pytest.mark.parametrize("args", [["classify"], ["evaluate"], ["benchmark"], ["train"], ["model"], ["model", "ensure"]])
+@pytest.mark.parametrize("args", [["classify"], ["evaluate"], ["benchmark"], ["train"], ["model"], ["model", "ensure"], ["model", "report"]])
 def test_every_command_has_help(args) -> None:
     result = CliRunner().invoke(cli, [*args, "--help"])
     assert result.exit_code == 0 and len(result.output) > 100
@@ -227,3 +227,70 @@ def test_tickets_explain_shows_the_words_behind_the_labels(workspace, tmp_path) 
     result = CliRunner().invoke(paidan, ["tickets", "explain", receipt.ticket_number], obj=gone)
     assert result.exit_code == 0 and "no cues: model " in result.output and "cannot be loaded here" in result.output
 
+
+
+def test_model_report_counts_what_supervisors_corrected_and_what_is_not_learned_yet(workspace, tmp_path) -> None:
+    from datetime import UTC, datetime
+
+    from factories import make_message
+    from models.tables import Message, Ticket
+    from router.config import RouterConfig
+    from router.intake import Intake
+    from router.routing import route_pending
+
+    url = f"sqlite:///{tmp_path / 'report.db'}"
+    upgrade(url)
+    settings = Settings(model_dir=tmp_path / "models", training_data_dir=workspace["settings"].training_data_dir,
+                        database_url=url)
+
+    def report(*args: str):
+        result = CliRunner().invoke(cli, ["model", "report", *args], obj=settings)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert CliRunner().invoke(cli, ["model", "ensure"], obj=settings).exit_code == 0
+    assert "no tickets were classified in the last 30 days" in report()
+
+    engine = make_engine(url)
+    intake = Intake(engine)
+    texts = ["收银机连不上网络，一直报错", "退款什么时候到账？", "发票抬头开错了，请重新开一张", "建议增加夜间模式"]
+    numbers = [intake.accept_now(make_message(f"report-{i}", text=t)).ticket_number for i, t in enumerate(texts)]
+    intake.close()
+    with transaction(engine) as session:
+        route_pending(session, ModelClassifier.load_active(settings.model_dir), RouterConfig(), datetime.now(UTC))
+        tickets = {t.number: t for t in session.scalars(select(Ticket))}
+        first = {n: session.scalar(select(Message.id).where(Message.ticket_id == tickets[n].id)) for n in numbers}
+        model_type = tickets[numbers[0]].type
+        wrong_type = "suggestion" if model_type != "suggestion" else "request"
+        session.add_all([
+            LabelCorrection(message_id=first[numbers[0]], text=texts[0], head="type", old_label=model_type,
+                            new_label=wrong_type, corrected_by="sup"),
+            LabelCorrection(message_id=first[numbers[1]], text=texts[1], head="priority",
+                            old_label=tickets[numbers[1]].priority, new_label=tickets[numbers[1]].priority,
+                            corrected_by="sup"),  # agrees with the model: not an error
+        ])
+    engine.dispose()
+
+    data = json.loads(report("--json"))
+    assert data["tickets"] == 4 and data["any_corrected"] == 1 and data["corrected"]["type"] == 1
+    [version] = data["versions"]
+    assert version["tickets"] == 4 and version["any_corrected"] == 1
+    assert data["confusions"] == [{"head": "type", "model_label": model_type, "final_label": wrong_type,
+                                   "tickets": 1, "examples": [numbers[0]]}]
+    assert sum(b["tickets"] for b in data["bands"]) == 4
+    assert data["pending_corrections"] == 2  # the model was trained before either correction
+
+    text = report()
+    assert "4 tickets classified in the last 30 days" in text and "corrected 1 (25.0%)" in text
+    assert "2 correction(s) since it was trained; `paidan train` learns from them" in text
+
+    assert CliRunner().invoke(cli, ["train", "--force"], obj=settings).exit_code == 0
+    assert json.loads(report("--json"))["pending_corrections"] == 0
+    assert "0 correction(s) since it was trained" in report()
+
+
+def test_model_report_without_a_database_says_how_to_get_one(tmp_path) -> None:
+    settings = Settings(model_dir=tmp_path / "models", training_data_dir=tmp_path / "data",
+                        database_url=f"sqlite:///{tmp_path / 'none.db'}")
+    result = CliRunner().invoke(cli, ["model", "report"], obj=settings)
+    assert result.exit_code == 1 and "no paidan database" in result.output and "Traceback" not in result.output
