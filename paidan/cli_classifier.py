@@ -301,6 +301,11 @@ def _print_train(result: Any, notes: list[str]) -> None:
             (f"{old['accuracy']:.4f} → " if old else "") + f"{new['accuracy']:.4f}",
         )
     console.print(table)
+    if result.new_blind:
+        old_blind = result.old_blind or {}
+        console.print("blind split (writers who never saw the training data), macro-F1 active → new: " + "; ".join(
+            (f"{head} {old_blind[head]['macro_f1']:.4f} → " if head in old_blind else f"{head} ")
+            + f"{new['macro_f1']:.4f}" for head, new in result.new_blind.items()))
     p0 = result.new_metrics.get("priority", {}).get("p0")
     if p0:
         console.print(f"P0 recall {p0['with_rules']['recall']:.3f} ({p0['with_rules']['false_positives']} false P0)")

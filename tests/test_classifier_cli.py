@@ -51,6 +51,7 @@ def workspace(tmp_path_factory) -> dict:
     columns = ["text", "type", "category", "priority", "lang"]
     _write(root / "data" / "train" / "a.csv", as_rows(train[::3]), columns)
     _write(root / "data" / "heldout" / "a.csv", as_rows(heldout[::2]), columns)
+    _write(root / "data" / "blind" / "a.csv", as_rows(heldout[1::4]), columns)
     url = f"sqlite:///{root / 'paidan.db'}"
     upgrade(url)
     settings = Settings(model_dir=root / "models", training_data_dir=root / "data", database_url=url)
@@ -166,9 +167,13 @@ def test_train_with_corrections_then_list_promote_rollback(workspace) -> None:
     result = run(workspace, "train", "--force")
     assert result.exit_code == 0, result.output
     assert "held-out macro-F1" in result.output and "1 corrections" in result.output and "promoted" in result.output
+    assert re.search(r"blind split \(writers who never saw the training data\), macro-F1 active → new: "
+                     r"type 0\.\d{4} → 0\.\d{4}; category", result.output), result.output
     listing = run(workspace, "model", "list", "--json")
     versions = json.loads(listing.output)
     assert len(versions) == 2 and versions[-1]["active"] and "type" in versions[-1]["heldout"]
+    meta = json.loads((workspace["root"] / "models" / versions[-1]["version"] / "metadata.json").read_text())
+    assert meta["training_data"]["blind_rows"] == len(workspace["heldout"][1::4]) and "macro_f1" in meta["blind"]["type"]
     first, second = versions[0]["version"], versions[1]["version"]
 
     rolled = run(workspace, "model", "rollback")
