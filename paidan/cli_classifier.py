@@ -460,6 +460,10 @@ def _bar(share: float, width: int = 20) -> str:
     return "█" * filled + "·" * (width - filled)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def _share(part: int, whole: int) -> str:
     return f"{part / whole:.1%}" if whole else "-"
 
@@ -471,8 +475,8 @@ def _print_report(report: Any, days: int, top: int) -> None:
     else:
         by_head = ", ".join(f"{h} {n}" for h, n in report.corrected.items())
         console.print(
-            f"{report.tickets:,} tickets classified in the last {days} days by {len(report.versions)} model "
-            f"version(s); supervisors corrected {report.any_corrected:,} ({_share(report.any_corrected, report.tickets)}): "
+            f"{_count(report.tickets, 'ticket')} classified in the last {days} days by "
+            f"{_count(len(report.versions), 'model version')}; supervisors corrected {report.any_corrected:,} ({_share(report.any_corrected, report.tickets)}): "
             f"{by_head}. Corrections are a floor on errors: not every ticket is checked.")
 
         versions = Table("version", "tickets", *report.corrected, "any head", title="corrected tickets by model version")
@@ -505,13 +509,13 @@ def _print_report(report: Any, days: int, top: int) -> None:
             bands.add_row(name, f"{b.tickets:,}", f"{b.corrected} ({_share(b.corrected, b.tickets)})", _bar(share))
         console.print(bands)
     if report.unclassified_corrections:
-        console.print(f"{report.unclassified_corrections} corrected ticket(s) had no model labels in this period "
+        console.print(f"{_count(report.unclassified_corrections, 'corrected ticket')} had no model labels in this period "
                       "(classified earlier, or while no model was active)")
     if report.active_version is None:
         console.print("no active model: `paidan model ensure` trains one")
     elif report.pending is not None:
         hint = "; `paidan train` learns from them" if report.pending else ""
-        console.print(f"active model {report.active_version}: {report.pending} correction(s) since it was trained{hint}")
+        console.print(f"active model {report.active_version}: {_count(report.pending, 'correction')} since it was trained{hint}")
 
 
 @model.command("ensure")

@@ -287,11 +287,11 @@ def test_model_report_counts_what_supervisors_corrected_and_what_is_not_learned_
 
     text = report()
     assert "4 tickets classified in the last 30 days" in text and "corrected 1 (25.0%)" in text
-    assert "2 correction(s) since it was trained; `paidan train` learns from them" in text
+    assert "2 corrections since it was trained; `paidan train` learns from them" in text
 
     assert CliRunner().invoke(cli, ["train", "--force"], obj=settings).exit_code == 0
     assert json.loads(report("--json"))["pending_corrections"] == 0
-    assert "0 correction(s) since it was trained" in report()
+    assert "0 corrections since it was trained" in report()
 
 
 def test_model_report_without_a_database_says_how_to_get_one(tmp_path) -> None:
