@@ -265,9 +265,8 @@ def main() -> None:
     say("")
 
     # -- the blind split: written apart from the training data ----------------------------------
-    blind_files = sorted((ROOT / "training_data" / "blind").glob("*.csv"))
-    if blind_files:
-        blind, _ = load_split(ROOT / "training_data", "blind")
+    blind, blind_files = load_split(ROOT / "training_data", "blind")
+    if blind:
         say(f"### Blind split ({len(blind)} messages by writers who never saw train/ or heldout/; never trained on)")
         say("")
         say("The held-out split was written alongside the training data; this one measures messages the model has "

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime
 
-HEADS = ("type", "category", "priority")
+from classifier.data import SERVICE_HEADS as HEADS
 # Confidence bands; the triage threshold is added as an edge so the first band is "went to triage".
 BAND_EDGES = (0.0, 0.6, 0.75, 0.9, 1.0)
 EXAMPLES_PER_PAIR = 3
@@ -95,24 +95,14 @@ class QualityReport:
     pending: int | None = None  # corrections the active model has not learned from (None: unknown)
     active_version: str | None = None
     unclassified_corrections: int = 0  # corrections of tickets with no model labels in the period
-    notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "since": self.since.isoformat(), "until": self.until.isoformat(),
-            "tickets": self.tickets, "any_corrected": self.any_corrected, "corrected": self.corrected,
-            "versions": [vars_of(v) for v in self.versions],
-            "labels": [vars_of(r) for r in self.labels],
-            "confusions": [vars_of(c) | {"examples": list(c.examples)} for c in self.confusions],
-            "bands": [vars_of(b) for b in self.bands],
-            "triage_threshold": self.triage_threshold,
-            "pending_corrections": self.pending, "active_version": self.active_version,
-            "unclassified_corrections": self.unclassified_corrections,
-        }
-
-
-def vars_of(row: object) -> dict[str, object]:
-    return {name: getattr(row, name) for name in row.__slots__}  # type: ignore[attr-defined]
+        data = asdict(self)
+        data["since"], data["until"] = self.since.isoformat(), self.until.isoformat()
+        data["pending_corrections"] = data.pop("pending")
+        for confusion in data["confusions"]:
+            confusion["examples"] = list(confusion["examples"])
+        return data
 
 
 def band_edges(triage_threshold: float) -> list[float]:
@@ -174,7 +164,7 @@ def quality_report(
                 pairs[(head, label, fixed)].append(c.ticket)
     label_rows = [
         LabelRow(head, label, predicted[(head, label)], away[(head, label)], to[(head, label)])
-        for head, label in sorted({*predicted, *to}, key=lambda k: (HEADS.index(k[0]) if k[0] in HEADS else 99, k[1]))
+        for head, label in sorted({*predicted, *to}, key=lambda k: (HEADS.index(k[0]), k[1]))
     ]
     confusions = [
         Confusion(head, old, new, len(tickets), tuple(tickets[:EXAMPLES_PER_PAIR]))
@@ -207,29 +197,28 @@ def load_quality_inputs(session, since: datetime, until: datetime) -> tuple[list
     from models.tables import LabelCorrection, Message, Ticket, TicketEvent
 
     events = session.execute(
-        select(TicketEvent.ticket_id, TicketEvent.at, TicketEvent.data, Ticket.number)
+        select(TicketEvent.ticket_id, TicketEvent.at, TicketEvent.data, Ticket.number, Ticket.confidence)
         .join(Ticket, Ticket.id == TicketEvent.ticket_id)
         .where(TicketEvent.kind == "classified", TicketEvent.at >= since, TicketEvent.at < until)
         .order_by(TicketEvent.id)
     )
     classified: dict[int, Classified] = {}
-    for ticket_id, at, data, number in events:
+    for ticket_id, at, data, number, confidence in events:
         prediction = (data or {}).get("prediction")
         if ticket_id in classified or not prediction:
             continue  # a ticket is judged by its first classification; "no model" ones have no labels
         labels = {h: prediction[h]["label"] for h in HEADS if isinstance(prediction.get(h), dict)}
-        confidence = min(
-            (float(prediction[h]["confidence"]) for h in ("type", "category") if isinstance(prediction.get(h), dict)),
-            default=0.0,
+        # The ticket's confidence is the figure routing compared with the triage threshold.
+        classified[ticket_id] = Classified(
+            number, str(prediction.get("model_version") or "?"), labels, float(confidence or 0.0), at
         )
-        classified[ticket_id] = Classified(number, str(prediction.get("model_version") or "?"), labels, confidence, at)
     rows = session.execute(
-        select(LabelCorrection.id, LabelCorrection.head, LabelCorrection.new_label, Ticket.id, Ticket.number)
+        select(LabelCorrection.id, LabelCorrection.head, LabelCorrection.new_label, Ticket.number)
         .join(Message, Message.id == LabelCorrection.message_id)
         .join(Ticket, Ticket.id == Message.ticket_id)
         .where(LabelCorrection.corrected_at >= since)
     )
-    corrections = [TicketCorrection(number, head, label, cid) for cid, head, label, _tid, number in rows]
+    corrections = [TicketCorrection(number, head, label, cid) for cid, head, label, number in rows]
     return list(classified.values()), corrections
 
 

@@ -216,7 +216,7 @@ def train_version(
             old_metrics = evaluate_examples(old_classifier, heldout, SERVICE_HEADS) if heldout else None
             old_blind = evaluate_examples(old_classifier, blind, SERVICE_HEADS) if blind else None
         except (ModelIncompatible, ModelNotFound):
-            old_metrics = old_blind = None  # an unloadable active model cannot block its replacement
+            pass  # an unloadable active model cannot block its replacement: no figures to compare with
     metadata = {
         "heads": {h: {"labels": trained.heads[h].classes_.tolist()} for h in SERVICE_HEADS},
         "heldout": new_metrics,
