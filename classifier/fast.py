@@ -1,13 +1,15 @@
 """The serving path: the same features and linear scores as the scikit-learn pipeline, without it.
 
-A message costs a normalisation and a jieba cut in Python (cut cached per clause); after that the
-word and character n-grams of a whole batch (or of one message) are found with a few numpy passes
-over vocabulary tries (:class:`_Trie`) instead of a dict look-up per n-gram string (word pairs: one
-integer key per pair, one ``searchsorted``), counted with one sort, tf-idf weighted, and scored for all
-heads with one product, with none of scikit-learn's input validation or estimator dispatch. The arrays come from :func:`export_arrays` (see ``store.py``:
-``serving.npz``, loaded with ``allow_pickle=False``), so serving imports neither scikit-learn nor
-skops; the tries are built from those arrays at load, so the model directory format is unchanged.
-Tests check that labels and probabilities equal the scikit-learn pipeline's on every held-out message."""
+A message costs a normalisation and a jieba cut in Python (cut cached per clause); after that every
+word and character n-gram of a whole batch (or of one message) is one integer key (:func:`_window_keys`:
+the n-gram's symbol ids packed in base ``len(alphabet)``; word pairs: one key per pair), and all keys are
+counted with one sort and looked up with one ``searchsorted`` in the vocabulary's sorted keys, instead
+of a dict look-up per n-gram string. They are then tf-idf weighted and scored for all heads with one
+product, with none of scikit-learn's input validation or estimator dispatch. The arrays come from
+:func:`export_arrays` (see ``store.py``: ``serving.npz``, loaded with ``allow_pickle=False``), so serving
+imports neither scikit-learn nor skops; the vocabulary's keys are built from those arrays at load, so
+the model directory format is unchanged. Tests check that labels and probabilities equal the
+scikit-learn pipeline's on every held-out message."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from classifier.text import MAX_CHARS, PAIR_JOINER, NativeSegmenter, normalise, 
 SERVING_FORMAT = 3  # 3: a word-pair block after the word and char blocks (2, without it, is still read)
 _READABLE_FORMATS = (2, 3)
 _WHITE_SPACES = re.compile(r"\s\s+")  # as scikit-learn's analyzers
+_BATCH = 4096  # messages featurised at once: a batch's arrays stay a few MB
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,70 +76,37 @@ def export_arrays(features, heads: Mapping[str, object]) -> dict[str, np.ndarray
     }
 
 
-class _Trie:
-    """A vocabulary of n-grams as paths of symbol ids (characters, or words), for array-wide look-ups.
+def _pack(symbols: np.ndarray, lengths: np.ndarray, base: int) -> np.ndarray:
+    """The key of each term: its symbol ids (``lengths[i]`` of them, one after another in ``symbols``)
+    as the digits of one number in ``base``, the first symbol most significant."""
+    starts = np.cumsum(lengths) - lengths
+    key = np.zeros(len(lengths), dtype=np.int64)
+    for depth in range(int(lengths.max(initial=0))):
+        deep = np.flatnonzero(lengths > depth)
+        key[deep] = key[deep] * base + symbols[starts[deep] + depth]
+    return key
 
-    Node 0 is the root. A node's children are found by binary search on ``node * base + symbol``:
-    nodes are numbered depth by depth in sorted key order, so the sorted keys are simply
-    ``keys[i]`` -> node ``i + 1``. Extending every open window of a batch by one symbol is then one
-    ``searchsorted`` (a few µs plus ~20-150 ns a window, against ~0.2-0.5 µs for making, hashing and
-    looking up each n-gram string in a dict). ``column`` is the feature column of the n-gram ending at
-    a node (-1 where the node is only a prefix).
+
+def _window_keys(symbols: np.ndarray, min_n: int, max_n: int, base: int, whole_short: bool, separator: int):
+    """Yields the keys of every window of n symbols, n = min_n..max_n: ``keys[i]`` packs
+    ``symbols[i:i + n]`` as :func:`_pack` does, so position i's window has index i for every n.
+
+    Symbol ids start at 1, so keys of different lengths never meet (an n-key lies in
+    [base**(n-1), base**n)). ``symbols`` are segments (a message's words, or one padded word) joined and
+    surrounded by ``separator``, which no vocabulary term contains: a window across segments, or over an
+    unknown symbol, has a key no term has. With ``whole_short`` (char_wb) a segment shorter than
+    ``min_n`` is also one n-gram by itself; other windows that short get key 0, which nothing packs to.
     """
-
-    def __init__(self, symbols: np.ndarray, lengths: np.ndarray, columns: np.ndarray, base: int):
-        self.base = base
-        starts = np.cumsum(lengths) - lengths
-        node = np.zeros(len(lengths), dtype=np.int64)
-        keys = [np.zeros(0, dtype=np.int64)]
-        n_nodes = 1
-        for depth in range(1, int(lengths.max(initial=0)) + 1):
-            deep = np.flatnonzero(lengths >= depth)
-            key = node[deep] * base + symbols[starts[deep] + depth - 1]
-            if np.all(key[1:] >= key[:-1]):  # terms in code point order (scikit-learn's) need no sort
-                first = np.concatenate([[True], key[1:] != key[:-1]])
-                unique, inverse = key[first], np.cumsum(first) - 1
-            else:
-                unique, inverse = np.unique(key, return_inverse=True)
-            node[deep] = n_nodes + inverse
-            n_nodes += len(unique)
-            keys.append(unique)  # every key of this depth exceeds the last depth's: parents are larger
-        if n_nodes * base >= 2**62:
-            raise ValueError("vocabulary too large for 64-bit n-gram keys")
-        self.keys = np.concatenate(keys)
-        self.column = np.full(n_nodes, -1, dtype=np.int64)
-        self.column[node] = columns
-        # Depth 1 by direct indexing: the root's child by each symbol (the root's keys are the symbols).
-        self.first = np.full(base, -1, dtype=np.int64)
-        self.first[keys[1]] = np.arange(1, len(keys[1]) + 1) if len(keys) > 1 else []
-
-
-def _grams(trie: _Trie, symbols: np.ndarray, min_n: int, max_n: int, whole_short: bool, separator: int):
-    """Yields (positions, columns, n) for every window of n symbols that is an n-gram, n in 1..max_n.
-
-    ``symbols`` are segments (a message's words, or one padded word) joined and surrounded by
-    ``separator``, a symbol with no trie node: a window that reaches it dies, so windows never cross
-    segments. Windows of ``n >= min_n`` are scikit-learn's n-grams; with ``whole_short`` (char_wb) a
-    segment shorter than ``min_n`` is also one n-gram by itself. Columns are -1 for n-grams outside
-    the vocabulary that are still a prefix of one (the caller drops them).
-    """
-    node = trie.first[symbols]
-    pos = np.flatnonzero(node >= 0)
-    node = node[pos]
-    keys, base = trie.keys, trie.base
+    key = symbols
     for n in range(1, max_n + 1):
         if n > 1:
-            key = node * base + symbols[pos + (n - 1)]
-            at = keys.searchsorted(key)
-            alive = keys.take(at, mode="clip") == key
-            pos, node = pos[alive], at[alive] + 1  # a window that is no vocabulary prefix stays dead
-        if not len(pos):
-            return
+            key = key[:-1] * base + symbols[n - 1 :]
         if n >= min_n:
-            yield pos, trie.column[node], n
+            yield key
         elif whole_short:
-            whole = (symbols[pos - 1] == separator) & (symbols[pos + n] == separator)
-            yield pos[whole], trie.column[node[whole]], n
+            whole = np.zeros(len(key), dtype=bool)
+            whole[1:-1] = (symbols[: -n - 1] == separator) & (symbols[n + 1 :] == separator)
+            yield np.where(whole, key, 0)
 
 
 @dataclass(slots=True)
@@ -160,9 +130,11 @@ class FastModel:
     """Scores messages from exported arrays; ``scores`` (one) and ``scores_many`` (batch) agree exactly.
 
     Both paths share one vectorised feature builder: each message is normalised and segmented in
-    Python (segmentation cached per clause), then every word and character n-gram of the whole batch
-    is looked up at once by walking vocabulary tries with numpy (:class:`_Trie`), counted with one
-    sort, weighted and l2-normalised per block, and scored with one product for all heads.
+    Python (segmentation cached per clause), then every word n-gram, character n-gram and word pair of
+    the whole batch becomes one integer key, ``row * key_space + block offset + packed n-gram``. One sort
+    counts them, one ``searchsorted`` finds them among the vocabulary's keys (``index_keys``, in
+    the order of the blocks: words, chars, pairs), then they are weighted, l2-normalised per block and
+    scored with one product for all heads.
     """
 
     def __init__(self, arrays: Mapping[str, np.ndarray]):
@@ -180,15 +152,32 @@ class FastModel:
         self.simplified = unpack_table(arrays["simplified_from"], arrays["simplified_to"])
         self.coverage_n = min(3, self.char_max_n)
         self.n_word_features = len(word_terms)
-        self._build_word_trie(word_terms)
-        self._build_char_trie(arrays["char_terms"])
         self.n_pair_start = self.n_word_features + len(arrays["char_idf"])
         # Kept packed (a few MB of bytes); unpacked only to name a column (term_of), e.g. to explain a label.
         self._packed_terms = [arrays["word_terms"], arrays["char_terms"], arrays.get("pair_terms", np.zeros(0, np.uint8))]
         self.pair_max_words = int(arrays.get("pair_max_words", 0))
-        self._build_pair_index(arrays["pair_terms"] if self.pair_max_words else np.zeros(0, np.uint8))
-        # Column where each l2-normalised block starts (word, char, pair).
-        self.block_starts = np.array([0, self.n_word_features, self.n_pair_start])
+        word_keys = self._word_vocabulary(word_terms)
+        char_keys = self._char_vocabulary(arrays["char_terms"])
+        pair_keys, pair_columns = self._pair_vocabulary(arrays["pair_terms"] if self.pair_max_words else np.zeros(0, np.uint8))
+        # Each block's keys in its own range, in column order: words, then chars, then pairs (Python
+        # ints here, so an oversized vocabulary is caught instead of wrapping around).
+        word_space = self.word_base**self.word_max_n
+        char_space = self.char_base**self.char_max_n
+        self.char_offset, self.pair_offset = word_space, word_space + char_space
+        self.key_space = self.pair_offset + self.pair_base**2
+        # A batch's keys carry their message's row: chunks keep row * key_space within 63 bits.
+        self.batch_limit = min(_BATCH, (2**63 - 1) // self.key_space)
+        if not self.batch_limit:
+            raise ValueError(
+                f"n-grams too long for 64-bit keys: {self.char_base - 3} characters up to {self.char_max_n} long "
+                f"and {self.word_base - 3} words up to {self.word_max_n} long (shorten char_ngram_range)"
+            )
+        # Coverage counts the known char n-grams at least coverage_n long: their keys, and only theirs, are this large.
+        self.long_char_key = self.char_offset + self.char_base ** (self.coverage_n - 1)
+        keys = np.concatenate([word_keys, char_keys + self.char_offset, pair_keys + self.pair_offset])
+        columns = np.concatenate([np.arange(self.n_pair_start), pair_columns])
+        order = np.argsort(keys)
+        self.index_keys, self.index_columns = keys[order], columns[order]
         self.long_windows = self._long_windows_by_length()
         self.segmenter = NativeSegmenter(
             unpack_terms(arrays["dictionary_words"]), arrays["dictionary_freqs"].tolist(), int(arrays["dictionary_total"])
@@ -213,17 +202,21 @@ class FastModel:
         if self.weights.shape[0] != self.n_features:
             raise ValueError(f"weights have {self.weights.shape[0]} rows for {self.n_features} features")
 
-    def _build_word_trie(self, word_terms: list[str]) -> None:
+    def _word_vocabulary(self, word_terms: list[str]) -> np.ndarray:
+        """Word ids (1.., then the separator and the unknown word) and each word n-gram's key."""
         # Vocabulary terms are space-joined tokens ("收银机 连不上"); tokens never contain spaces.
         tokens = " ".join(word_terms).split(" ") if word_terms else []
-        self.word_ids = dict(zip(dict.fromkeys(tokens), range(1, len(tokens) + 1)))  # 0: unknown word
+        self.word_ids = dict(zip(dict.fromkeys(tokens), range(1, len(tokens) + 1)))
         self.word_separator = len(self.word_ids) + 1
         self.word_ids[_SEPARATOR] = self.word_separator  # never a token: normalised text has no control characters
+        self.unknown_word = self.word_separator + 1
+        self.word_base = self.unknown_word + 1
         symbols = np.fromiter(map(self.word_ids.__getitem__, tokens), dtype=np.int64, count=len(tokens))
         lengths = np.fromiter(map(str.count, word_terms, repeat(" ")), dtype=np.int64, count=len(word_terms)) + 1
-        self.word_trie = _Trie(symbols, lengths, np.arange(len(word_terms)), self.word_separator + 1)
+        return _pack(symbols, lengths, self.word_base)
 
-    def _build_char_trie(self, packed_terms: np.ndarray) -> None:
+    def _char_vocabulary(self, packed_terms: np.ndarray) -> np.ndarray:
+        """Char ids (code point -> 1.., then the separator and any unknown character) and each char n-gram's key."""
         # From the packed terms directly (newline-separated; no n-gram contains a newline): one decode
         # and one encode instead of a list of 50,000 strings.
         codes = _codes(packed_terms.tobytes().decode("utf-8"))
@@ -233,17 +226,17 @@ class FastModel:
         present = np.zeros(0x110000, dtype=bool)
         present[codes] = True
         alphabet = np.flatnonzero(present)
-        # Code point -> symbol id: 1..len(alphabet) for characters some n-gram contains, else 0.
-        self.char_ids = np.zeros(0x110000, dtype=np.int32)
-        self.char_ids[alphabet] = np.arange(1, len(alphabet) + 1)
         self.char_separator = len(alphabet) + 1
+        self.char_base = self.char_separator + 2  # the last id is every character no n-gram contains
+        self.char_ids = np.full(0x110000, self.char_base - 1, dtype=np.int64)
+        self.char_ids[alphabet] = np.arange(1, len(alphabet) + 1)
         self.char_ids[ord(_SEPARATOR)] = self.char_separator
-        columns = np.arange(self.n_word_features, self.n_word_features + len(lengths))
-        self.char_trie = _Trie(self.char_ids[codes], lengths, columns, self.char_separator + 1)
+        return _pack(self.char_ids[codes], lengths, self.char_base)
 
-    def _build_pair_index(self, packed_terms: np.ndarray) -> None:
+    def _pair_vocabulary(self, packed_terms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each word pair's key and column."""
         # Words get ids in sorted order, so a message's sorted pair words give ascending ids and a pair
-        # (a, b), a < b, is the single key a * base + b; the vocabulary is those keys sorted.
+        # (a, b), a < b, is the single key a * base + b.
         # Every term is "a+b" (the joiner is never inside a word), so one split of the packed terms gives
         # a, b, a, b, ...: no Python work per term (76,000 pairs: about 100 -> 30 ms of a model's load).
         text = packed_terms.tobytes().decode("utf-8")
@@ -252,14 +245,11 @@ class FastModel:
         self.pair_ids = dict(zip(words, range(len(words))))
         self.pair_base = max(len(words), 1)
         ids = np.fromiter(map(self.pair_ids.__getitem__, flat), dtype=np.int64, count=len(flat))
-        keys = ids[0::2] * self.pair_base + ids[1::2]
-        order = np.argsort(keys)
-        self.pair_keys = keys[order]
-        self.pair_columns = order + self.n_pair_start
+        return ids[0::2] * self.pair_base + ids[1::2], np.arange(len(ids) // 2) + self.n_pair_start
 
-    def _pairs(self, words: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
-        """(message of each known word pair, its column) for the batch's segmented messages."""
-        # Messages with the same number of known pair words are paired in one matrix operation, so a
+    def _pair_keys(self, words: list[list[str]]) -> list[np.ndarray]:
+        """The batch keys of every word pair of the batch's segmented messages, known or not."""
+        # Messages with the same number of pair words are paired in one matrix operation, so a
         # batch costs a few numpy calls per distinct count (at most pair_max_words), not per message.
         by_count: dict[int, tuple[list[int], list[list[int]]]] = {}
         for row, ws in enumerate(words):
@@ -268,18 +258,13 @@ class FastModel:
                 message_rows, id_lists = by_count.setdefault(len(ids), ([], []))
                 message_rows.append(row)
                 id_lists.append(ids)
-        if not by_count:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        rows, keys = [], []
+        keys = []
         for count, (message_rows, id_lists) in by_count.items():
             ids = np.array(id_lists, dtype=np.int64)  # messages x count
             first, second = _upper_pairs(count)
-            keys.append((ids[:, first] * self.pair_base + ids[:, second]).ravel())
-            rows.append(np.repeat(np.array(message_rows, dtype=np.int64), len(first)))
-        key = np.concatenate(keys) if len(keys) > 1 else keys[0]
-        at = self.pair_keys.searchsorted(key)
-        known = self.pair_keys.take(at, mode="clip") == key
-        return (np.concatenate(rows) if len(rows) > 1 else rows[0])[known], self.pair_columns[at[known]]
+            offsets = np.array(message_rows, dtype=np.int64)[:, None] * self.key_space + self.pair_offset
+            keys.append((ids[:, first] * self.pair_base + ids[:, second] + offsets).ravel())
+        return keys
 
     def _long_windows_by_length(self) -> np.ndarray:
         """How many char n-grams at least ``coverage_n`` long a segment of each length has (known or not)."""
@@ -293,19 +278,19 @@ class FastModel:
 
     # -- features ----------------------------------------------------------------------------
 
-    def _word_symbols(self, words: list[list[str]]) -> tuple[np.ndarray, np.ndarray | None]:
-        """Word ids of the batch, each message followed by the separator, and the message of each
-        (None for a single message)."""
+    def _word_symbols(self, words: list[list[str]]) -> tuple[np.ndarray, np.ndarray | int]:
+        """Word ids of the batch, each message followed by the separator, and what turns a word n-gram's
+        key at each position into its batch key (row * key_space; a number for a single message)."""
         flat = [_SEPARATOR, *chain.from_iterable(ws + [_SEPARATOR] for ws in words)]
-        symbols = np.fromiter(map(self.word_ids.get, flat, repeat(0)), dtype=np.int64, count=len(flat))
+        symbols = np.fromiter(map(self.word_ids.get, flat, repeat(self.unknown_word)), dtype=np.int64, count=len(flat))
         if len(words) == 1:
-            return symbols, None
+            return symbols, 0
         sizes = np.fromiter(map(len, words), dtype=np.int64, count=len(words)) + 1
-        return symbols, np.concatenate([[0], np.repeat(np.arange(len(words)), sizes)])
+        return symbols, np.concatenate([[0], np.repeat(np.arange(len(words)), sizes)]) * self.key_space
 
-    def _char_symbols(self, normalised: list[str]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-        """Char ids of the batch with separators, the message of each (None for a single message),
-        and how many windows of at least ``coverage_n`` characters each message has."""
+    def _char_symbols(self, normalised: list[str]) -> tuple[np.ndarray, np.ndarray | int, np.ndarray]:
+        """Char ids of the batch with separators, what turns a char n-gram's key at each position into
+        its batch key, and how many windows of at least ``coverage_n`` characters each message has."""
         if self.char_wb:
             # scikit-learn's char_wb: each whitespace-separated word padded with one space each side.
             split = [text.split() for text in normalised]
@@ -323,57 +308,55 @@ class FastModel:
             long_windows = self.long_windows[np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))]
         symbols = self.char_ids[_codes(_SEPARATOR + _SEPARATOR.join(texts) + _SEPARATOR)]
         if len(texts) == 1:
-            return symbols, None, long_windows
+            return symbols, self.char_offset, long_windows
         sizes = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)) + 1
-        return symbols, np.concatenate([[0], np.repeat(np.arange(len(texts)), sizes)]), long_windows
+        rows = np.concatenate([[0], np.repeat(np.arange(len(texts)), sizes)])
+        return symbols, rows * self.key_space + self.char_offset, long_windows
 
     def batch_features(self, texts: Sequence[str]) -> _Batch:
         """Normalised tf-idf rows (word, char and pair blocks each l2-normalised) and coverage."""
         normalised = [normalise(text, self.simplified) for text in texts]
         m = len(normalised)
+        if m > self.batch_limit:
+            raise ValueError(f"{m} messages in one batch; at most {self.batch_limit} (raw_scores_many splits them)")
         words = [self.segmenter.words(text) for text in normalised]
-        word_symbols, word_rows = self._word_symbols(words)
-        char_symbols, char_rows, long_windows = self._char_symbols(normalised)
-        word_grams = _grams(self.word_trie, word_symbols, self.word_min_n, self.word_max_n, False, self.word_separator)
-        char_grams = _grams(
-            self.char_trie, char_symbols, self.char_min_n, self.char_max_n, self.char_wb, self.char_separator
-        )
-        # (message of each position, positions, columns, n); word n-grams never count for coverage.
-        grams = [(word_rows, pos, column, 0) for pos, column, _n in word_grams]
-        grams += [(char_rows, pos, column, n) for pos, column, n in char_grams]
+        word_symbols, word_offsets = self._word_symbols(words)
+        char_symbols, char_offsets, long_windows = self._char_symbols(normalised)
+        windows = [
+            (word_offsets, _window_keys(word_symbols, self.word_min_n, self.word_max_n, self.word_base, False, 0)),
+            (char_offsets, _window_keys(
+                char_symbols, self.char_min_n, self.char_max_n, self.char_base, self.char_wb, self.char_separator
+            )),
+        ]
+        keys = [key + (offsets if m == 1 else offsets[: len(key)]) for offsets, block in windows for key in block]
         if self.pair_max_words:
-            pair_rows, pair_columns = self._pairs(words)
-            grams.append((pair_rows, np.arange(len(pair_rows)), pair_columns, 0))
-        column = np.concatenate([c for _r, _p, c, _n in grams]) if grams else np.zeros(0, dtype=np.int64)
-        known = column >= 0
-        long_known = [(r, p, c) for r, p, c, n in grams if n >= self.coverage_n]
-        if m == 1:
-            # One message: no row bookkeeping, and the two blocks are the two ends of sorted columns.
-            known_long = np.array([float(sum(np.count_nonzero(c >= 0) for _r, _p, c in long_known))])
-            column, counts = _count(column[known])
-        else:
-            known_long = np.zeros(m)
-            for r, p, c in long_known:
-                known_long += np.bincount(r[p], weights=c >= 0, minlength=m)
-            rows = np.concatenate([r[p] for r, p, _c, _n in grams]) if grams else np.zeros(0, dtype=np.int64)
-            # One sort counts every (message, column) pair and leaves them in row, then column order.
-            keys, counts = _count(rows[known] * self.n_features + column[known])
-            row, column = np.divmod(keys, self.n_features)
-        coverage = np.divide(known_long, long_windows, out=np.zeros(m), where=long_windows > 0)
+            keys += self._pair_keys(words)
+        # One sort counts every (message, n-gram) pair, known or not, and leaves them in row order;
+        # one search then finds the known ones among the vocabulary's keys.
+        keys, counts = _count(np.concatenate(keys))
+        local = keys if m == 1 else keys % self.key_space
+        at = self.index_keys.searchsorted(local)
+        known = self.index_keys.take(at, mode="clip") == local
+        local, counts, column = local[known], counts[known], self.index_columns[at[known]]
         tf = np.log(counts) + 1.0 if self.sublinear else counts.astype(np.float64)
         values = tf * self.idf[column]
         if m == 1:
-            bounds = [0, *column.searchsorted(self.block_starts[1:]), len(column)]
-            for start, end in zip(bounds[:-1], bounds[1:]):
+            # One message: its keys are sorted, so each block, and the long char n-grams, are a run.
+            char, long, pair = local.searchsorted([self.char_offset, self.long_char_key, self.pair_offset]).tolist()
+            for start, end in ((0, char), (char, pair), (pair, len(local))):
                 part = values[start:end]
                 if len(part):
                     part /= np.sqrt(part @ part)
+            known_long = np.array([float(counts[long:pair].sum())])
+            coverage = np.divide(known_long, long_windows, out=np.zeros(1), where=long_windows > 0)
             return _Batch(np.array([0, len(column)]), column, values, coverage, normalised)
-        n_blocks = len(self.block_starts)
-        block = row * n_blocks
-        for start in self.block_starts[1:]:  # one comparison per block: cheaper than a search per column
-            block += column >= start
-        values /= np.sqrt(np.bincount(block, weights=values * values, minlength=n_blocks * m))[block]
+        row = keys[known] // self.key_space
+        after_char, after_pair = local >= self.char_offset, local >= self.pair_offset
+        long = (local >= self.long_char_key) & ~after_pair
+        known_long = np.bincount(row, weights=counts * long, minlength=m)
+        coverage = np.divide(known_long, long_windows, out=np.zeros(m), where=long_windows > 0)
+        block = row * 3 + after_char + after_pair
+        values /= np.sqrt(np.bincount(block, weights=values * values, minlength=3 * m))[block]
         indptr = np.zeros(m + 1, dtype=np.int64)
         np.cumsum(np.bincount(row, minlength=m), out=indptr[1:])
         return _Batch(indptr, column, values, coverage, normalised)
@@ -404,6 +387,10 @@ class FastModel:
 
     def raw_scores_many(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Linear scores (messages x all heads' labels), coverage per message and normalised texts."""
+        if len(texts) > self.batch_limit:  # in chunks: each chunk's keys fit in 64 bits, its arrays in the caches
+            chunks = [self.raw_scores_many(texts[i : i + self.batch_limit]) for i in range(0, len(texts), self.batch_limit)]
+            return (np.vstack([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks]),
+                    [t for c in chunks for t in c[2]])
         batch = self.batch_features(texts)
         m = len(batch.normalised)
         if m == 1:

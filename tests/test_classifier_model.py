@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import copy
 import json
 import random
 import time
@@ -90,6 +91,24 @@ def test_fast_path_equals_the_pipeline_for_other_ngram_settings(split, config) -
     )
     single = np.array([fast.scores(t)[0]["type"].probabilities for t in texts])
     np.testing.assert_allclose(single, model.pipeline("type").predict_proba(texts), rtol=0, atol=1e-9)
+
+
+def test_a_batch_too_big_for_64_bit_keys_is_scored_in_chunks(classifier, split) -> None:
+    # A batch key is row * key_space + the n-gram's key: chunks keep it within 64 bits (and memory bounded).
+    texts = [e.text for e in split[1][:40]] + ODD_TEXTS
+    small = copy.copy(classifier.fast)
+    small.batch_limit = 7
+    whole, chunked = classifier.fast.probabilities_many(texts), small.probabilities_many(texts)
+    for head in SERVICE_HEADS:
+        np.testing.assert_allclose(chunked[0][head], whole[0][head], rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(chunked[1], whole[1])
+    assert chunked[2] == whole[2]
+
+
+def test_n_grams_too_long_for_64_bit_keys_are_refused_clearly(split) -> None:
+    model = fit_model(split[0][::20], ["type"], TrainConfig(char_ngram_range=(1, 9), calibration_folds=0))
+    with pytest.raises(ValueError, match=r"n-grams too long for 64-bit keys: \d+ characters up to 9 long"):
+        model.classifier("too long")
 
 
 def test_serving_arrays_without_pairs_still_load(split) -> None:
