@@ -120,7 +120,7 @@ class _Batch:
     normalised: list[str]
 
 
-# Joins segments in the texts the char trie walks: normalise() turns every control character into
+# Joins segments in the texts whose char windows are keyed: normalise() turns every control character into
 # a space, so no normalised text or n-gram contains it.
 _SEPARATOR = "\x00"
 _WB_JOIN = f" {_SEPARATOR} "  # between two words: the first's closing pad, the separator, the next's opening pad
