@@ -26,7 +26,7 @@ from classifier.text import MAX_CHARS, PAIR_JOINER, NativeSegmenter, normalise, 
 SERVING_FORMAT = 3  # 3: a word-pair block after the word and char blocks (2, without it, is still read)
 _READABLE_FORMATS = (2, 3)
 _WHITE_SPACES = re.compile(r"\s\s+")  # as scikit-learn's analyzers
-_BATCH = 4096  # messages featurised at once: a batch's arrays stay a few MB
+_BATCH = 4096  # messages featurised at once (~1,000 keys each: a chunk's key arrays are ~30 MB, not the whole input's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,7 +387,7 @@ class FastModel:
 
     def raw_scores_many(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Linear scores (messages x all heads' labels), coverage per message and normalised texts."""
-        if len(texts) > self.batch_limit:  # in chunks: each chunk's keys fit in 64 bits, its arrays in the caches
+        if len(texts) > self.batch_limit:  # in chunks: each chunk's keys fit in 64 bits and its arrays in bounded memory
             chunks = [self.raw_scores_many(texts[i : i + self.batch_limit]) for i in range(0, len(texts), self.batch_limit)]
             return (np.vstack([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks]),
                     [t for c in chunks for t in c[2]])
