@@ -323,7 +323,7 @@ class FastModel:
         word_symbols, word_offsets = self._word_symbols(words)
         char_symbols, char_offsets, long_windows = self._char_symbols(normalised)
         windows = [
-            (word_offsets, _window_keys(word_symbols, self.word_min_n, self.word_max_n, self.word_base, False, 0)),
+            (word_offsets, _window_keys(word_symbols, self.word_min_n, self.word_max_n, self.word_base, False, self.word_separator)),
             (char_offsets, _window_keys(
                 char_symbols, self.char_min_n, self.char_max_n, self.char_base, self.char_wb, self.char_separator
             )),
@@ -348,17 +348,16 @@ class FastModel:
                 if len(part):
                     part /= np.sqrt(part @ part)
             known_long = np.array([float(counts[long:pair].sum())])
-            coverage = np.divide(known_long, long_windows, out=np.zeros(1), where=long_windows > 0)
-            return _Batch(np.array([0, len(column)]), column, values, coverage, normalised)
-        row = keys[known] // self.key_space
-        after_char, after_pair = local >= self.char_offset, local >= self.pair_offset
-        long = (local >= self.long_char_key) & ~after_pair
-        known_long = np.bincount(row, weights=counts * long, minlength=m)
+            indptr = np.array([0, len(column)])
+        else:
+            row = keys[known] // self.key_space
+            after_char, after_pair = local >= self.char_offset, local >= self.pair_offset
+            known_long = np.bincount(row, weights=counts * ((local >= self.long_char_key) & ~after_pair), minlength=m)
+            block = row * 3 + after_char + after_pair
+            values /= np.sqrt(np.bincount(block, weights=values * values, minlength=3 * m))[block]
+            indptr = np.zeros(m + 1, dtype=np.int64)
+            np.cumsum(np.bincount(row, minlength=m), out=indptr[1:])
         coverage = np.divide(known_long, long_windows, out=np.zeros(m), where=long_windows > 0)
-        block = row * 3 + after_char + after_pair
-        values /= np.sqrt(np.bincount(block, weights=values * values, minlength=3 * m))[block]
-        indptr = np.zeros(m + 1, dtype=np.int64)
-        np.cumsum(np.bincount(row, minlength=m), out=indptr[1:])
         return _Batch(indptr, column, values, coverage, normalised)
 
     def features(self, text: str) -> tuple[np.ndarray, np.ndarray, float, str]:
