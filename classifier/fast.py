@@ -132,9 +132,9 @@ class FastModel:
     Both paths share one vectorised feature builder: each message is normalised and segmented in
     Python (segmentation cached per clause), then every word n-gram, character n-gram and word pair of
     the whole batch becomes one integer key, ``row * key_space + block offset + packed n-gram``. One sort
-    counts them, one ``searchsorted`` finds them among the vocabulary's keys (``index_keys``, in
-    the order of the blocks: words, chars, pairs), then they are weighted, l2-normalised per block and
-    scored with one product for all heads.
+    counts them, one ``searchsorted`` finds them among the vocabulary's sorted keys (``index_keys``,
+    whose blocks follow each other: words, chars, pairs), and a key's place there is its feature;
+    then they are weighted, l2-normalised per block and scored with one product for all heads.
     """
 
     def __init__(self, arrays: Mapping[str, np.ndarray]):
@@ -176,8 +176,15 @@ class FastModel:
         self.long_char_key = self.char_offset + self.char_base ** (self.coverage_n - 1)
         keys = np.concatenate([word_keys, char_keys + self.char_offset, pair_keys + self.pair_offset])
         columns = np.concatenate([np.arange(self.n_pair_start), pair_columns])
+        # Features are served in key order: a key's place in the sorted keys is its feature's row in
+        # ``idf`` and the weights, so no column table is looked up, and a message's rows (its keys come
+        # sorted) are gathered in ascending address order. ``model_columns`` maps back to the model's order.
         order = np.argsort(keys)
-        self.index_keys, self.index_columns = keys[order], columns[order]
+        self.index_keys, self.model_columns = keys[order], columns[order]
+        for name, rows in (("idf values", len(self.idf)), ("weight rows", arrays["weights"].shape[0])):
+            if rows != len(order):
+                raise ValueError(f"{rows} {name} for {len(order)} vocabulary terms")
+        self.idf = self.idf[self.model_columns]
         self.long_windows = self._long_windows_by_length()
         self.segmenter = NativeSegmenter(
             unpack_terms(arrays["dictionary_words"]), arrays["dictionary_freqs"].tolist(), int(arrays["dictionary_total"])
@@ -191,16 +198,15 @@ class FastModel:
         labels = arrays["labels"].tolist()
         self.labels = {head: tuple(labels[span]) for head, span in self.slices.items()}
         self.column_temperatures = np.repeat(np.asarray(arrays["temperatures"], dtype=np.float64), self.head_sizes)
-        self.weights = np.ascontiguousarray(arrays["weights"], dtype=np.float64)  # for the sparse batch product
+        in_key_order = arrays["weights"][self.model_columns]
+        self.weights = np.ascontiguousarray(in_key_order, dtype=np.float64)  # for the sparse batch product
         # The weights at float32 (exact: older models store float32, newer ones float16), for
         # one message: its few hundred rows are gathered from memory that other work has usually evicted
         # from the caches, and a float32 row (52 bytes) is one cache line where a float64 row is two.
         # (Not float16 in memory: numpy converts half floats in software, 9 vs 4 us for 300 rows.)
-        self.stored_weights = np.ascontiguousarray(arrays["weights"], dtype=np.float32)
+        self.stored_weights = np.ascontiguousarray(in_key_order, dtype=np.float32)
         self.intercepts = np.asarray(arrays["intercepts"], dtype=np.float64)
         self.n_features = len(self.idf)
-        if self.weights.shape[0] != self.n_features:
-            raise ValueError(f"weights have {self.weights.shape[0]} rows for {self.n_features} features")
 
     def _word_vocabulary(self, word_terms: list[str]) -> np.ndarray:
         """Word ids (1.., then the separator and the unknown word) and each word n-gram's key."""
@@ -337,7 +343,7 @@ class FastModel:
         local = keys if m == 1 else keys % self.key_space
         at = self.index_keys.searchsorted(local)
         known = self.index_keys.take(at, mode="clip") == local
-        local, counts, column = local[known], counts[known], self.index_columns[at[known]]
+        local, counts, column = local[known], counts[known], at[known]
         tf = np.log(counts) + 1.0 if self.sublinear else counts.astype(np.float64)
         values = tf * self.idf[column]
         if m == 1:
@@ -370,10 +376,11 @@ class FastModel:
         batch = self.batch_features([text])
         return batch.columns, batch.values, float(batch.coverage[0]), batch.normalised[0]
 
-    def term_of(self, column: int) -> tuple[str, str]:
-        """The n-gram behind a feature column and its block: "word" (word n-gram, words joined by a
-        space), "chars" (character n-gram; char_wb pads words with a space) or "pair" (two words
-        anywhere in the message, joined by ``PAIR_JOINER``)."""
+    def term_of(self, feature: int) -> tuple[str, str]:
+        """The n-gram behind a feature (a column of ``features``) and its block: "word" (word n-gram,
+        words joined by a space), "chars" (character n-gram; char_wb pads words with a space) or "pair"
+        (two words anywhere in the message, joined by ``PAIR_JOINER``)."""
+        column = int(self.model_columns[feature])
         if column < self.n_word_features:
             return self._terms[column], "word"
         return self._terms[column], "chars" if column < self.n_pair_start else "pair"
@@ -433,16 +440,23 @@ def _upper_pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _count(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct keys in ascending order and how often each occurs (``np.unique(return_counts=True)``).
+    """Distinct keys in ascending order and how often each occurs (``np.unique(return_counts=True)``);
+    sorts ``keys`` in place.
 
     The keys come as a few runs already ordered by message, which a stable sort (timsort for int64)
     merges ~3x faster than ``np.unique``'s quicksort.
     """
     if not len(keys):
         return keys, np.zeros(0, dtype=np.int64)
-    keys = np.sort(keys, kind="stable")
-    first = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
-    return keys[first], np.diff(np.append(first, len(keys)))
+    keys.sort(kind="stable")  # in place: the caller's keys are a fresh array (a batch's are ~30 MB)
+    starts = np.empty(len(keys), dtype=bool)
+    starts[0] = True
+    np.not_equal(keys[1:], keys[:-1], out=starts[1:])
+    first = np.flatnonzero(starts)
+    counts = np.empty(len(first), dtype=np.int64)
+    np.subtract(first[1:], first[:-1], out=counts[:-1])
+    counts[-1] = len(keys) - first[-1]
+    return keys[first], counts
 
 
 def _codes(text: str) -> np.ndarray:
