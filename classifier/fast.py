@@ -26,7 +26,10 @@ from classifier.text import MAX_CHARS, PAIR_JOINER, NativeSegmenter, normalise, 
 SERVING_FORMAT = 3  # 3: a word-pair block after the word and char blocks (2, without it, is still read)
 _READABLE_FORMATS = (2, 3)
 _WHITE_SPACES = re.compile(r"\s\s+")  # as scikit-learn's analyzers
-_BATCH = 4096  # messages featurised at once (~1,000 keys each: a chunk's key arrays are ~30 MB, not the whole input's)
+# Messages featurised at once: ~1,000 keys each, so a chunk's key arrays are ~8 MB and stay in the
+# L3 cache while they are sorted and searched. A/B on 8,896 distinct messages: chunks of 768-2,048
+# gave 7,100-7,200 msg/s, of 4,096 (~30 MB) 6,200.
+_BATCH = 1024
 
 
 @dataclass(frozen=True, slots=True)
