@@ -451,7 +451,7 @@ def _count(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     if not len(keys):
         return keys, np.zeros(0, dtype=np.int64)
-    keys.sort(kind="stable")  # in place: the caller's keys are a fresh array (a batch's are ~30 MB)
+    keys.sort(kind="stable")  # in place: the caller's keys are a fresh array (a chunk's are ~8 MB)
     starts = np.empty(len(keys), dtype=bool)
     starts[0] = True
     np.not_equal(keys[1:], keys[:-1], out=starts[1:])
