@@ -290,9 +290,9 @@ def main() -> None:
     texts = [e.text for e in heldout]
     distinct = list(dict.fromkeys(texts + [e.text for e in train]))
     # The VM's speed swings by up to ~1.7x from one minute to the next: the probe is read around the timings too.
-    probes = [speed_probe()]
+    probe_before = speed_probe()
     s = speed(trained, texts, distinct, [e.text for e in train], args.runs)
-    probes.append(speed_probe())
+    probe_after = speed_probe()
     store_dir = Path(tempfile.mkdtemp(prefix="paidan-bench-"))
     try:
         path = ModelStore(store_dir).save(trained, trained.serving_arrays(), {"training_data": {"sha256": "bench"}})
@@ -303,7 +303,7 @@ def main() -> None:
     ratio = s["plain_p50"] / s["fast_p50"]
     say("### Speed, size, load (service model, held-out messages)")
     say("")
-    say(f"Speed probe just before and after these timings: {probes[0]:.0f} / {probes[1]:.0f} ms.")
+    say(f"Speed probe just before and after these timings: {probe_before:.0f} / {probe_after:.0f} ms.")
     say("")
     say("| figure | value | goal |")
     say("|---|---|---|")

@@ -161,7 +161,7 @@ class FastModel:
         self.pair_max_words = int(arrays.get("pair_max_words", 0))
         word_keys = self._word_vocabulary(word_terms)
         char_keys = self._char_vocabulary(arrays["char_terms"])
-        pair_keys, pair_columns = self._pair_vocabulary(arrays["pair_terms"] if self.pair_max_words else np.zeros(0, np.uint8))
+        pair_keys = self._pair_vocabulary(arrays["pair_terms"] if self.pair_max_words else np.zeros(0, np.uint8))
         # Each block's keys in its own range, in column order: words, then chars, then pairs (Python
         # ints here, so an oversized vocabulary is caught instead of wrapping around).
         word_space = self.word_base**self.word_max_n
@@ -177,16 +177,16 @@ class FastModel:
             )
         # Coverage counts the known char n-grams at least coverage_n long: their keys, and only theirs, are this large.
         self.long_char_key = self.char_offset + self.char_base ** (self.coverage_n - 1)
+        # In the model's column order: the words', then the chars', then the pairs' terms.
         keys = np.concatenate([word_keys, char_keys + self.char_offset, pair_keys + self.pair_offset])
-        columns = np.concatenate([np.arange(self.n_pair_start), pair_columns])
         # Features are served in key order: a key's place in the sorted keys is its feature's row in
         # ``idf`` and the weights, so no column table is looked up, and a message's rows (its keys come
         # sorted) are gathered in ascending address order. ``model_columns`` maps back to the model's order.
-        order = np.argsort(keys)
-        self.index_keys, self.model_columns = keys[order], columns[order]
+        self.model_columns = np.argsort(keys)
+        self.index_keys = keys[self.model_columns]
         for name, rows in (("idf values", len(self.idf)), ("weight rows", arrays["weights"].shape[0])):
-            if rows != len(order):
-                raise ValueError(f"{rows} {name} for {len(order)} vocabulary terms")
+            if rows != len(keys):
+                raise ValueError(f"{rows} {name} for {len(keys)} vocabulary terms")
         self.idf = self.idf[self.model_columns]
         self.long_windows = self._long_windows_by_length()
         self.segmenter = NativeSegmenter(
@@ -242,8 +242,8 @@ class FastModel:
         self.char_ids[ord(_SEPARATOR)] = self.char_separator
         return _pack(self.char_ids[codes], lengths, self.char_base)
 
-    def _pair_vocabulary(self, packed_terms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Each word pair's key and column."""
+    def _pair_vocabulary(self, packed_terms: np.ndarray) -> np.ndarray:
+        """Each word pair's key."""
         # Words get ids in sorted order, so a message's sorted pair words give ascending ids and a pair
         # (a, b), a < b, is the single key a * base + b.
         # Every term is "a+b" (the joiner is never inside a word), so one split of the packed terms gives
@@ -254,7 +254,7 @@ class FastModel:
         self.pair_ids = dict(zip(words, range(len(words))))
         self.pair_base = max(len(words), 1)
         ids = np.fromiter(map(self.pair_ids.__getitem__, flat), dtype=np.int64, count=len(flat))
-        return ids[0::2] * self.pair_base + ids[1::2], np.arange(len(ids) // 2) + self.n_pair_start
+        return ids[0::2] * self.pair_base + ids[1::2]
 
     def _pair_keys(self, words: list[list[str]]) -> list[np.ndarray]:
         """The batch keys of every word pair of the batch's segmented messages, known or not."""
@@ -396,7 +396,7 @@ class FastModel:
 
     def raw_scores_many(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Linear scores (messages x all heads' labels), coverage per message and normalised texts."""
-        if len(texts) > self.batch_limit:  # in chunks: each chunk's keys fit in 64 bits and its arrays in bounded memory
+        if len(texts) > self.batch_limit:  # in chunks: each chunk's keys fit in 64 bits and its arrays in the L3 cache
             chunks = [self.raw_scores_many(texts[i : i + self.batch_limit]) for i in range(0, len(texts), self.batch_limit)]
             return (np.vstack([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks]),
                     [t for c in chunks for t in c[2]])
