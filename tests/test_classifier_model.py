@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import csv
 import copy
+import csv
+import dataclasses
 import json
 import random
 import time
@@ -91,6 +92,18 @@ def test_fast_path_equals_the_pipeline_for_other_ngram_settings(split, config) -
     )
     single = np.array([fast.scores(t)[0]["type"].probabilities for t in texts])
     np.testing.assert_allclose(single, model.pipeline("type").predict_proba(texts), rtol=0, atol=1e-9)
+
+
+def test_fitting_in_worker_processes_gives_the_same_model(split) -> None:
+    # n_jobs only changes where the fits run: the same vocabularies, weights, temperature and P0 bias.
+    train = split[0][::4]
+    config = TrainConfig(calibration_folds=3, recall_targets={"priority": {"P0": 0.95}})
+    alone = fit_model(train, ["type", "priority"], config)
+    side_by_side = fit_model(train, ["type", "priority"], dataclasses.replace(config, n_jobs=2))
+    assert side_by_side.features.n_jobs == 2 and side_by_side.heads["priority"].n_jobs == 2
+    for name, array in alone.serving_arrays().items():
+        np.testing.assert_array_equal(side_by_side.serving_arrays()[name], array, err_msg=name)
+    assert side_by_side.heads["priority"].bias_[0] > 0  # the recall target did learn a bias
 
 
 def test_a_batch_too_big_for_64_bit_keys_is_scored_in_chunks(classifier, split) -> None:
