@@ -120,6 +120,9 @@ class ModelStore:
                 {"features": trained.features, "heads": dict(trained.heads)},
                 staging / MODEL_FILE,
                 compression=zipfile.ZIP_DEFLATED,
+                # zlib level 3, not the default 6: on paidan's model 0.6 instead of 2.1 s to write, for
+                # 9.4 instead of 8.9 MB (level 1: 0.45 s, 10.2 MB); loading is no slower.
+                compresslevel=3,
             )
             np.savez_compressed(staging / SERVING_FILE, **serving_arrays)
             meta = {
