@@ -18,6 +18,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from classifier.corrections import Correction, load_corrections, record_version
 from classifier.data import csv_columns, csv_files, read_csv
@@ -169,6 +170,15 @@ def classify(text: str, as_json: bool, with_reasons: bool) -> None:
 # -- evaluate ------------------------------------------------------------------------------------
 
 
+def _confusion_style(correct: bool, count: int, row_total: int) -> str:
+    """Shading a terminal shows at a glance: right answers green, mistakes red as they grow (share of the row)."""
+    if count == 0:
+        return "dim"
+    if correct:
+        return "bold green"
+    return "bold red" if count >= 0.1 * row_total else "red"
+
+
 def _print_metrics(console: Console, metrics: dict[str, Any]) -> None:
     for head, m in metrics.items():
         console.print(f"\n[bold]{head}[/bold]  accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  (n={m['n']})")
@@ -178,8 +188,8 @@ def _print_metrics(console: Console, metrics: dict[str, Any]) -> None:
         console.print(table)
         labels = m["confusion"]["labels"]
         confusion = Table("true \\ predicted", *labels, title="confusion matrix")
-        for label, row in zip(labels, m["confusion"]["matrix"]):
-            confusion.add_row(label, *(str(v) for v in row))
+        for i, (label, row) in enumerate(zip(labels, m["confusion"]["matrix"])):
+            confusion.add_row(label, *(Text(str(v), style=_confusion_style(i == j, v, sum(row))) for j, v in enumerate(row)))
         console.print(confusion)
         if "p0" in m:
             p0 = m["p0"]

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from classifier.service import ModelClassifier
 from classifier.train import load_split
 from models.tables import LabelCorrection, ModelVersion
-from paidan.cli_classifier import COMMANDS
+from paidan.cli_classifier import COMMANDS, _confusion_style
 from paidan.db import make_engine, transaction, upgrade
 from paidan.settings import Settings
 
@@ -139,6 +139,14 @@ def test_evaluate_text_output_has_table_and_confusion_matrix(workspace, tmp_path
     result = run(workspace, "evaluate", "--data", str(data))
     assert result.exit_code == 0, result.output
     assert "macro-F1" in result.output and "confusion matrix" in result.output and "precision" in result.output
+
+
+def test_confusion_cells_are_shaded_by_what_they_mean() -> None:
+    # right answers green; mistakes red, bold once they are a tenth of the true label's messages
+    assert _confusion_style(True, 17, 20) == "bold green"
+    assert _confusion_style(False, 1, 20) == "red"
+    assert _confusion_style(False, 2, 20) == "bold red"
+    assert _confusion_style(False, 0, 20) == _confusion_style(True, 0, 0) == "dim"
 
 
 def test_evaluate_rejects_a_csv_without_labels(workspace, tmp_path) -> None:
