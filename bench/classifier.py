@@ -367,6 +367,23 @@ def main() -> None:
 
 NOTES = """Notes (not re-measured by this script; "CV" = 5-fold stratified CV on the training split only,
 LinearSVC C=1, no calibration; test figures only for the adopted default):
+- Training time and labels (2026-12-06, 17:16- UTC): fits run side by side in worker processes (joblib,
+  n_jobs=-1 in the service config): the three feature blocks, and each head's final fit with its three
+  calibration folds. The same vocabularies, weights, temperature and P0 bias (tested); 10,799 rows on 2 cores,
+  4 runs alternating: 18.2-19.8 -> 12.3-13.6 s (features 5.1-6.1 -> 3.7-4.6 s, a head 4.4-4.8 -> 2.8-3.2 s;
+  the first call pays ~1 s to start the workers). Not threads: liblinear draws its coordinate order from
+  one process-wide generator, so parallel threads would give different weights from run to run. Running
+  all 12 fits of the three heads in one pool would save ~1.5 s more at the cost of splitting the
+  classifier's fit in two; not done. `paidan train` also spent 2.1 s compressing model.skops at zlib
+  level 6; level 3 takes 0.6 s for 9.4 instead of 8.9 MB (level 1: 0.45 s, 10.2 MB). GUIDELINES decided
+  four more cases the last auditor had flagged (split payments and settlements sent to the wrong party,
+  live, technical P0; repeated-outage complaints asking for an explanation technical P2; exports for an
+  investigation, audit or legal deadline P2); a helper read 2,178 keyword candidates and put 31 labels
+  right (3 held-out; 23 of the 31 audit exports P3 -> P2). Held-out 0.958 / 0.915 / 0.843 -> 0.958 /
+  0.918 / 0.839 (P0 recall 0.985 -> 0.971: the newly P0 held-out split fault is missed), blind 0.937 /
+  0.910 / 0.881 -> 0.937 / 0.910 / 0.875. A writer who saw no CSV added 241 contrasts for these cases
+  (ninth_cases.csv): held-out 0.960 / 0.918 / 0.839, blind 0.936 / 0.910 / 0.876, within noise; kept for
+  the new cases' coverage.
 - Training data and labels (2026-12-06, 15:21- UTC): GUIDELINES decided the three cases the auditors had
   left open (staff access set-up is technical; compensation after an outage transaction; payouts failing for
   every merchant technical P0) and three the new writers asked about (a complaint during a live outage is
