@@ -6,6 +6,7 @@ object when it is a ``Settings`` (tests, the main group), else from ``Settings()
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -267,8 +268,10 @@ def benchmark(train_csv: Path, test_csv: Path, label: str, as_json: bool) -> Non
 # -- train ---------------------------------------------------------------------------------------
 
 
-def _train(settings: Settings, force: bool, use_corrections: bool) -> Any:
+def _train(settings: Settings, force: bool, use_corrections: bool, jobs: int | None = None) -> Any:
     from classifier.train import SERVICE_CONFIG, count_steps, no_training_data, train_version
+
+    config = SERVICE_CONFIG if jobs is None else dataclasses.replace(SERVICE_CONFIG, n_jobs=jobs)
 
     notes: list[str] = []
     corrections: list[Correction] = []
@@ -282,7 +285,7 @@ def _train(settings: Settings, force: bool, use_corrections: bool) -> Any:
         if not csv_files(settings.training_data_dir / "train"):  # say so before drawing a progress bar
             raise no_training_data(settings.training_data_dir)
     with _clear_errors(), _progress(total, "training") as step:
-        result = train_version(settings.training_data_dir, store, corrections, force=force, progress=step)
+        result = train_version(settings.training_data_dir, store, corrections, force=force, config=config, progress=step)
     note = _audit(settings, result.version, result.path, _summary(result.new_metrics), result.promoted)
     if note:
         notes.append(note)
@@ -328,14 +331,17 @@ def _print_train(result: Any, notes: list[str]) -> None:
 @click.command("train")
 @click.option("--force", is_flag=True, help="Promote even if a head's held-out macro-F1 drops by more than 0.01.")
 @click.option("--no-corrections", is_flag=True, help="Ignore the supervisors' corrections in the database.")
-def train(force: bool, no_corrections: bool) -> None:
+@click.option("--jobs", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Worker processes for fitting (default: one per core). The model is the same either way; "
+                   "--jobs 1 leaves the other cores to a busy `paidan serve` on the same machine.")
+def train(force: bool, no_corrections: bool, jobs: int | None) -> None:
     """Retrain from training_data/ plus supervisors' corrections, compare with the active model, promote.
 
     The new version is evaluated on training_data/heldout/ next to the active one and promoted only if
     no head's macro-F1 drops by more than 0.01 (--force overrides). It is kept either way. A running
     `paidan serve` labels new tickets with a promoted version within a few seconds; no restart.
     """
-    result, notes = _train(_settings(), force, not no_corrections)
+    result, notes = _train(_settings(), force, not no_corrections, jobs)
     _print_train(result, notes)
 
 

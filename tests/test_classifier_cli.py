@@ -172,7 +172,9 @@ def test_train_with_corrections_then_list_promote_rollback(workspace) -> None:
     with transaction(engine) as session:
         session.add(LabelCorrection(text=example.text, head="priority", old_label=example.labels["priority"],
                                     new_label="P1" if example.labels["priority"] != "P1" else "P2", corrected_by="sup"))
-    result = run(workspace, "train", "--force")
+    refused = run(workspace, "train", "--jobs", "0")
+    assert refused.exit_code == 2 and "--jobs" in refused.output
+    result = run(workspace, "train", "--force", "--jobs", "1")
     assert result.exit_code == 0, result.output
     assert "held-out macro-F1" in result.output and "1 corrections" in result.output and "promoted" in result.output
     assert re.search(r"blind split \(writers who never saw the training data\), macro-F1 active → new: "
@@ -183,6 +185,8 @@ def test_train_with_corrections_then_list_promote_rollback(workspace) -> None:
     meta = json.loads((workspace["root"] / "models" / versions[-1]["version"] / "metadata.json").read_text())
     assert meta["training_data"]["blind_rows"] == len(workspace["heldout"][1::4]) and "macro_f1" in meta["blind"]["type"]
     first, second = versions[0]["version"], versions[1]["version"]
+    first_meta = json.loads((workspace["root"] / "models" / first / "metadata.json").read_text())
+    assert (first_meta["config"]["n_jobs"], meta["config"]["n_jobs"]) == (-1, 1)  # every core by default; --jobs 1
 
     rolled = run(workspace, "model", "rollback")
     assert rolled.exit_code == 0 and f"active model: {first}" in rolled.output
