@@ -227,7 +227,7 @@ def main() -> None:
     heldout, _ = load_split(ROOT / "training_data", "heldout")
     times: dict[int | None, list[float]] = {None: [], SERVICE_CONFIG.n_jobs: []}
     for _ in range(args.runs):
-        for n_jobs in times:  # one process, then every core (the service config): the same model, alternating
+        for n_jobs in times:  # one process, then every core (the default): the same model, alternating
             started = time.perf_counter()
             trained = fit_model(train, SERVICE_HEADS, dataclasses.replace(SERVICE_CONFIG, n_jobs=n_jobs))
             times[n_jobs].append(time.perf_counter() - started)
@@ -368,7 +368,7 @@ def main() -> None:
 NOTES = """Notes (not re-measured by this script; "CV" = 5-fold stratified CV on the training split only,
 LinearSVC C=1, no calibration; test figures only for the adopted default):
 - Training time and labels (2026-12-06, 17:16- UTC): fits run side by side in worker processes (joblib,
-  n_jobs=-1 in the service config): the three feature blocks, and each head's final fit with its three
+  TrainConfig n_jobs=-1 by default): the three feature blocks, and each head's final fit with its three
   calibration folds. The same vocabularies, weights, temperature and P0 bias (tested); 10,799 rows on 2 cores,
   4 runs alternating: 18.2-19.8 -> 12.3-13.6 s (features 5.1-6.1 -> 3.7-4.6 s, a head 4.4-4.8 -> 2.8-3.2 s;
   the first call pays ~1 s to start the workers). Not threads: liblinear draws its coordinate order from

@@ -236,10 +236,11 @@ class BlendedLinearClassifier(ClassifierMixin, BaseEstimator):
     """LinearSVC + LogisticRegression on scaled scores, one weight matrix, temperature-calibrated.
 
     ``svc_weight`` is the share of the LinearSVC (1: SVC only, 0: LR only). ``n_jobs`` processes fit
-    the final model and the calibration folds side by side (None: one after another, same result). ``class_bias`` adds a
-    constant to a class's calibrated score. ``recall_targets`` ({label: recall}) instead *learns* that
-    constant: the smallest one with which the out-of-fold predictions reach the target recall for the
-    label (capped at ``max_bias``), trading that label's precision for recall (used for P0).
+    the final model and the calibration folds side by side (None: one after another, same result).
+    ``class_bias`` adds a constant to a class's calibrated score. ``recall_targets`` ({label: recall})
+    instead *learns* that constant: the smallest one with which the out-of-fold predictions reach the
+    target recall for the label (capped at ``max_bias``), trading that label's precision for recall
+    (used for P0).
     """
 
     def __init__(

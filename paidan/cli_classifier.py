@@ -246,7 +246,7 @@ def benchmark(train_csv: Path, test_csv: Path, label: str, as_json: bool) -> Non
         train_rows = read_csv(train_csv, [label])
         test_rows = read_csv(test_csv, [label])
         started = time.perf_counter()
-        trained = fit_model(train_rows, [label], TrainConfig(n_jobs=-1))  # every core: the same model, sooner
+        trained = fit_model(train_rows, [label], TrainConfig())
         fit_seconds = time.perf_counter() - started
         metrics = evaluate_examples(trained.classifier("benchmark", use_rules=False), test_rows, [label])[label]
     result = {

@@ -97,12 +97,13 @@ def test_fast_path_equals_the_pipeline_for_other_ngram_settings(split, config) -
 def test_fitting_in_worker_processes_gives_the_same_model(split) -> None:
     # n_jobs only changes where the fits run: the same vocabularies, weights, temperature and P0 bias.
     train = split[0][::4]
-    config = TrainConfig(calibration_folds=3, recall_targets={"priority": {"P0": 0.95}})
+    config = TrainConfig(calibration_folds=3, recall_targets={"priority": {"P0": 0.95}}, n_jobs=None)
     alone = fit_model(train, ["type", "priority"], config)
     side_by_side = fit_model(train, ["type", "priority"], dataclasses.replace(config, n_jobs=2))
     assert side_by_side.features.n_jobs == 2 and side_by_side.heads["priority"].n_jobs == 2
-    for name, array in alone.serving_arrays().items():
-        np.testing.assert_array_equal(side_by_side.serving_arrays()[name], array, err_msg=name)
+    expected, got = alone.serving_arrays(), side_by_side.serving_arrays()
+    for name, array in expected.items():
+        np.testing.assert_array_equal(got[name], array, err_msg=name)
     assert side_by_side.heads["priority"].bias_[0] > 0  # the recall target did learn a bias
 
 
