@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -254,6 +255,7 @@ class BlendedLinearClassifier(ClassifierMixin, BaseEstimator):
         max_bias: float = 3.0,
         calibration_folds: int = 3,
         max_iter: int = 1000,
+        tol: float = 1e-4,
         random_state: int = 0,
         n_jobs: int | None = None,
     ):
@@ -266,6 +268,7 @@ class BlendedLinearClassifier(ClassifierMixin, BaseEstimator):
         self.max_bias = max_bias
         self.calibration_folds = calibration_folds
         self.max_iter = max_iter
+        self.tol = tol
         self.random_state = random_state
         self.n_jobs = n_jobs
 
@@ -280,7 +283,9 @@ class BlendedLinearClassifier(ClassifierMixin, BaseEstimator):
             # A capped iteration count is a deliberate speed/accuracy trade, not a fault to report.
             warnings.simplefilter("ignore", ConvergenceWarning)
             if self.svc_weight > 0:
-                svc = LinearSVC(C=self.svc_C, class_weight=class_weight, max_iter=self.max_iter, random_state=self.random_state)
+                svc = LinearSVC(
+                    C=self.svc_C, class_weight=class_weight, max_iter=self.max_iter, tol=self.tol, random_state=self.random_state
+                )
                 parts.append((self.svc_weight, svc.fit(X, y_index)))
             if self.svc_weight < 1:
                 lr = LogisticRegression(C=self.lr_C, class_weight=class_weight, max_iter=self.max_iter)
@@ -296,27 +301,32 @@ class BlendedLinearClassifier(ClassifierMixin, BaseEstimator):
     def __setstate__(self, state):
         state = dict(state)
         state.setdefault("n_jobs", None)  # saved before fits could run side by side
+        state.setdefault("tol", 1e-4)  # saved with LinearSVC's default stopping tolerance
         super().__setstate__(state)
 
     def fit(self, X, y):
+        fit_heads([(self, X, y)], self.n_jobs)
+        return self
+
+    def _plan(self, X, y) -> _FitPlan:
+        """Learn the label set and the calibration folds; the linear fits themselves are left to run."""
         y = np.asarray(y)
         self.classes_, y_index = np.unique(y, return_inverse=True)
         n_classes = len(self.classes_)
         if n_classes < 2:
             raise ValueError(f"need at least two labels to learn, got only {self.classes_.tolist()}")
-        # The final fit and the calibration folds' fits are independent: run them side by side in
-        # worker processes (n_jobs), like scikit-learn's own estimators. Not threads: liblinear draws
-        # its coordinate order from one process-wide generator, so threads would make fits differ
-        # from run to run; each process draws from its own, seeded as the sequential fit would be.
         folds = min(self.calibration_folds, int(np.bincount(y_index).min()))
         splits = []
         if folds >= 2:
             splitter = StratifiedKFold(folds, shuffle=True, random_state=self.random_state)
             splits = [(train, test) for train, test in splitter.split(np.zeros(len(y)), y_index)
                       if len(np.unique(y_index[train])) == n_classes]
-        fits = Parallel(n_jobs=self.n_jobs)(
-            delayed(_fit_rows)(self, X, y_index, rows, n_classes) for rows in [None] + [train for train, _ in splits]
-        )
+        return _FitPlan(self, X, y_index, splits)
+
+    def _finish(self, plan: _FitPlan, fits: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Weights from the final fit; temperature and recall biases from the calibration folds' scores."""
+        X, y_index, splits = plan.X, plan.y_index, plan.splits
+        n_classes = len(self.classes_)
         coef, self.intercept_ = fits[0]
         # Weights kept at float16 precision (stored as float64, so both paths compute alike): the serving
         # copy is then exactly float16, a quarter of the weights' size at float64. On paidan's held-out
@@ -329,8 +339,8 @@ class BlendedLinearClassifier(ClassifierMixin, BaseEstimator):
             if label in self.classes_:
                 self.bias_[int(np.searchsorted(self.classes_, label))] = value
         self.temperature_ = 1.0
-        if folds >= 2:
-            oof = np.zeros((len(y), n_classes))
+        if splits:
+            oof = np.zeros((len(y_index), n_classes))
             for (_, test), (w, b) in zip(splits, fits[1:]):
                 oof[test] = X[test] @ w.T + b
             self.temperature_ = fit_temperature(oof, y_index)
@@ -339,7 +349,6 @@ class BlendedLinearClassifier(ClassifierMixin, BaseEstimator):
                     k = int(np.searchsorted(self.classes_, label))
                     self.bias_[k] += _bias_for_recall(oof / self.temperature_, y_index, k, target, self.max_bias)
         self.n_features_in_ = X.shape[1]
-        return self
 
     def decision_function(self, X) -> np.ndarray:
         return np.asarray(X @ self.coef_.T) + self.intercept_ + self.bias_ * self.temperature_
@@ -357,6 +366,39 @@ def _fit_rows(model: BlendedLinearClassifier, X, y_index: np.ndarray, rows: np.n
     if rows is not None:
         X, y_index = X[rows], y_index[rows]
     return model._linear(X, y_index, n_classes)
+
+
+@dataclass
+class _FitPlan:
+    """A model's linear fits still to run: the final one on every row, then one per calibration fold."""
+
+    model: BlendedLinearClassifier
+    X: object
+    y_index: np.ndarray
+    splits: list[tuple[np.ndarray, np.ndarray]]
+
+    def jobs(self) -> list[tuple]:
+        n_classes = len(self.model.classes_)
+        return [(self.model, self.X, self.y_index, rows, n_classes) for rows in [None] + [train for train, _ in self.splits]]
+
+
+def fit_heads(models: Sequence[tuple[BlendedLinearClassifier, object, Sequence]], n_jobs: int | None,
+              done: Callable[[int], None] | None = None) -> None:
+    """Fit several (model, X, y) at once; ``done(i)`` is called as soon as model i is fitted, in order.
+
+    Every model's final and calibration fits are independent, so they share one pool of ``n_jobs``
+    worker processes (None: one after another, same result): no core idles at the end of one model
+    while the next has fits waiting. Not threads: liblinear draws its coordinate order from one
+    process-wide generator, so threads would make fits differ from run to run; each process draws from
+    its own, seeded as the sequential fit would be.
+    """
+    plans = [model._plan(X, y) for model, X, y in models]
+    jobs = [plan.jobs() for plan in plans]
+    results = Parallel(n_jobs=n_jobs, return_as="generator")(delayed(_fit_rows)(*job) for group in jobs for job in group)
+    for i, (plan, group) in enumerate(zip(plans, jobs)):
+        plan.model._finish(plan, [next(results) for _ in group])
+        if done:
+            done(i)
 
 
 def _bias_for_recall(scores: np.ndarray, y_index: np.ndarray, k: int, target: float, cap: float) -> float:

@@ -21,7 +21,7 @@ from classifier.data import TAXONOMY, Example, csv_files, data_sha256, read_csvs
 from classifier.errors import ClassifierError, ModelIncompatible, ModelNotFound, TrainingDataError
 from classifier.evaluate import evaluate_examples
 from classifier.fast import FastModel, export_arrays
-from classifier.pipeline import BlendedLinearClassifier, TextFeatures
+from classifier.pipeline import BlendedLinearClassifier, TextFeatures, fit_heads
 from classifier.rules import RULES
 from classifier.service import SERVICE_HEADS, ModelClassifier
 from classifier.store import ModelStore
@@ -53,6 +53,10 @@ class TrainConfig:
     # rows within budget; the service config uses 3 for a steadier P0 bias.
     calibration_folds: int = 2
     max_iter: int = 1000
+    # LinearSVC's stopping tolerance, 1e-2 instead of its 1e-4 default: half the solver's passes, the
+    # weights move by < 0.001 (the float16 step they are kept at), no held-out or blind label changes,
+    # and Banking77 and COCC score the same; paidan's training takes ~30 % less time (bench/RESULTS.md).
+    svc_tol: float = 1e-2
     class_weight: Mapping[str, Any] = field(default_factory=dict)  # head -> class_weight
     class_bias: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # head -> {label: bias}
     recall_targets: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # head -> {label: recall}
@@ -116,12 +120,13 @@ def fit_model(
     X = features.fit_transform([e.text for e in examples])
     step("features")
     models: dict[str, BlendedLinearClassifier] = {}
+    work = []
     for head in heads:
         rows = [i for i, e in enumerate(examples) if head in e.labels]
         y = np.array([examples[i].labels[head] for i in rows])
         if len(set(y.tolist())) < 2:
             raise ClassifierError(f"head {head!r} needs at least two different labels to learn, got {sorted(set(y.tolist()))}")
-        model = BlendedLinearClassifier(
+        models[head] = BlendedLinearClassifier(
             svc_C=config.svc_C,
             lr_C=config.lr_C,
             svc_weight=config.svc_weight,
@@ -130,10 +135,12 @@ def fit_model(
             recall_targets=dict(config.recall_targets.get(head, {})) or None,
             calibration_folds=config.calibration_folds,
             max_iter=config.max_iter,
+            tol=config.svc_tol,
             n_jobs=config.n_jobs,
         )
-        models[head] = model.fit(X[rows], y)
-        step(head)
+        work.append((models[head], X[rows], y))
+    # All heads' fits share one pool of workers (fit_heads); progress still reports head by head.
+    fit_heads(work, config.n_jobs, done=lambda i: step(heads[i]))
     return TrainedModel(features, models, config)
 
 
