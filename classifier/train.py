@@ -138,7 +138,8 @@ def fit_model(
             tol=config.svc_tol,
             n_jobs=config.n_jobs,
         )
-        work.append((models[head], X[rows], y))
+        # A head labelled on every example (paidan's own) fits on X itself: no copy of the matrix per head.
+        work.append((models[head], X if len(rows) == X.shape[0] else X[rows], y))
     # All heads' fits share one pool of workers (fit_heads); progress still reports head by head.
     fit_heads(work, config.n_jobs, done=lambda i: step(heads[i]))
     return TrainedModel(features, models, config)
