@@ -187,23 +187,69 @@ t0 = time.perf_counter()
 sys.path.insert(0, {root!r})
 from classifier.service import ModelClassifier
 t1 = time.perf_counter()
+rss = lambda: int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0])  # kB
+before = rss()
 c = ModelClassifier.load({path!r})
 t2 = time.perf_counter()
 c.predict("你好，我们的收银机连不上网络了")
 t3 = time.perf_counter()
-print(t1 - t0, t2 - t1, t3 - t2)
+print(t1 - t0, t2 - t1, t3 - t2, rss() - before)
 """
 
 
 def load_times(path: Path, runs: int) -> dict:
-    imports, loads, firsts = [], [], []
+    imports, loads, firsts, memory = [], [], [], []
     for _ in range(max(runs, 5)):
         out = subprocess.run([sys.executable, "-c", LOAD_SNIPPET.format(root=str(ROOT), path=str(path))],
                              capture_output=True, text=True, check=True).stdout.split()
         imports.append(float(out[0]))
         loads.append(float(out[1]))
         firsts.append(float(out[2]))
-    return {"imports": statistics.median(imports), "load": statistics.median(loads), "first": statistics.median(firsts)}
+        memory.append(float(out[3]) / 1024)
+    return {"imports": statistics.median(imports), "load": statistics.median(loads), "first": statistics.median(firsts),
+            "memory_mb": statistics.median(memory)}
+
+
+TRAIN_SNIPPET = """
+import dataclasses, sys, warnings
+warnings.simplefilter("ignore")
+sys.path.insert(0, {root!r})
+from classifier.service import SERVICE_HEADS
+from classifier.train import SERVICE_CONFIG, fit_model, load_split
+train, _ = load_split({data!r}, "train")
+fit_model(train, SERVICE_HEADS, dataclasses.replace(SERVICE_CONFIG, n_jobs={n_jobs!r}))
+"""
+
+
+def _session_pss_kb(session: int) -> int:
+    """Proportional set size of every process in a session (shared pages counted once in all)."""
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[3]) != session:  # fields after the name: state ppid pgrp session
+                continue
+            for line in Path(entry.path, "smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # the process ended while we looked
+    return total
+
+
+def peak_memory_mb(code: str) -> float:
+    """Peak memory of a Python snippet and every process it starts (worker processes included), sampled
+    every 50 ms as the sum of their proportional set sizes."""
+    process = subprocess.Popen([sys.executable, "-c", code], start_new_session=True, stdout=subprocess.DEVNULL)
+    peak = 0
+    while process.poll() is None:
+        peak = max(peak, _session_pss_kb(process.pid))
+        time.sleep(0.05)
+    if process.returncode:
+        raise RuntimeError(f"memory probe failed with exit code {process.returncode}")
+    return peak / 1024
 
 
 def dir_size(path: Path) -> int:
@@ -304,6 +350,8 @@ def main() -> None:
         loads = load_times(path, args.runs)
     finally:
         shutil.rmtree(store_dir, ignore_errors=True)
+    train_memory = {n_jobs: peak_memory_mb(TRAIN_SNIPPET.format(root=str(ROOT), data=str(ROOT / "training_data"), n_jobs=n_jobs))
+                    for n_jobs in (None, SERVICE_CONFIG.n_jobs)}
     ratio = s["plain_p50"] / s["fast_p50"]
     say("### Speed, size, load (service model, held-out messages)")
     say("")
@@ -323,11 +371,14 @@ def main() -> None:
     say(f"| batch, plain `Pipeline.predict` x 3 heads | {s['plain_batch_rate']:,.0f} msgs/s | |")
     say(f"| training, paidan's {len(train):,} rows (3 heads, 3-fold calibration, P0 bias), on {os.cpu_count()} cores / in one process | "
         f"{train_s:.1f} / {train_one_s:.1f} s | <= 15 s |")
+    say(f"| training, peak memory of all processes (proportional set size), on {os.cpu_count()} cores / in one process | "
+        f"{train_memory[SERVICE_CONFIG.n_jobs]:,.0f} / {train_memory[None]:,.0f} MB | |")
     say("| training, 10,000 rows of public data | see Banking77 'ours fit' below (10,003 rows, 77 classes) | <= 15 s |")
     say(f"| model directory | {size / 1e6:.1f} MB | <= 20 MB |")
     say(f"| load (`ModelClassifier.load`, libraries imported) | {loads['load']:.3f} s | <= 0.3 s |")
     say(f"| imports in a fresh process (numpy, classifier; serving needs no scikit-learn, skops, jieba) | {loads['imports']:.3f} s | |")
     say(f"| first prediction after load | {loads['first'] * 1000:.1f} ms | |")
+    say(f"| memory the loaded model adds to a process (resident, after the first prediction) | {loads['memory_mb']:.0f} MB | |")
     say("")
 
     # -- public data ----------------------------------------------------------------------------
