@@ -82,19 +82,26 @@ def plain_pipeline(with_lr: bool = False):
     return Pipeline([("features", features), ("model", model)])
 
 
+def timed_fits(examples: list[Example], heads: list[str] | tuple[str, ...], config: TrainConfig, runs: int):
+    """Fit ``runs`` times in one process and on every core, alternating (the same model either way):
+    the last model, and the median seconds of each."""
+    times: dict[int | None, list[float]] = {None: [], -1: []}
+    for _ in range(runs):
+        for n_jobs in times:
+            started = time.perf_counter()
+            trained = fit_model(examples, heads, dataclasses.replace(config, n_jobs=n_jobs))
+            times[n_jobs].append(time.perf_counter() - started)
+    return trained, statistics.median(times[None]), statistics.median(times[-1])
+
+
 def public(name: str, train: list[dict], test: list[dict], runs: int, plain_lr: bool) -> dict:
     """Ours (default TrainConfig, no rules) against the plain baseline, both fitted in this run."""
     train_ex = [Example(r["text"], {"label": r["label"]}) for r in train]
     test_ex = [Example(r["text"], {"label": r["label"]}) for r in test]
-    times: dict[int | None, list[float]] = {None: [], -1: []}
-    for _ in range(runs):
-        for n_jobs in times:  # one process, then every core: the same model, alternating
-            started = time.perf_counter()
-            trained = fit_model(train_ex, ["label"], TrainConfig(n_jobs=n_jobs))
-            times[n_jobs].append(time.perf_counter() - started)
+    trained, fit_s, fit_cores_s = timed_fits(train_ex, ["label"], TrainConfig(), runs)
     ours = evaluate_examples(trained.classifier(use_rules=False), test_ex, ["label"])["label"]
     out = {"name": name, "train": len(train), "test": len(test), "ours_acc": ours["accuracy"], "ours_f1": ours["macro_f1"],
-           "fit_s": statistics.median(times[None]), "fit_cores_s": statistics.median(times[-1])}
+           "fit_s": fit_s, "fit_cores_s": fit_cores_s}
     texts, labels = [r["text"] for r in train], [r["label"] for r in train]
     for key, lr in (("plain_svc", False), ("plain_lr", True)) if plain_lr else (("plain_svc", False),):
         started = time.perf_counter()
@@ -271,13 +278,7 @@ def main() -> None:
     # -- paidan's held-out split ----------------------------------------------------------------
     train, _ = load_split(ROOT / "training_data", "train")
     heldout, _ = load_split(ROOT / "training_data", "heldout")
-    times: dict[int | None, list[float]] = {None: [], SERVICE_CONFIG.n_jobs: []}
-    for _ in range(args.runs):
-        for n_jobs in times:  # one process, then every core (the default): the same model, alternating
-            started = time.perf_counter()
-            trained = fit_model(train, SERVICE_HEADS, dataclasses.replace(SERVICE_CONFIG, n_jobs=n_jobs))
-            times[n_jobs].append(time.perf_counter() - started)
-    train_s, train_one_s = statistics.median(times[SERVICE_CONFIG.n_jobs]), statistics.median(times[None])
+    trained, train_one_s, train_s = timed_fits(train, SERVICE_HEADS, SERVICE_CONFIG, args.runs)
     classifier = trained.classifier("bench")
     metrics = evaluate_examples(classifier, heldout, SERVICE_HEADS)
     p0 = metrics["priority"]["p0"]

@@ -272,7 +272,8 @@ class BlendedLinearClassifier(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
         self.n_jobs = n_jobs
 
-    def _linear(self, X, y_index: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    def _linear(self, X, y_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n_classes = len(self.classes_)
         class_weight = self.class_weight
         if isinstance(class_weight, dict):
             class_weight = {int(np.searchsorted(self.classes_, k)): v for k, v in class_weight.items() if k in self.classes_}
@@ -360,12 +361,12 @@ class BlendedLinearClassifier(ClassifierMixin, BaseEstimator):
         return self.classes_[np.argmax(self.decision_function(X), axis=1)]
 
 
-def _fit_rows(model: BlendedLinearClassifier, X, y_index: np.ndarray, rows: np.ndarray | None, n_classes: int):
+def _fit_rows(model: BlendedLinearClassifier, X, y_index: np.ndarray, rows: np.ndarray | None):
     """``model``'s linear fit on the given rows (None: all); the rows are taken where the fit runs, so a
     worker process is sent the matrix once, not a copy per fold."""
     if rows is not None:
         X, y_index = X[rows], y_index[rows]
-    return model._linear(X, y_index, n_classes)
+    return model._linear(X, y_index)
 
 
 @dataclass
@@ -377,9 +378,9 @@ class _FitPlan:
     y_index: np.ndarray
     splits: list[tuple[np.ndarray, np.ndarray]]
 
-    def jobs(self) -> list[tuple]:
-        n_classes = len(self.model.classes_)
-        return [(self.model, self.X, self.y_index, rows, n_classes) for rows in [None] + [train for train, _ in self.splits]]
+    @property
+    def row_sets(self) -> list[np.ndarray | None]:
+        return [None] + [train for train, _ in self.splits]
 
 
 def fit_heads(models: Sequence[tuple[BlendedLinearClassifier, object, Sequence]], n_jobs: int | None,
@@ -393,10 +394,11 @@ def fit_heads(models: Sequence[tuple[BlendedLinearClassifier, object, Sequence]]
     its own, seeded as the sequential fit would be.
     """
     plans = [model._plan(X, y) for model, X, y in models]
-    jobs = [plan.jobs() for plan in plans]
-    results = Parallel(n_jobs=n_jobs, return_as="generator")(delayed(_fit_rows)(*job) for group in jobs for job in group)
-    for i, (plan, group) in enumerate(zip(plans, jobs)):
-        plan.model._finish(plan, [next(results) for _ in group])
+    results = Parallel(n_jobs=n_jobs, return_as="generator")(
+        delayed(_fit_rows)(plan.model, plan.X, plan.y_index, rows) for plan in plans for rows in plan.row_sets
+    )
+    for i, plan in enumerate(plans):
+        plan.model._finish(plan, [next(results) for _ in plan.row_sets])
         if done:
             done(i)
 

@@ -62,7 +62,7 @@ class TrainConfig:
     recall_targets: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # head -> {label: recall}
     # Worker processes for the feature blocks and for each head's final and calibration fits (-1: one
     # per core; None: one after another). The fitted model is the same either way: on 2 cores paidan's
-    # 10,799 rows train in ~13 instead of ~19 s (bench/RESULTS.md).
+    # 11,193 rows train in ~12 instead of ~19 s (bench/RESULTS.md).
     n_jobs: int | None = -1
 
 
