@@ -12,6 +12,12 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 
+# Flags a channel sets on mail a machine wrote: an out-of-office reply, a bounce. Such messages are
+# stored (nothing is lost) but never open a ticket, reopen one or get an acknowledgement, so two
+# robots cannot answer each other forever (DESIGN.md, "No loops").
+MACHINE_FLAGS = frozenset({"auto_reply", "bounce"})
+
+
 class Channel(StrEnum):
     EMAIL = "email"
     TELEGRAM = "telegram"
@@ -101,6 +107,11 @@ class InboundMessage:
     message_id: str | None = None  # email Message-ID of this message, for later In-Reply-To
     language: str | None = None  # the customer's UI language when the channel knows it
     flags: tuple[str, ...] = ()  # e.g. "auto_reply", "unparseable": stored, shown to humans
+
+    @property
+    def machine_generated(self) -> bool:
+        """An auto-reply or a bounce (see MACHINE_FLAGS)."""
+        return not MACHINE_FLAGS.isdisjoint(self.flags)
 
     def __post_init__(self) -> None:
         if not self.external_id:

@@ -9,7 +9,7 @@ import signal
 import socket
 import threading
 from collections.abc import Callable
-from datetime import time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from time import monotonic
 
@@ -167,6 +167,7 @@ async def run(settings: Settings, *, migrate: bool = True) -> None:
         forwarded_allow_ips=settings.forwarded_allow_ips,
     ))
     sock = bind(settings.web_host, settings.web_port)
+    smtp = await start_smtp(settings, sink) if settings.email.smtp_enabled else None
     freeze_startup_objects()
     host, port = sock.getsockname()[:2]
     log.info("paidan serving http://%s:%s (web form /, status /status, API /api/v1/messages, docs /docs) "
@@ -178,16 +179,111 @@ async def run(settings: Settings, *, migrate: bool = True) -> None:
     previous = {sig: signal.signal(sig, lambda *_: None) for sig in _STOP_SIGNALS} if _main_thread() else {}
     stop = asyncio.Event()
     timers = asyncio.create_task(scheduler.run_forever(stop))
+    mail_out = asyncio.create_task(deliver_email_forever(settings, engine, stop)) if settings.email.relay_host else None
+    if mail_out is None:
+        log.info("email acknowledgements and replies wait in the outbox: no relay is set ([email] relay_host)")
+    mail_in = asyncio.create_task(poll_imap_forever(settings, engine, sink, stop)) if settings.email.imap_host else None
     try:
         await server.serve(sockets=[sock])
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         stop.set()
+        if smtp is not None:
+            smtp.close()  # no new mail; a DATA already being stored still gets its answer below
         await timers
+        for task in (mail_out, mail_in):
+            if task is not None:
+                await task
         intake.close()  # finishes what is queued: nothing acknowledged is left behind
         engine.dispose()
         log.info("paidan stopped")
+
+
+async def start_smtp(settings: Settings, sink) -> asyncio.AbstractServer:
+    """The SMTP server of the email channel, on the settings' address (port 0 picks a free one)."""
+    from connectors.email.smtp import SmtpConfig, start_smtp_server
+
+    config = SmtpConfig(host=settings.smtp_host, port=settings.smtp_port, domains=tuple(settings.email.smtp_domains),
+                        max_bytes=settings.email.smtp_max_bytes)
+    server = await start_smtp_server(sink, config, sock=bind(settings.smtp_host, settings.smtp_port))
+    host, port = server.sockets[0].getsockname()[:2]
+    log.info("paidan taking email by SMTP on %s:%s (%s)", host, port,
+             f"for {', '.join(config.domains)}" if config.domains else "for any recipient")
+    return server
+
+
+# How long a claimed outbox row is ours: longer than a round can take (EMAIL_BATCH items at the relay's
+# 30 s timeout each), so a slow round never sees its last items claimed and sent again by another process.
+EMAIL_BATCH = 20
+EMAIL_LEASE = timedelta(minutes=15)
+
+
+async def deliver_email_forever(settings: Settings, engine, stop: asyncio.Event) -> None:
+    """Send the outbox's email items through the configured relay until `stop` is set."""
+    from functools import partial
+
+    from connectors.email.send import RelayConfig, SmtpSender, build_outbox_email, deliver_due
+    from router import delivery
+
+    e = settings.email
+    config = RelayConfig(host=e.relay_host, port=e.relay_port, from_address=e.from_address, from_name=e.from_name,
+                         username=e.relay_username,
+                         password=e.relay_password.get_secret_value() if e.relay_password else None,
+                         starttls=e.relay_starttls)
+    sender = SmtpSender(config)
+
+    def one_round():
+        return deliver_due(partial(delivery.claim_due, engine, "email", limit=EMAIL_BATCH, lease=EMAIL_LEASE),
+                           partial(build_outbox_email, config=config), sender.send,
+                           partial(delivery.mark_sent, engine), partial(delivery.mark_failed, engine),
+                           now=datetime.now(UTC))
+
+    log.info("paidan sending email through %s:%s as %s", e.relay_host, e.relay_port, e.from_address)
+    while not stop.is_set():
+        try:
+            report = await asyncio.to_thread(one_round)
+            if report.sent or report.retried or report.failed:
+                log.info("email out: %d sent, %d to retry, %d given up", report.sent, report.retried, report.failed)
+        except Exception:  # noqa: BLE001 — the database may be away for a moment; the next round retries
+            log.exception("email out: a delivery round failed")
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=e.relay_poll_seconds)
+        except TimeoutError:
+            pass
+
+
+async def poll_imap_forever(settings: Settings, engine, sink, stop: asyncio.Event) -> None:
+    """Poll the configured mailbox until `stop` is set; each mail through `sink`, as SMTP's are."""
+    from connectors.email.imap import ImapConfig, ImapPoller, ImapUnavailable
+    from router.cursors import load_cursor, save_cursor
+
+    e = settings.email
+    config = ImapConfig(host=e.imap_host, port=e.imap_port, ssl=e.imap_ssl, username=e.imap_username,
+                        password=e.imap_password.get_secret_value() if e.imap_password else "",
+                        folder=e.imap_folder, processed_folder=e.imap_processed_folder)
+    loop = asyncio.get_running_loop()
+
+    def deliver(message):  # in the poller's thread: the mail joins the group commit of every channel
+        return asyncio.run_coroutine_threadsafe(sink(message), loop).result()
+
+    poller = ImapPoller(config, deliver=deliver, load_cursor=lambda name: load_cursor(engine, name),
+                        save_cursor=lambda name, value: save_cursor(engine, name, value))
+    log.info("paidan polling %r every %g s", config, e.imap_poll_seconds)
+    while not stop.is_set():
+        try:
+            report = await asyncio.to_thread(poller.poll)
+            if report.fetched or report.stopped_because:
+                log.info("imap: %d fetched, %d stored (%d already were)%s", report.fetched, report.delivered,
+                         report.duplicates, f"; stopped: {report.stopped_because}" if report.stopped_because else "")
+        except ImapUnavailable as exc:
+            log.warning("imap: %s; trying again in %g s", exc, e.imap_poll_seconds)
+        except Exception:  # noqa: BLE001 — e.g. the database away for a moment: the cursor did not move
+            log.exception("imap: a poll failed; trying again in %g s", e.imap_poll_seconds)
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=e.imap_poll_seconds)
+        except TimeoutError:
+            pass
 
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)

@@ -48,6 +48,41 @@ class RoutingSettings(BaseModel):
     senior_level: int = 3
 
 
+class EmailSettings(BaseModel):
+    """The email channel; in paidan.toml under [email], in the environment as PAIDAN_EMAIL__FIELD.
+
+    The SMTP server listens on `smtp_host`:`smtp_port` (top-level settings, 127.0.0.1:2525 by default).
+    """
+
+    smtp_enabled: bool = True
+    # Recipient domains the SMTP server takes mail for; empty: every recipient (a developer's machine,
+    # or behind an MX that already filters). Mail to other domains gets 550.
+    smtp_domains: list[str] = Field(default_factory=list)
+    # Bigger mail is refused with 552 (the usual provider limit).
+    smtp_max_bytes: int = 25 * 1024 * 1024
+    # Outgoing mail (acknowledgements, agents' replies) goes through this relay (your provider's
+    # submission server, or a local MTA). Empty: email items wait in the outbox until one is set.
+    relay_host: str = ""
+    relay_port: int = 587
+    relay_username: str | None = None
+    relay_password: SecretStr | None = None
+    relay_starttls: bool = True
+    from_address: str = "support@localhost"
+    from_name: str = "客服 Support"
+    relay_poll_seconds: float = 2.0
+    # A mailbox to poll (mail that reaches support through a provider rather than our SMTP server).
+    # Empty host: no polling. Mail is marked read (or moved to `imap_processed_folder`) only after it
+    # is stored, and never deleted.
+    imap_host: str = ""
+    imap_port: int = 993
+    imap_ssl: bool = True
+    imap_username: str = ""
+    imap_password: SecretStr | None = None
+    imap_folder: str = "INBOX"
+    imap_processed_folder: str | None = None
+    imap_poll_seconds: float = 30.0
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PAIDAN_", env_nested_delimiter="__", extra="ignore", frozen=True)
 
@@ -88,6 +123,7 @@ class Settings(BaseSettings):
     forwarded_allow_ips: str | None = None
 
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    email: EmailSettings = Field(default_factory=EmailSettings)
 
     log_level: str = "INFO"
     log_json: bool = False

@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQL
 from sqlalchemy.orm import Session
 
 from models.errors import ActionRefused, PaidanError, StorageUnavailable
-from models.message import InboundMessage, Receipt
+from models.message import MACHINE_FLAGS, InboundMessage, Receipt
 from models.tables import (
     AttachmentRow,
     Customer,
@@ -110,6 +110,9 @@ def store_batch(
     threads = _find_threads(session, originals, senders, config, now)
 
     new_ticket_positions = [pos for pos, _ in originals if threads[pos].opens_ticket]
+    # An auto-reply or bounce that names no ticket of ours is kept on a ticket that is closed from the
+    # start: stored and visible, but nobody is assigned and nothing is sent back (DESIGN.md: no loops).
+    machine = {pos for pos, msg in originals if msg.machine_generated}
     numbers = _next_ticket_numbers(session, now.astimezone(tz).strftime("%Y%m%d"), len(new_ticket_positions))
     by_pos = dict(originals)
     customer_of = {pos: s.customer_id for (pos, _), s in zip(originals, senders)}
@@ -125,9 +128,12 @@ def store_batch(
                     "customer_id": customer_of[pos],
                     "channel": by_pos[pos].channel.value,
                     "subject": _subject(by_pos[pos]),
-                    "state": states.NEW,
+                    "state": states.CLOSED if pos in machine else states.NEW,
                     "language": by_pos[pos].language,
-                    "flags": flags_of[pos],  # identity conflicts and rejected references: for triage
+                    # identity conflicts and rejected references: for triage; auto_reply / bounce
+                    "flags": [*flags_of[pos], *_machine_flags(by_pos[pos])],
+                    "routed_at": now if pos in machine else None,  # the router leaves it alone
+                    "closed_at": now if pos in machine else None,
                     "created_at": now,
                     "updated_at": now,
                 }
@@ -138,7 +144,10 @@ def store_batch(
         session.execute(insert(TicketEvent.__table__), [
             {
                 "ticket_id": ticket_ids[pos], "at": now, "actor": "customer", "kind": "created",
-                "to_state": states.NEW, "reason": f"first message on {by_pos[pos].channel.value}; {threads[pos].reason}",
+                "to_state": states.CLOSED if pos in machine else states.NEW,
+                "reason": (f"{_machine_kind(by_pos[pos])} on {by_pos[pos].channel.value} that names no open ticket: "
+                           f"kept closed, nothing sent" if pos in machine else
+                           f"first message on {by_pos[pos].channel.value}; {threads[pos].reason}"),
                 "data": {"external_id": by_pos[pos].external_id, "flags": flags_of[pos], "thread": threads[pos].data},
             }
             for pos in new_ticket_positions
@@ -153,7 +162,8 @@ def store_batch(
         thread = threads[pos]
         if thread.ticket_id is not None:
             row = current[thread.ticket_id]
-            first_message.setdefault(row.id, msg)
+            if pos not in machine:  # an auto-reply neither reopens a ticket nor ends a wait on the customer
+                first_message.setdefault(row.id, msg)
             if "identity_conflict" in flags_of[pos] and "identity_conflict" not in row.flags:
                 conflicted.add(row.id)
             ticket_ids[pos], number_of[pos] = row.id, row.number
@@ -161,10 +171,12 @@ def store_batch(
             ticket_ids[pos], number_of[pos] = ticket_ids[thread.join_pos], number_of[thread.join_pos]
         else:
             continue
+        what = f"{_machine_kind(msg)} (the ticket's state is unchanged)" if pos in machine else "message"
         message_events.append({"ticket_id": ticket_ids[pos], "at": now, "actor": "customer", "kind": "message",
-                               "reason": f"message on {msg.channel.value}; {thread.reason}",
+                               "reason": f"{what} on {msg.channel.value}; {thread.reason}",
                                "data": {"external_id": msg.external_id, "thread": thread.data}})
-    _customer_wrote_again(session, {tid: row.state for tid, row in current.items()}, first_message, now)
+    _customer_wrote_again(session, {tid: row.state for tid, row in current.items() if tid in first_message},
+                          first_message, now)
     for ticket_id in conflicted:
         ticket = session.get(Ticket, ticket_id)
         ticket.flags = [*ticket.flags, "identity_conflict"]
@@ -213,13 +225,21 @@ def store_batch(
     for (pos, msg), message_id in zip(originals, message_ids):
         new = pos in new_positions
         receipts[pos] = Receipt(number_of[pos], ticket_ids[pos], message_id, duplicate=False, new_ticket=new,
-                                first_response_due=first_response if new else None)
+                                first_response_due=first_response if new and pos not in machine else None)
     for pos, msg in fresh:
         first = seen_keys[(msg.channel.value, msg.external_id)]
         if first != pos:
             r = receipts[first]
             receipts[pos] = Receipt(r.ticket_number, r.ticket_id, r.message_id, duplicate=True, new_ticket=False)
     return [receipts[pos] for pos in range(len(messages))]
+
+
+def _machine_flags(msg: InboundMessage) -> list[str]:
+    return sorted(MACHINE_FLAGS.intersection(msg.flags))
+
+
+def _machine_kind(msg: InboundMessage) -> str:
+    return "bounce" if "bounce" in msg.flags else "automatic reply"
 
 
 def _subject(msg: InboundMessage) -> str:
@@ -469,8 +489,11 @@ def _find_threads(
     threads: dict[int, _Thread] = {}
     for (pos, msg), sender in zip(originals, senders):
         threads[pos] = _explicit_thread(session, sender, msg)
+    # Only an explicit reference threads an auto-reply: "I am on leave" resembles no topic, and a
+    # bounce's text is the mail system's, not the customer's.
     looking = [(pos, msg, s.customer_id) for (pos, msg), s in zip(originals, senders)
-               if threads[pos].opens_ticket and "ticket_ref_rejected" not in threads[pos].flags]
+               if threads[pos].opens_ticket and "ticket_ref_rejected" not in threads[pos].flags
+               and not msg.machine_generated]
     if not looking or config.topic_window <= timedelta(0):  # a zero window turns topic threading off
         return threads
     returning = {s.customer_id for s in senders if not s.new}  # only they can have tickets already

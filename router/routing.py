@@ -219,7 +219,8 @@ def _route_new(session: Session, ticket: Ticket, messages: list[Message], predic
                            text=f"{ticket.number} needs triage: {triage}", supervisors=batch.supervisors(session))
     first_response = next((c for c in clocks if c.kind == sla.FIRST_RESPONSE), None)
     acknowledgement = _acknowledgement(session, ticket, now, first_response.due_at if first_response else None,
-                                       batch.identities.get(ticket.customer_id, []))
+                                       batch.identities.get(ticket.customer_id, []),
+                                       next((m.email_message_id for m in messages if m.email_message_id), None))
     if acknowledgement is not None:
         acknowledgements.append(acknowledgement)
     return not triage
@@ -297,8 +298,9 @@ def _review_flags(session: Session, ticket: Ticket, messages: list[Message], now
 
 
 def _acknowledgement(session: Session, ticket: Ticket, now: datetime, due: datetime | None,
-                     identities: list[Identity]) -> dict | None:
-    """The outbox row that tells the customer their ticket number and when to expect an answer."""
+                     identities: list[Identity], answers: str | None = None) -> dict | None:
+    """The outbox row that tells the customer their ticket number and when to expect an answer;
+    `answers`: the Message-ID of the customer's mail, so their mail client shows the two together."""
     if ticket.channel not in ACK_CHANNELS:
         return None
     address = customer_address(session, ticket, ticket.channel, identities)
@@ -308,4 +310,5 @@ def _acknowledgement(session: Session, ticket: Ticket, now: datetime, due: datet
     return item(kind="ack", channel=channel, recipient=recipient, ticket_id=ticket.id, now=now,
                 dedupe_key=f"ack:{ticket.id}",
                 payload={"ticket": ticket.number, "subject": ticket.subject, "language": ticket.language,
-                         "first_response_due": due.isoformat() if due else None})
+                         "first_response_due": due.isoformat() if due else None,
+                         **({"in_reply_to": answers} if answers and channel == "email" else {})})

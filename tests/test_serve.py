@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import smtplib
 import subprocess
 import sys
 import threading
@@ -25,7 +26,7 @@ TOKEN = "serve-test-token"
 
 
 def start(database_url: str, tmp_path: Path, **settings: str) -> tuple[subprocess.Popen, str, list[str]]:
-    env = {**os.environ, "PAIDAN_DATABASE_URL": database_url, "PAIDAN_WEB_PORT": "0",
+    env = {**os.environ, "PAIDAN_DATABASE_URL": database_url, "PAIDAN_WEB_PORT": "0", "PAIDAN_SMTP_PORT": "0",
            "PAIDAN_API_TOKENS": TOKEN, "PAIDAN_SECRET_KEY": "test", **settings}
     proc = subprocess.Popen([sys.executable, "-m", "paidan.cli", "serve"], cwd=tmp_path, env=env,
                             stderr=subprocess.PIPE, text=True)
@@ -58,6 +59,7 @@ def test_serve_migrates_answers_and_stops_cleanly(database_url, tmp_path, stop):
     time.sleep(0.2)  # let the reader thread drain stderr
     log = "".join(lines)
     assert "paidan stopped" in log, log
+    assert re.search(r"taking email by SMTP on 127\.0\.0\.1:\d+", log), log
     assert "zhao@example.com" not in log and "Traceback" not in log
 
 
@@ -138,3 +140,118 @@ def test_a_message_posted_to_serve_is_classified_and_offered_to_an_agent(databas
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+
+
+def smtp_port(lines: list[str]) -> int:
+    found = re.search(r"taking email by SMTP on [\d.]+:(\d+)", "".join(lines))
+    assert found, "".join(lines)
+    return int(found.group(1))
+
+
+def test_a_kill_9_loses_no_mail_that_was_answered_250(database_url, tmp_path):
+    """The SMTP side of the contract: a sender that heard 250 may delete its copy, so every mail
+    answered 250 before the crash is in the database after it."""
+    proc, _, lines = start(database_url, tmp_path)
+    port = smtp_port(lines)
+    acknowledged: dict[str, str] = {}  # Message-ID -> ticket number, as the 250 reply said
+    stop = threading.Event()
+
+    def send(worker: int) -> None:
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+                client.ehlo("client.example.cn")
+                for i in range(10_000):
+                    if stop.is_set():
+                        return
+                    message_id = f"<k{worker}-{i}@example.cn>"
+                    raw = (f"From: k{worker}@example.cn\r\nTo: support@paidan.test\r\nMessage-ID: {message_id}\r\n"
+                           f"Subject: test\r\n\r\n消息 {i}\r\n").encode()
+                    client.mail(f"k{worker}@example.cn")
+                    client.rcpt("support@paidan.test")
+                    code, reply = client.data(raw)
+                    if code == 250:
+                        acknowledged[message_id] = reply.decode().rsplit(" ", 1)[1]
+        except (smtplib.SMTPException, OSError):
+            return  # the server died under us: what was not answered 250 is the sender's to retry
+
+    workers = [threading.Thread(target=send, args=(w,)) for w in range(8)]
+    for w in workers:
+        w.start()
+    deadline = time.time() + 60
+    while len(acknowledged) < 200 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.kill()
+    stop.set()
+    for w in workers:
+        w.join(30)
+    proc.wait(timeout=30)
+    assert len(acknowledged) >= 200
+    engine = make_engine(database_url)
+    with Session(engine) as session:
+        stored = dict(session.execute(
+            select(Message.external_id, Ticket.number).join(Ticket, Ticket.id == Message.ticket_id)
+            .where(Message.channel == "email")
+        ).all())
+    engine.dispose()
+    missing = {k: v for k, v in acknowledged.items() if stored.get(k) != v}
+    assert not missing, f"{len(missing)} mails answered 250 were lost or changed after kill -9"
+
+
+class Relay:
+    """A mail relay on loopback (aiosmtpd, port 0) that records what paidan hands it."""
+
+    def __init__(self):
+        import asyncio
+
+        from aiosmtpd.smtp import SMTP
+
+        self.received: list[tuple[str, list[str], bytes]] = []
+        relay = self
+
+        class Record:
+            async def handle_DATA(self, server, session, envelope):
+                relay.received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+                return "250 2.0.0 queued"
+
+        self.loop = asyncio.new_event_loop()
+        self.server = self.loop.run_until_complete(
+            self.loop.create_server(lambda: SMTP(Record(), enable_SMTPUTF8=True), "127.0.0.1", 0))
+        self.port = self.server.sockets[0].getsockname()[1]
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def test_a_customer_mail_is_acknowledged_by_mail_through_the_relay(database_url, tmp_path):
+    """The email channel end to end: SMTP in, committed, routed, and the acknowledgement out through
+    the configured relay, threaded under the customer's mail and tagged with the ticket number."""
+    import email
+    import email.policy
+
+    relay = Relay()
+    proc, _, lines = start(database_url, tmp_path, PAIDAN_EMAIL__RELAY_HOST="127.0.0.1",
+                           PAIDAN_EMAIL__RELAY_PORT=str(relay.port), PAIDAN_EMAIL__RELAY_STARTTLS="false",
+                           PAIDAN_EMAIL__FROM_ADDRESS="support@paidan.test", PAIDAN_EMAIL__RELAY_POLL_SECONDS="0.2")
+    try:
+        raw = ("From: 李雷 <lilei@example.cn>\r\nTo: support@paidan.test\r\nMessage-ID: <order-77@example.cn>\r\n"
+               "Subject: =?utf-8?b?6YCA5qy+6L+Y5rKh5Yiw6LSm?=\r\nContent-Type: text/plain; charset=utf-8\r\n"
+               "Content-Transfer-Encoding: 8bit\r\n\r\n上周申请的退款还没到账，订单号 20261130-7781。\r\n").encode()
+        with smtplib.SMTP("127.0.0.1", smtp_port(lines), timeout=10) as client:
+            code, reply = client.sendmail("lilei@example.cn", ["support@paidan.test"], raw) or (250, b"")
+        deadline = time.time() + 30
+        while not relay.received and time.time() < deadline:
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        relay.close()
+    assert relay.received, "".join(lines)
+    mail_from, rcpt_tos, data = relay.received[0]
+    ack = email.message_from_bytes(data, policy=email.policy.default)
+    assert rcpt_tos == ["lilei@example.cn"] and mail_from == "support@paidan.test"
+    assert ack["In-Reply-To"] == "<order-77@example.cn>" and ack["Auto-Submitted"] == "auto-replied"
+    assert re.search(r"\[GD\d{11}\]", ack["Subject"]) and "退款还没到账" in ack["Subject"]
+    assert "lilei@example.cn" not in "".join(lines)  # addresses are masked in the log

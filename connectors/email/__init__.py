@@ -1,0 +1,1 @@
+"""The email channel: parser, SMTP server, IMAP poller, SMTP sender."""

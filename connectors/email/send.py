@@ -1,0 +1,332 @@
+"""Sending the outbox's email: build each message (pure), hand it to an SMTP relay (thin I/O), and a
+small loop that ties claiming, building, sending and bookkeeping together.
+
+The loop takes its database steps as functions, so this module imports no router: the wiring passes
+`router.delivery`'s `claim_due`, `mark_sent` and `mark_failed` in. smtplib is synchronous; the
+wiring runs `deliver_due` in a thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import smtplib
+import ssl
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.headerregistry import Address
+from email.message import EmailMessage
+from typing import Protocol
+
+from models.errors import PaidanError
+
+log = logging.getLogger(__name__)
+
+# Kinds a machine sends on its own. RFC 3834: they carry Auto-Submitted so that other robots
+# (vacation responders, other help desks) do not answer them and start a loop. A human agent's
+# reply is not one of them: the customer's autoresponder may answer it like any mail.
+AUTOMATIC_KINDS = frozenset({"ack"})
+MAX_SUBJECT_QUOTE = 200  # how much of the customer's subject an acknowledgement repeats
+
+
+class DeliveryError(PaidanError):
+    """An email was not handed over to the relay; the message says what the relay answered."""
+
+
+class TemporaryFailure(DeliveryError):
+    """Try again later: a 4xx answer, or the relay could not be reached or hung up."""
+
+
+class PermanentFailure(DeliveryError):
+    """Retrying will not help: a 5xx answer about this message (e.g. 550 unknown mailbox), or an
+    outbox item that cannot become an email."""
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    host: str
+    port: int
+    from_address: str  # e.g. support@example.com
+    from_name: str = ""
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    # On by default: a login must never cross the network in clear. A relay on the same machine
+    # (port 25 on localhost) usually offers no TLS: turn it off there.
+    starttls: bool = True
+    timeout: float = 30.0  # seconds, for connecting and for each SMTP answer
+
+
+# ---------------------------------------------------------------- building (pure)
+
+
+class OutboxEmail(Protocol):
+    """What `build_outbox_email` reads of a claimed outbox row (router.delivery.Claimed has it)."""
+
+    id: int
+    kind: str
+    recipient: str
+    payload: dict
+    dedupe_key: str | None
+    created_at: datetime
+
+
+def build_outbox_email(item: OutboxEmail, config: RelayConfig) -> EmailMessage:
+    """`build_email` for a claimed outbox row: the same row always gives the same message."""
+    return build_email(
+        item.kind, item.recipient, item.payload, from_address=config.from_address, from_name=config.from_name,
+        fallback_message_id=outbox_message_id(item.id, item.dedupe_key, item.created_at, config.from_address),
+        # RFC 5322's Date is when the message was ready to go, i.e. when it was queued, not this try.
+        date=item.created_at,
+    )
+
+
+def outbox_message_id(item_id: int, dedupe_key: str | None, created_at: datetime, from_address: str) -> str:
+    """A Message-ID for an outbox row whose payload has none, the same on every retry: a mail delivered
+    twice (the relay took it but the connection dropped before its 250) is then shown once.
+
+    The creation time is mixed in because ids start again from 1 when a database is recreated, and a
+    reused id must not look like a message the customer's mail client already has.
+    """
+    seed = f"{item_id}|{dedupe_key or ''}|{created_at.isoformat()}"
+    digest = hashlib.sha256(seed.encode()).hexdigest()[:16]
+    domain = from_address.rpartition("@")[2] or "paidan"
+    return f"<outbox.{item_id}.{digest}@{domain}>"
+
+
+def build_email(kind: str, recipient: str, payload: dict, *, from_address: str, from_name: str,
+                fallback_message_id: str, date: datetime | None = None) -> EmailMessage:
+    """The email for one outbox item; raises PermanentFailure when the item cannot become one.
+
+    `date` defaults to now; pass the item's creation time to make the result depend on its inputs only.
+    """
+    if "@" not in recipient:
+        raise PermanentFailure(f"{recipient!r} is not an email address")
+    message = EmailMessage()  # the default policy encodes UTF-8 subjects and names as RFC 2047 words
+    message["From"] = Address(display_name=from_name, addr_spec=from_address)
+    message["To"] = recipient
+    message["Subject"] = _subject(kind, payload)
+    message["Date"] = date or datetime.now(UTC)
+    message["Message-ID"] = payload.get("message_id") or fallback_message_id
+    in_reply_to = payload.get("in_reply_to")
+    references = list(payload.get("references") or ([in_reply_to] if in_reply_to else []))
+    if in_reply_to:
+        message["In-Reply-To"] = in_reply_to
+    if references:
+        message["References"] = " ".join(references)
+    if kind in AUTOMATIC_KINDS:
+        message["Auto-Submitted"] = "auto-replied"
+        message["X-Auto-Response-Suppress"] = "All"  # Exchange and Outlook's spelling of the same wish
+    message.set_content(_body(kind, payload))  # text/plain; charset="utf-8"
+    return message
+
+
+def _subject(kind: str, payload: dict) -> str:
+    number = payload.get("ticket") or ""
+    tag = f"[{number}]" if number else ""
+    if kind == "ack":
+        # The ticket tag in the subject is what threads the customer's answer back to the ticket.
+        said = _by_language(payload.get("language"), zh="已收到您的来信", en="We received your message")
+        quoted = " ".join((payload.get("subject") or "").split())[:MAX_SUBJECT_QUOTE]
+        return " ".join(part for part in (f"{said}:" if quoted else said, quoted, tag) if part)
+    return payload.get("subject") or f"Re: {tag}".strip()
+
+
+def _body(kind: str, payload: dict) -> str:
+    if kind == "ack":
+        return _acknowledgement_text(payload)
+    text = payload.get("text")
+    if not text:
+        raise PermanentFailure(f"the {kind} has no text to send")
+    return text
+
+
+def _acknowledgement_text(payload: dict) -> str:
+    number = payload.get("ticket") or "?"
+    due = _utc_time(payload.get("first_response_due"))
+    zh = [
+        "您好！", "",
+        f"我们已收到您的来信，工单号：{number}。",
+        *([f"我们会在 {due} 前给您首次答复。"] if due else []),
+        f"如需补充，直接回复本邮件即可；请保留主题中的 [{number}]，以便归入同一工单。", "",
+        "（此邮件由系统自动发送。）",
+    ]
+    en = [
+        "Hello,", "",
+        f"We have received your message; your ticket number is {number}.",
+        *([f"We will get back to you by {due}."] if due else []),
+        f"To add anything, reply to this email and keep [{number}] in the subject so that it joins the same ticket.",
+        "", "(This message was sent automatically.)",
+    ]
+    return _by_language(payload.get("language"), zh="\n".join(zh), en="\n".join(en), joiner="\n\n---\n\n") + "\n"
+
+
+def _by_language(language: str | None, *, zh: str, en: str, joiner: str = " / ") -> str:
+    """Chinese or English as the ticket's language says; both when it says neither."""
+    language = (language or "").lower()
+    if language.startswith("zh"):
+        return zh
+    if language.startswith("en"):
+        return en
+    return zh + joiner + en
+
+
+def _utc_time(iso: str | None) -> str | None:
+    # The payload gives UTC and no business time zone, so the time is shown in UTC and says so.
+    try:
+        return datetime.fromisoformat(iso).astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if iso else None
+    except ValueError:
+        return None
+
+
+# ---------------------------------------------------------------- sending (thin I/O)
+
+
+class SmtpSender:
+    """Hands one message at a time to the relay over a fresh connection."""
+
+    def __init__(self, config: RelayConfig):
+        self.config = config
+
+    def send(self, message: EmailMessage) -> None:
+        """Returns once the relay has accepted the message; raises TemporaryFailure or PermanentFailure."""
+        smtp = smtplib.SMTP(timeout=self.config.timeout)  # no host given: nothing connects yet
+        try:
+            self._open(smtp)
+            self._hand_over(smtp, message)
+        finally:
+            _quit_quietly(smtp)
+
+    @property
+    def _relay(self) -> str:
+        return f"relay {self.config.host}:{self.config.port}"
+
+    def _open(self, smtp: smtplib.SMTP) -> None:
+        # Whatever goes wrong before the message is offered concerns the relay or our settings (a
+        # wrong password answers 535), not this message: temporary, so that once the relay is back
+        # or the settings are fixed, the queue drains. Items still fail visibly after max attempts.
+        try:
+            smtp.connect(self.config.host, self.config.port)
+            smtp.ehlo()
+            if self.config.starttls:
+                smtp.starttls(context=ssl.create_default_context())
+                smtp.ehlo()
+            if self.config.username:
+                smtp.login(self.config.username, self.config.password or "")
+        except smtplib.SMTPResponseException as error:
+            raise TemporaryFailure(f"{self._relay} answered {_answer(error.smtp_code, error.smtp_error)} "
+                                   f"before the message was offered") from error
+        except (smtplib.SMTPException, OSError) as error:  # refused, timed out, reset, TLS, no STARTTLS
+            raise TemporaryFailure(f"{self._relay} could not be reached: {_said(error)}") from error
+
+    def _hand_over(self, smtp: smtplib.SMTP, message: EmailMessage) -> None:
+        try:
+            refused = smtp.send_message(message, from_addr=self.config.from_address)
+        except smtplib.SMTPRecipientsRefused as error:  # every recipient refused
+            raise _rejected(self._relay, error.recipients.items()) from error
+        except smtplib.SMTPResponseException as error:  # MAIL FROM or DATA refused
+            raise _failure_for(error.smtp_code, f"{self._relay} refused the message: "
+                                                f"{_answer(error.smtp_code, error.smtp_error)}") from error
+        except (smtplib.SMTPException, OSError) as error:
+            # Hung up or timed out mid-way: perhaps delivered, perhaps not. A retry carries the same
+            # Message-ID, so a mail client that got both shows it once.
+            raise TemporaryFailure(f"{self._relay} hung up: {_said(error)}") from error
+        if refused:  # some recipients taken, some refused (we send to one, but say so if it happens)
+            raise _rejected(self._relay, refused.items())
+
+
+def _rejected(relay: str, refusals: Iterable[tuple[str, tuple[int, bytes]]]) -> DeliveryError:
+    refusals = list(refusals)
+    said = "; ".join(f"{_answer(code, text)} for {address}" for address, (code, text) in refusals)
+    worst = max(code for _address, (code, _text) in refusals)
+    return _failure_for(worst, f"{relay} refused the recipient: {said}")
+
+
+def _failure_for(code: int, message: str) -> DeliveryError:
+    """5xx means never; anything else (4xx, or smtplib's -1 for a dropped connection) means later."""
+    return PermanentFailure(message) if 500 <= code < 600 else TemporaryFailure(message)
+
+
+def _answer(code: int, text: bytes | str) -> str:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return f"{code} {' '.join(text.split())}".strip()
+
+
+def _said(error: Exception) -> str:
+    return str(error) or type(error).__name__  # a bare TimeoutError has no text of its own
+
+
+def _quit_quietly(smtp: smtplib.SMTP) -> None:
+    # After the relay's 250 the message is theirs: a QUIT that fails must not turn it into a retry.
+    try:
+        if smtp.sock is not None:
+            smtp.quit()
+    except (smtplib.SMTPException, OSError):
+        pass
+    finally:
+        smtp.close()
+
+
+# ---------------------------------------------------------------- the delivery loop
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryReport:
+    sent: int = 0
+    retried: int = 0  # failed for now, will be tried again
+    failed: int = 0  # given up: the ticket has a delivery_failed event
+
+
+def deliver_due(
+    claim: Callable[..., Iterable[OutboxEmail]],
+    build: Callable[[OutboxEmail], EmailMessage],
+    send: Callable[[EmailMessage], None],
+    mark_sent: Callable[..., object],
+    mark_failed: Callable[..., str],
+    *,
+    now: datetime,
+) -> DeliveryReport:
+    """Send every item `claim(now=now)` hands out; one item's failure never stops the others.
+
+    `mark_sent(item_id, now=now)`; `mark_failed(item_id, error, now=now, permanent=…)` returns the
+    row's status afterwards ("pending" or "failed"), as router.delivery's functions do.
+    """
+    sent = retried = failed = 0
+    for item in claim(now=now):
+        problem = _attempt(item, build, send)
+        if problem is None:
+            mark_sent(item.id, now=now)
+            sent += 1
+            continue
+        status = mark_failed(item.id, str(problem), now=now, permanent=isinstance(problem, PermanentFailure))
+        log.warning("outbox item %s (%s) not delivered, %s: %s", item.id, item.kind,
+                    "given up" if status == "failed" else "will retry", _redact(str(problem)))
+        if status == "failed":
+            failed += 1
+        elif status == "pending":
+            retried += 1
+        # else another sender delivered it meanwhile: not ours to count
+    return DeliveryReport(sent=sent, retried=retried, failed=failed)
+
+
+def _attempt(item: OutboxEmail, build: Callable[[OutboxEmail], EmailMessage],
+             send: Callable[[EmailMessage], None]) -> DeliveryError | None:
+    """Build and send one item: what went wrong, or None once the relay has it."""
+    try:
+        send(build(item))
+    except DeliveryError as error:
+        return error
+    except Exception as error:  # a bug with one item must not stop the batch: retried, on its ticket once given up
+        log.exception("outbox item %s (%s): unexpected error while building or sending", item.id, item.kind)
+        return TemporaryFailure(f"unexpected error: {error!r}")
+    return None
+
+
+_EMAIL_ADDRESS = re.compile(r"[\w.+-]+@([\w-]+\.[\w.-]+)")
+
+
+def _redact(text: str) -> str:
+    """Customers' addresses stay out of the logs (the outbox row keeps the whole error)."""
+    return _EMAIL_ADDRESS.sub(r"…@\1", text)
