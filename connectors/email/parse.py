@@ -6,23 +6,27 @@ Every such mail still becomes a message; what went wrong is recorded in ``flags`
 look, and ``raw`` keeps the exact bytes.
 
 We parse with ``policy=compat32`` and decode headers and bodies ourselves. Measured on the
-954-file corpus: ``policy.default`` raises on 28 files (unknown charsets in ``get_content()``,
-address headers of DSNs, overlong dates, CR/LF in addresses, NUL), while ``compat32`` parsing
-raises on none; it leaves charset decisions to us, which is what we want anyway.
+953-mail corpus: reading with ``policy.default`` raises on 28 mails (LookupError from
+``get_content()`` for odd charset names, AttributeError on DSN address headers, OverflowError on
+dates, ValueError on CR/LF in addresses and on NUL), while this module, built on compat32, raises
+on none: compat32 hands us raw strings and leaves every charset decision to us.
 """
 
 from __future__ import annotations
 
 import binascii
+import codecs
 import email
 import email.policy
 import hashlib
 import quopri
 import re
+from collections.abc import Iterator
 from datetime import datetime
-from email.policy import Compat32
 from email.errors import MissingHeaderBodySeparatorDefect
 from email.message import Message
+from email.parser import BytesParser
+from email.policy import Compat32
 from email.utils import getaddresses
 from html.parser import HTMLParser
 
@@ -44,7 +48,7 @@ MAX_SUBJECT = 500
 MAX_EXTERNAL_ID = 512
 MAX_REFERENCES = 50
 MAX_FILENAME = 255
-MAX_MIME_DEPTH = 64  # deeper than any real mail; keeps the recursive body walk far from the limit
+MAX_MIME_DEPTH = 100  # far deeper than real mail; keeps the recursive body walk off the stack limit
 
 # Flags come out in this order, whatever order the checks ran in.
 FLAG_ORDER = ("unparseable", "no_message_id", "no_sender", "charset_fallback", "auto_reply", "bounce")
@@ -63,47 +67,65 @@ _SUPERSETS = {
     "ks_c_5601-1987": "cp949", "euc-kr": "cp949", "ks_c_5601": "cp949",
     "shift_jis": "cp932", "shift-jis": "cp932", "sjis": "cp932", "x-sjis": "cp932",
     "big5": "big5hkscs", "x-big5": "big5hkscs",
+    # Windows mailers write cp1252 quotes and dashes under "iso-8859-1" (browsers decode it so too).
     "iso-8859-1": "cp1252", "latin1": "cp1252", "us-ascii": "ascii", "ascii": "ascii",
     "utf8": "utf-8", "unicodebig": "utf-16-be", "unicodelittle": "utf-16-le",
     "baltic": "iso8859-13", "x-mac-cyrillic": "mac_cyrillic",
 }
 
 _LABEL = re.compile(r"[A-Za-z0-9_.:+-]+")
+_LABEL_PREFIX = re.compile(r"(?:[a-z]+[-_]?)+\d+(?:[-_]\d+)*")  # "windows-1252http-equiv…"
+_NOT_TEXT = frozenset({"base64", "bz2", "hex", "quopri", "rot-13", "uu", "zlib"})  # bytes-to-bytes
 
 
-def codec_for(label: str | None) -> str | None:
-    """The Python codec to decode a declared charset with, or None when it names nothing usable."""
+def _known_codec(name: str) -> str | None:
+    try:
+        codec = codecs.lookup(name).name
+    except LookupError:
+        return None
+    return None if codec in _NOT_TEXT else name
+
+
+def resolve_charset(label: str | None) -> tuple[str | None, bool]:
+    """(Python codec, whether the label was usable as written) for a declared charset."""
     found = _LABEL.search(label or "")
     if not found:
-        return None
+        return None, False
     name = found.group().lower()
-    candidates = [_SUPERSETS.get(name, name)]
-    if name.startswith("x-"):  # "x-gbk", "x-mac-cyrillic": the vendor prefix hides a known name
-        candidates.append(_SUPERSETS.get(name[2:], name[2:]))
+    codec = _known_codec(_SUPERSETS.get(name, name))
+    if codec:
+        return codec, True
+    if name.startswith("x-"):  # "x-gbk", "x-mac-cyrillic": a vendor prefix on a known name
+        codec = _known_codec(_SUPERSETS.get(name[2:], name[2:]))
+        if codec:
+            return codec, True
     if name.isdigit():  # "1252" (FAILURE_MODES 8)
-        candidates.append(f"cp{name}")
-    for candidate in candidates:
-        try:
-            b"a".decode(candidate)  # also rejects bytes-to-bytes codecs such as "base64"
-        except (LookupError, UnicodeError, ValueError):
-            continue
-        return candidate
-    return None
+        return _known_codec(f"cp{name}"), True
+    prefix = _LABEL_PREFIX.match(name)  # "utf-8-purple", "iso-8859-8-i": a known name and junk
+    if prefix:
+        return _known_codec(_SUPERSETS.get(prefix.group(), prefix.group())), False
+    return None, False
 
 
-def decode_bytes(data: bytes, label: str | None) -> tuple[str, bool]:
-    """Decode text whatever its label; the bool says a declared charset could not be used."""
-    codec = codec_for(label)
+def decode_bytes(data: bytes, label: str | None, hint: str | None = None) -> tuple[str, bool]:
+    """Decode text whatever its label; the bool says a declared charset could not be used.
+
+    ``hint`` is the charset the rest of the mail declares, for bytes that declare none (raw 8-bit
+    headers: old Chinese and Taiwanese mailers write them in the body's charset).
+    """
+    codec, as_written = resolve_charset(label)
+    declared = bool(label and label.strip())
     if codec:
         try:
-            return data.decode(codec), False
-        except (UnicodeError, LookupError):
+            return data.decode(codec), declared and not as_written
+        except UnicodeError:
             pass
-    declared = bool(label and label.strip())
-    # Guess GB18030 only when nothing real was declared ("us-ascii" is often just a default): it
-    # accepts most byte pairs, so it would turn a Latin-1 text with one odd byte into Chinese.
-    guesses = ("utf-8", "gb18030") if codec in (None, "ascii") else ("utf-8",)
-    for guess in guesses:
+        if data.isascii():  # a 7-bit encoding (ISO-2022-JP, UTF-7) met a sequence it lacks
+            return data.decode(codec, errors="replace"), True
+    # GB18030 and the hint only when nothing usable was declared: GB18030 accepts most byte
+    # pairs, so it would turn a Latin-1 text with one odd byte into Chinese.
+    guesses = ["utf-8"] if codec else ["utf-8", resolve_charset(hint)[0], "gb18030"]
+    for guess in filter(None, guesses):
         try:
             return data.decode(guess), declared
         except UnicodeError:
@@ -123,7 +145,7 @@ def _raw_bytes(value: str) -> bytes:
 # --- headers ----------------------------------------------------------------------------------
 
 # RFC 2047 encoded-word; the charset may carry an RFC 2231 language ("utf-8*zh").
-_ENCODED_WORD = re.compile(r"=\?([^?\s*]+)(?:\*[^?\s]*)?\?([bBqQ])\?([^?\s]*)\?=")
+_ENCODED_WORD = re.compile(r"=\?([^?\s*]+)(?:\*[^?\s]*)?\?([bBqQ])\?([^?]*)\?=")  # mailers put spaces inside
 
 
 def _lenient_base64(data: bytes) -> bytes:
@@ -140,7 +162,7 @@ def _word_bytes(encoding: str, payload: str) -> bytes:
     return _lenient_base64(raw)
 
 
-def decode_header_text(value: str) -> tuple[str, bool]:
+def decode_header_text(value: str, hint: str | None = None) -> tuple[str, bool]:
     """Decode encoded-words and raw 8-bit bytes in a header; the bool flags a charset fallback."""
     pieces: list[tuple[bytes, str | None]] = []  # (bytes, charset label); None = raw header text
     fell_back = False
@@ -162,7 +184,7 @@ def decode_header_text(value: str) -> tuple[str, bool]:
     pieces.append((_raw_bytes(value[last:]), None))
     out = []
     for data, label in pieces:
-        text, fallback = decode_bytes(data, label)  # raw 8-bit header bytes: utf-8, gb18030, latin-1
+        text, fallback = decode_bytes(data, label, hint)
         fell_back |= fallback
         out.append(text)
     return "".join(out), fell_back
@@ -241,7 +263,7 @@ def _first_address(value: str | None) -> tuple[str, str] | None:
     return ("", loose.group().strip("\"'()[],;:")) if loose else None
 
 
-def _sender(msg: Message, envelope_sender: str | None, digest: str) -> tuple[Sender, bool]:
+def _sender(msg: Message, envelope_sender: str | None, digest: str, hint: str | None) -> tuple[Sender, bool]:
     """The sender and whether it is a placeholder (no usable address anywhere)."""
     found = None
     for name in ("From", "Reply-To", "Sender"):
@@ -253,8 +275,8 @@ def _sender(msg: Message, envelope_sender: str | None, digest: str) -> tuple[Sen
     if not found:
         return Sender((Identity(IdentityKind.EMAIL, f"unknown+{digest[:12]}@invalid"),)), True
     name, address = found
-    address = _one_line(decode_header_text(address)[0], 254)
-    display = _one_line(decode_header_text(name)[0], 200).strip("\"' ")
+    address = _one_line(decode_header_text(address, hint)[0], 254)
+    display = _one_line(decode_header_text(name, hint)[0], 200).strip("\"' ")
     return Sender((Identity(IdentityKind.EMAIL, address),), display), False
 
 
@@ -371,32 +393,39 @@ _OUTLOOK_SENT = re.compile(r"^\**(Sent|Date|发送时间|寄件日期|时间|日
 _SEPARATOR = re.compile(r"^[\s_\-—=*]*$")
 
 
-def _reply_header_at(lines: list[str], i: int) -> bool:
+def _reply_header_lines(lines: list[str], i: int) -> int:
+    """How many lines the reply header starting at line i spans: 0 when there is none."""
     line = lines[i].strip()
-    joined = f"{line} {lines[i + 1].strip()}" if i + 1 < len(lines) else line  # Gmail wraps "On … wrote:"
-    if any(p.match(line) or p.match(joined) for p in _REPLY_HEADERS):
-        return True
+    if any(p.match(line) for p in _REPLY_HEADERS):
+        return 1
+    if i + 1 < len(lines):  # Gmail wraps a long "On … <address> wrote:" over two lines
+        joined = f"{line} {lines[i + 1].strip()}"
+        if any(p.match(joined) for p in _REPLY_HEADERS):
+            return 2
     if _OUTLOOK_FROM.match(line):
-        # "Date:" alone also starts a forwarded mail's header, which is the customer's content.
+        # "From:" and "Date:" also open a forwarded mail's header, which is the customer's content.
         before = lines[i - 1].strip().lower() if i else ""
-        if "forward" in before or "转发" in before:
-            return False
-        return any(_OUTLOOK_SENT.match(later.strip()) for later in lines[i + 1 : i + 4])
-    return False
+        if "forward" not in before and "转发" not in before:
+            return int(any(_OUTLOOK_SENT.match(later.strip()) for later in lines[i + 1 : i + 4]))
+    return 0
 
 
 def strip_quoted(text: str) -> str:
     """The customer's new words: drop `>` lines and everything from a reply header on.
 
-    When that leaves nothing (a reply that is only a quote) the full text is kept.
+    A reply header at the very top (inline or bottom-posted reply) is dropped alone. When that
+    leaves nothing (a reply that is only a quote) the full text is kept.
     """
     lines = text.split("\n")
     kept: list[str] = []
-    for i, line in enumerate(lines):
-        if _reply_header_at(lines, i):
-            break
-        if not line.lstrip().startswith(">"):
-            kept.append(line)
+    i = 0
+    while i < len(lines):
+        header = _reply_header_lines(lines, i)
+        if header and any(k.strip() for k in kept):
+            break  # top-posted: the customer wrote above the quote
+        if not header and not lines[i].lstrip().startswith(">"):
+            kept.append(lines[i])
+        i += header or 1  # a header above inline or bottom-posted answers is dropped alone
     while kept and _SEPARATOR.match(kept[-1]):  # blank lines, "______" above an Outlook block
         kept.pop()
     new = "\n".join(kept).strip()
@@ -406,7 +435,7 @@ def strip_quoted(text: str) -> str:
 # --- MIME parts -------------------------------------------------------------------------------
 
 
-def _param(part: Message, name: str, header: str = "content-type") -> tuple[str | None, bool]:
+def _param(part: Message, name: str, header: str = "content-type", hint: str | None = None) -> tuple[str | None, bool]:
     """A decoded header parameter (RFC 2231 and RFC 2047 forms both occur in the wild)."""
     try:
         value = part.get_param(name, header=header)
@@ -417,7 +446,7 @@ def _param(part: Message, name: str, header: str = "content-type") -> tuple[str 
     if isinstance(value, tuple):  # RFC 2231: (charset, language, %-decoded value as latin-1)
         charset, _, text = value
         return decode_bytes(_raw_bytes(text), charset or "utf-8")
-    return decode_header_text(str(value))
+    return decode_header_text(str(value), hint)
 
 
 def _transfer_decoded(part: Message) -> bytes:
@@ -456,13 +485,34 @@ def _is_attachment(part: Message) -> bool:
     return _param(part, "filename", "content-disposition")[0] is not None or _param(part, "name")[0] is not None
 
 
+def _leaves(msg: Message) -> Iterator[tuple[Message, int]]:
+    """(part, depth) for every non-multipart part, in order; message/* parts are leaves too.
+
+    Iterative, unlike Message.walk(), so MIME depth costs no stack.
+    """
+    stack = [(msg, 0)]
+    while stack:
+        part, depth = stack.pop()
+        if part.is_multipart() and part.get_content_maintype() != "message":
+            stack.extend((c, depth + 1) for c in reversed(part.get_payload()) if isinstance(c, Message))
+        else:
+            yield part, depth
+
+
+def _charset_hint(msg: Message) -> str | None:
+    """The first charset any text part declares."""
+    return next((cs for part, _ in _leaves(msg) if (cs := _charset_label(part))), None)
+
+
 _BODY_TYPES = ("text/plain", "text/html")
 
 
 def _body(part: Message, depth: int = 0) -> tuple[str, bool, bool]:
     """(text, whether it came from text/plain, charset fallback) for the readable body of a part."""
+    if depth > MAX_MIME_DEPTH:
+        raise ValueError("MIME nesting too deep to read")  # parse_email falls back to headers only
     ctype = part.get_content_type()
-    if depth > MAX_MIME_DEPTH or (depth and _is_attachment(part)):
+    if depth and _is_attachment(part):
         return "", False, False
     if part.get_content_maintype() == "message":  # reached only for a mail that is just a wrapper
         inner = part.get_payload() if ctype == "message/rfc822" else None
@@ -505,21 +555,16 @@ def safe_filename(name: str | None, content_type: str, index: int) -> str:
     return name[:MAX_FILENAME]
 
 
-def _attachments(msg: Message, linesep: str) -> tuple[list[Attachment], bool]:
+def _attachments(msg: Message, linesep: str, hint: str | None) -> tuple[list[Attachment], bool]:
     """Every part that is not body text, attached mails as whole .eml files.
 
-    Iterative, so MIME depth costs nothing. Nameless non-text parts (a pasted screenshot, a
-    DSN's delivery-status) are kept too: losing them silently would be worse than an odd name.
+    Nameless non-text parts (a pasted screenshot, a DSN's delivery-status) are kept too: losing
+    them silently would be worse than an odd name.
     """
     found: list[Attachment] = []
     fell_back = False
-    stack = [(msg, 0)]
-    while stack:
-        part, depth = stack.pop()
+    for part, depth in _leaves(msg):
         ctype = part.get_content_type()
-        if part.is_multipart() and part.get_content_maintype() != "message":
-            stack.extend((c, depth + 1) for c in reversed(part.get_payload()) if isinstance(c, Message))
-            continue
         if not _is_attachment(part) and ctype in _BODY_TYPES:
             continue
         if depth == 0 and part.get_content_maintype() == "text":
@@ -528,9 +573,9 @@ def _attachments(msg: Message, linesep: str) -> tuple[list[Attachment], bool]:
             data = _embedded_message_bytes(part, linesep)
         else:
             data = _transfer_decoded(part)
-        name, bad = _param(part, "filename", "content-disposition")
+        name, bad = _param(part, "filename", "content-disposition", hint)
         if name is None:
-            name, bad = _param(part, "name")
+            name, bad = _param(part, "name", hint=hint)
         fell_back |= bad
         found.append(Attachment(safe_filename(name, ctype, len(found) + 1), ctype, data))
     return found, fell_back
@@ -646,48 +691,58 @@ def _repaired_header_block(raw: bytes) -> bytes | None:
 
 
 def parse_email(raw: bytes, *, received_at: datetime, envelope_sender: str | None = None) -> InboundMessage:
-    """Parse one email. Never raises: anything unexpected gives a message flagged "unparseable"."""
+    """Parse one email. Never raises: what cannot be read is flagged "unparseable"; raw is kept."""
     digest = hashlib.sha256(raw).hexdigest()
     try:
         return _parse(raw, digest, received_at, envelope_sender)
-    except Exception:  # noqa: BLE001 — one bad mail must never stop intake; raw is kept for a human
+    except Exception:  # noqa: BLE001 — one bad mail must never stop intake (FAILURE_MODES 7, 14)
+        pass
+    try:
+        # MIME nested past the stack limit still has readable headers, and reading headers does
+        # not recurse: keep the Message-ID (deduplication), the sender and the subject.
+        return _parse(raw, digest, received_at, envelope_sender, headers_only=True)
+    except Exception:  # noqa: BLE001 — the same reason; nothing is left to try but the bytes
         return _unparseable(raw, digest, received_at)
 
 
-def _parse(raw: bytes, digest: str, received_at: datetime, envelope_sender: str | None) -> InboundMessage:
-    flags: set[str] = set()
-    msg = email.message_from_bytes(raw, policy=_COMPAT32_UNFOLDED)
+def _read(raw: bytes, headers_only: bool) -> Message:
+    parser = BytesParser(policy=_COMPAT32_UNFOLDED)
+    msg = parser.parsebytes(raw, headersonly=headers_only)
     if any(isinstance(d, MissingHeaderBodySeparatorDefect) for d in msg.defects):
         repaired = _repaired_header_block(raw)
         if repaired:
-            msg = email.message_from_bytes(repaired, policy=_COMPAT32_UNFOLDED)
+            msg = parser.parsebytes(repaired, headersonly=headers_only)
+    return msg
+
+
+def _parse(
+    raw: bytes, digest: str, received_at: datetime, envelope_sender: str | None, *, headers_only: bool = False
+) -> InboundMessage:
+    msg = _read(raw, headers_only)
+    hint = _charset_hint(msg)
+    flags: set[str] = set()
 
     message_id = normalise_message_id(_header(msg, "Message-ID"))
     if not message_id:
         flags.add("no_message_id")
 
-    sender, placeholder = _sender(msg, envelope_sender, digest)
+    sender, placeholder = _sender(msg, envelope_sender, digest, hint)
     if placeholder:
         flags.add("no_sender")
 
-    subject, bad = decode_header_text(_header(msg, "Subject") or "")
+    subject, bad_subject = decode_header_text(_header(msg, "Subject") or "", hint)
     subject = _one_line(subject, MAX_SUBJECT)
-    if bad:
-        flags.add("charset_fallback")
 
-    if _structure_broken(msg):
+    if headers_only or _structure_broken(msg):
         flags.add("unparseable")
-        text = _best_effort(_transfer_decoded(msg))
+        text, bad_body = decode_bytes(_transfer_decoded(msg), None, hint)
+        attachments, bad_names = [], False
     else:
-        text, _, bad = _body(msg)
-        if bad:
-            flags.add("charset_fallback")
-    text = clean_text(text)
-    text = strip_quoted(text)[:MAX_TEXT]
-
-    attachments, bad = _attachments(msg, "\r\n" if b"\r\n" in raw[:4096] else "\n")
-    if bad:
+        text, _, bad_body = _body(msg)
+        attachments, bad_names = _attachments(msg, "\r\n" if b"\r\n" in raw[:4096] else "\n", hint)
+    if bad_subject or bad_body or bad_names:
         flags.add("charset_fallback")
+    text = strip_quoted(clean_text(text))[:MAX_TEXT]
 
     if _is_auto_reply(msg, subject):
         flags.add("auto_reply")
@@ -721,12 +776,8 @@ def _external_id(message_id: str | None, digest: str) -> str:
 
 
 def _structure_broken(msg: Message) -> bool:
-    """A multipart whose parts could not be found: its body is one undivided blob."""
+    """A multipart whose boundary never occurs: the stdlib leaves its body one undivided blob."""
     return msg.get_content_maintype() == "multipart" and not msg.is_multipart()
-
-
-def _best_effort(data: bytes) -> str:
-    return decode_bytes(data, None)[0]
 
 
 def _unparseable(raw: bytes, digest: str, received_at: datetime) -> InboundMessage:
@@ -734,7 +785,7 @@ def _unparseable(raw: bytes, digest: str, received_at: datetime) -> InboundMessa
         channel=Channel.EMAIL,
         external_id=f"sha256:{digest}",
         sender=Sender((Identity(IdentityKind.EMAIL, f"unknown+{digest[:12]}@invalid"),)),
-        text=clean_text(_best_effort(raw[: 4 * MAX_TEXT]))[:MAX_TEXT],
+        text=clean_text(decode_bytes(raw[: 4 * MAX_TEXT], None)[0])[:MAX_TEXT],
         received_at=received_at,
         raw=raw,
         flags=("unparseable", "no_message_id", "no_sender"),
