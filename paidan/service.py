@@ -223,7 +223,8 @@ async def deliver_email_forever(settings: Settings, engine, stop: asyncio.Event)
     """Send the outbox's email items through the configured relay until `stop` is set."""
     from functools import partial
 
-    from connectors.email.send import RelayConfig, SmtpSender, build_outbox_email, deliver_due
+    from connectors.email.send import RelayConfig, SmtpSender, build_outbox_email
+    from connectors.outbox import deliver_due
     from router import delivery
 
     e = settings.email

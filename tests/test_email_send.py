@@ -21,17 +21,8 @@ from aiosmtpd.smtp import SMTP
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from connectors.email.send import (
-    DeliveryReport,
-    PermanentFailure,
-    RelayConfig,
-    SmtpSender,
-    TemporaryFailure,
-    build_email,
-    build_outbox_email,
-    deliver_due,
-    outbox_message_id,
-)
+from connectors.email.send import RelayConfig, SmtpSender, build_email, build_outbox_email, outbox_message_id
+from connectors.outbox import DeliveryReport, PermanentFailure, TemporaryFailure, deliver_due
 from factories import KeywordClassifier, make_message
 from models import Channel
 from models.tables import OutboxItem, Ticket, TicketEvent

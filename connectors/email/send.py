@@ -1,47 +1,27 @@
-"""Sending the outbox's email: build each message (pure), hand it to an SMTP relay (thin I/O), and a
-small loop that ties claiming, building, sending and bookkeeping together.
+"""Sending the outbox's email: build each message (pure) and hand it to an SMTP relay (thin I/O).
 
-The loop takes its database steps as functions, so this module imports no router: the wiring passes
-`router.delivery`'s `claim_due`, `mark_sent` and `mark_failed` in. smtplib is synchronous; the
-wiring runs `deliver_due` in a thread.
+`connectors.outbox.deliver_due` ties claiming, building, sending and bookkeeping together; smtplib
+is synchronous, so the wiring runs it in a thread.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
-import re
 import smtplib
 import ssl
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
-from typing import Protocol
 
-from models.errors import PaidanError
-
-log = logging.getLogger(__name__)
+from connectors.outbox import DeliveryError, OutboxItem, PermanentFailure, TemporaryFailure
 
 # Kinds a machine sends on its own. RFC 3834: they carry Auto-Submitted so that other robots
 # (vacation responders, other help desks) do not answer them and start a loop. A human agent's
 # reply is not one of them: the customer's autoresponder may answer it like any mail.
 AUTOMATIC_KINDS = frozenset({"ack"})
 MAX_SUBJECT_QUOTE = 200  # how much of the customer's subject an acknowledgement repeats
-
-
-class DeliveryError(PaidanError):
-    """An email was not handed over to the relay; the message says what the relay answered."""
-
-
-class TemporaryFailure(DeliveryError):
-    """Try again later: a 4xx answer, or the relay could not be reached or hung up."""
-
-
-class PermanentFailure(DeliveryError):
-    """Retrying will not help: a 5xx answer about this message (e.g. 550 unknown mailbox), or an
-    outbox item that cannot become an email."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,18 +41,7 @@ class RelayConfig:
 # ---------------------------------------------------------------- building (pure)
 
 
-class OutboxEmail(Protocol):
-    """What `build_outbox_email` reads of a claimed outbox row (router.delivery.Claimed has it)."""
-
-    id: int
-    kind: str
-    recipient: str
-    payload: dict
-    dedupe_key: str | None
-    created_at: datetime
-
-
-def build_outbox_email(item: OutboxEmail, config: RelayConfig) -> EmailMessage:
+def build_outbox_email(item: OutboxItem, config: RelayConfig) -> EmailMessage:
     """`build_email` for a claimed outbox row: the same row always gives the same message."""
     return build_email(
         item.kind, item.recipient, item.payload, from_address=config.from_address, from_name=config.from_name,
@@ -267,66 +236,3 @@ def _quit_quietly(smtp: smtplib.SMTP) -> None:
         pass
     finally:
         smtp.close()
-
-
-# ---------------------------------------------------------------- the delivery loop
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryReport:
-    sent: int = 0
-    retried: int = 0  # failed for now, will be tried again
-    failed: int = 0  # given up: the ticket has a delivery_failed event
-
-
-def deliver_due(
-    claim: Callable[..., Iterable[OutboxEmail]],
-    build: Callable[[OutboxEmail], EmailMessage],
-    send: Callable[[EmailMessage], None],
-    mark_sent: Callable[..., object],
-    mark_failed: Callable[..., str],
-    *,
-    now: datetime,
-) -> DeliveryReport:
-    """Send every item `claim(now=now)` hands out; one item's failure never stops the others.
-
-    `mark_sent(item_id, now=now)`; `mark_failed(item_id, error, now=now, permanent=…)` returns the
-    row's status afterwards ("pending" or "failed"), as router.delivery's functions do.
-    """
-    sent = retried = failed = 0
-    for item in claim(now=now):
-        problem = _attempt(item, build, send)
-        if problem is None:
-            mark_sent(item.id, now=now)
-            sent += 1
-            continue
-        status = mark_failed(item.id, str(problem), now=now, permanent=isinstance(problem, PermanentFailure))
-        log.warning("outbox item %s (%s) not delivered, %s: %s", item.id, item.kind,
-                    "given up" if status == "failed" else "will retry", _redact(str(problem)))
-        if status == "failed":
-            failed += 1
-        elif status == "pending":
-            retried += 1
-        # else another sender delivered it meanwhile: not ours to count
-    return DeliveryReport(sent=sent, retried=retried, failed=failed)
-
-
-def _attempt(item: OutboxEmail, build: Callable[[OutboxEmail], EmailMessage],
-             send: Callable[[EmailMessage], None]) -> DeliveryError | None:
-    """Build and send one item: what went wrong, or None once the relay has it."""
-    try:
-        send(build(item))
-    except DeliveryError as error:
-        return error
-    except Exception as error:  # a bug with one item must not stop the batch: retried, on its ticket once given up
-        log.exception("outbox item %s (%s): unexpected error while building or sending", item.id, item.kind)
-        return TemporaryFailure(f"unexpected error: {error!r}")
-    return None
-
-
-_EMAIL_ADDRESS = re.compile(r"[\w.+-]+@([\w-]+\.[\w.-]+)")
-
-
-def _redact(text: str) -> str:
-    """Customers' addresses stay out of the logs (the outbox row keeps the whole error)."""
-    return _EMAIL_ADDRESS.sub(r"…@\1", text)

@@ -1,0 +1,103 @@
+"""Delivering outbox items, whatever the channel: one loop that claims, builds, sends and records.
+
+Each channel brings its own `build` (an item into the channel's message) and `send` (hand it to the
+peer: an SMTP relay, the Telegram Bot API), raising TemporaryFailure or PermanentFailure. The
+database steps come in as functions (`router.delivery`'s `claim_due`, `mark_sent`, `mark_failed`),
+so connectors import no router.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from models.errors import PaidanError
+
+log = logging.getLogger(__name__)
+
+
+class DeliveryError(PaidanError):
+    """An item was not handed over to its peer; the message says what the peer answered."""
+
+
+class TemporaryFailure(DeliveryError):
+    """Try again later: the peer said so (SMTP 4xx, Telegram 429 or 5xx), could not be reached or hung up."""
+
+
+class PermanentFailure(DeliveryError):
+    """Retrying will not help: the peer refused this item for good (SMTP 550 unknown mailbox, a
+    Telegram user who blocked the bot), or the item cannot become a message at all."""
+
+
+class OutboxItem(Protocol):
+    """What a channel reads of a claimed outbox row (router.delivery.Claimed has it)."""
+
+    id: int
+    kind: str
+    recipient: str
+    payload: dict
+    dedupe_key: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryReport:
+    sent: int = 0
+    retried: int = 0  # failed for now, will be tried again
+    failed: int = 0  # given up: the ticket has a delivery_failed event
+
+
+def deliver_due(
+    claim: Callable[..., Iterable[OutboxItem]],
+    build: Callable[[OutboxItem], Any],
+    send: Callable[[Any], None],
+    mark_sent: Callable[..., object],
+    mark_failed: Callable[..., str],
+    *,
+    now: datetime,
+) -> DeliveryReport:
+    """Send every item `claim(now=now)` hands out; one item's failure never stops the others.
+
+    `mark_sent(item_id, now=now)`; `mark_failed(item_id, error, now=now, permanent=…)` returns the
+    row's status afterwards ("pending" or "failed"), as router.delivery's functions do.
+    """
+    sent = retried = failed = 0
+    for item in claim(now=now):
+        problem = _attempt(item, build, send)
+        if problem is None:
+            mark_sent(item.id, now=now)
+            sent += 1
+            continue
+        status = mark_failed(item.id, str(problem), now=now, permanent=isinstance(problem, PermanentFailure))
+        log.warning("outbox item %s (%s) not delivered, %s: %s", item.id, item.kind,
+                    "given up" if status == "failed" else "will retry", redact(str(problem)))
+        if status == "failed":
+            failed += 1
+        elif status == "pending":
+            retried += 1
+        # else another sender delivered it meanwhile: not ours to count
+    return DeliveryReport(sent=sent, retried=retried, failed=failed)
+
+
+def _attempt(item: OutboxItem, build: Callable[[OutboxItem], Any], send: Callable[[Any], None]) -> DeliveryError | None:
+    """Build and send one item: what went wrong, or None once the peer has it."""
+    try:
+        send(build(item))
+    except DeliveryError as error:
+        return error
+    except Exception as error:  # a bug with one item must not stop the batch: retried, on its ticket once given up
+        log.exception("outbox item %s (%s): unexpected error while building or sending", item.id, item.kind)
+        return TemporaryFailure(f"unexpected error: {error!r}")
+    return None
+
+
+_EMAIL_ADDRESS = re.compile(r"[\w.+-]+@([\w-]+\.[\w.-]+)")
+
+
+def redact(text: str) -> str:
+    """Customers' addresses stay out of the logs (the outbox row keeps the whole error)."""
+    return _EMAIL_ADDRESS.sub(r"…@\1", text)
