@@ -9,7 +9,7 @@ import signal
 import socket
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime, time, timedelta
+from datetime import time, timedelta
 from pathlib import Path
 from time import monotonic
 
@@ -183,6 +183,11 @@ async def run(settings: Settings, *, migrate: bool = True) -> None:
     if mail_out is None:
         log.info("email acknowledgements and replies wait in the outbox: no relay is set ([email] relay_host)")
     mail_in = asyncio.create_task(poll_imap_forever(settings, engine, sink, stop)) if settings.email.imap_host else None
+    telegram = None
+    if settings.telegram.token:
+        from paidan.telegram import run_telegram
+
+        telegram = asyncio.create_task(run_telegram(settings, engine, routing, sink, stop))
     try:
         await server.serve(sockets=[sock])
     finally:
@@ -192,7 +197,7 @@ async def run(settings: Settings, *, migrate: bool = True) -> None:
         if smtp is not None:
             smtp.close()  # no new mail; a DATA already being stored still gets its answer below
         await timers
-        for task in (mail_out, mail_in):
+        for task in (mail_out, mail_in, telegram):
             if task is not None:
                 await task
         intake.close()  # finishes what is queued: nothing acknowledged is left behind
@@ -224,34 +229,16 @@ async def deliver_email_forever(settings: Settings, engine, stop: asyncio.Event)
     from functools import partial
 
     from connectors.email.send import RelayConfig, SmtpSender, build_outbox_email
-    from connectors.outbox import deliver_due
-    from router import delivery
+    from paidan.outbound import send_outbox_forever
 
     e = settings.email
     config = RelayConfig(host=e.relay_host, port=e.relay_port, from_address=e.from_address, from_name=e.from_name,
                          username=e.relay_username,
                          password=e.relay_password.get_secret_value() if e.relay_password else None,
                          starttls=e.relay_starttls)
-    sender = SmtpSender(config)
-
-    def one_round():
-        return deliver_due(partial(delivery.claim_due, engine, "email", limit=EMAIL_BATCH, lease=EMAIL_LEASE),
-                           partial(build_outbox_email, config=config), sender.send,
-                           partial(delivery.mark_sent, engine), partial(delivery.mark_failed, engine),
-                           now=datetime.now(UTC))
-
     log.info("paidan sending email through %s:%s as %s", e.relay_host, e.relay_port, e.from_address)
-    while not stop.is_set():
-        try:
-            report = await asyncio.to_thread(one_round)
-            if report.sent or report.retried or report.failed:
-                log.info("email out: %d sent, %d to retry, %d given up", report.sent, report.retried, report.failed)
-        except Exception:  # noqa: BLE001 — the database may be away for a moment; the next round retries
-            log.exception("email out: a delivery round failed")
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=e.relay_poll_seconds)
-        except TimeoutError:
-            pass
+    await send_outbox_forever(engine, "email", partial(build_outbox_email, config=config), SmtpSender(config).send,
+                              batch=EMAIL_BATCH, lease=EMAIL_LEASE, every=e.relay_poll_seconds, stop=stop)
 
 
 async def poll_imap_forever(settings: Settings, engine, sink, stop: asyncio.Event) -> None:

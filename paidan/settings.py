@@ -83,6 +83,20 @@ class EmailSettings(BaseModel):
     imap_poll_seconds: float = 30.0
 
 
+class TelegramSettings(BaseModel):
+    """The Telegram channel; in paidan.toml under [telegram], in the environment as PAIDAN_TELEGRAM__FIELD.
+
+    One bot serves both sides: messages from a registered agent's Telegram id (`paidan agents set NAME
+    --telegram-id …`) go to the agent console, everyone else's become customer messages.
+    """
+
+    token: SecretStr | None = None  # from @BotFather; none: no Telegram channel
+    # The Bot API server: Telegram's, or a self-hosted telegram-bot-api (and, in tests, a stand-in).
+    api_base: str = "https://api.telegram.org"
+    poll_timeout_seconds: int = 25  # long polling: how long one getUpdates waits for news
+    send_poll_seconds: float = 1.0  # how often the outbox is checked for messages to send
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PAIDAN_", env_nested_delimiter="__", extra="ignore", frozen=True)
 
@@ -124,6 +138,7 @@ class Settings(BaseSettings):
 
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     email: EmailSettings = Field(default_factory=EmailSettings)
+    telegram: TelegramSettings = Field(default_factory=TelegramSettings)
 
     log_level: str = "INFO"
     log_json: bool = False

@@ -959,7 +959,9 @@ def _write_offers(session: Session, offers: list[tuple[Ticket, AgentState, Choic
         notices.append(staff_item(  # type: ignore[arg-type]  (an AgentState has what the row needs)
             agent, kind="assigned", ticket=ticket, now=now, assignment_id=offer_id,
             text=f"{ticket.number}: {ticket.subject or '(no subject)'} — accept within {within}",
-            expires_at=expires.isoformat(), reason=choice.reason))
+            expires_at=expires.isoformat(), reason=choice.reason,
+            # What an agent decides on from the notice alone (the Telegram console shows them).
+            priority=ticket.priority, type=ticket.type, category=ticket.category))
         results.append(AssignmentResult(agent.id, agent.name, choice.reason, queued=False, assignment_id=offer_id))
     session.execute(_NEW_EVENTS, events)
     enqueue_many(session, notices)

@@ -1,0 +1,1 @@
+"""The Telegram channel: updates in, the agent console, messages out."""

@@ -1,0 +1,176 @@
+"""The agent console's language: what an agent types or taps in Telegram, read into a command (pure).
+
+`paidan.telegram_console` runs the commands against the router; this module only reads text, so
+every form and every mistake can be tested without a bot or a database.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# GD + the date (8 digits) + a per-day sequence of at least three digits. Not \b: Chinese text is
+# made of word characters too, and "工单GD20261123001" must still name the ticket.
+TICKET_NUMBER = re.compile(r"(?<![A-Za-z0-9])GD\d{11,}(?!\d)", re.IGNORECASE)
+EXAMPLE = "GD20261123001"
+
+# Commands that act on one ticket: the right form of each, shown when it was typed wrong.
+TICKET_COMMANDS: dict[str, str] = {
+    "accept": f"/accept {EXAMPLE}",
+    "decline": f"/decline {EXAMPLE} [reason]",
+    "reply": f"/reply {EXAMPLE} 您好…",
+    "note": f"/note {EXAMPLE} 客户上次也退过一次款",
+    "wait": f"/wait {EXAMPLE} [note]",
+    "resolve": f"/resolve {EXAMPLE} [note]",
+    "reopen": f"/reopen {EXAMPLE} 客户说问题还在",
+    "relabel": f"/relabel {EXAMPLE} priority P1",
+    "assign": f"/assign {EXAMPLE} [agent]",
+    "show": f"/show {EXAMPLE}",
+}
+LISTING_COMMANDS = frozenset({"queue", "mine"})
+HELP_COMMANDS = frozenset({"help", "start"})
+# What must follow the ticket number, for the commands that need more than the number.
+_NEEDS = {"reply": "text", "note": "text", "reopen": "a reason", "relabel": "a head and a label"}
+BUTTON_ACTIONS = frozenset({"accept", "decline"})
+
+HELP = "\n".join([
+    "派单客服台 · paidan agent console",
+    "",
+    "/queue 待分配工单 · tickets waiting for an agent",
+    "/mine 我的工单 · your tickets",
+    "/show GD… 查看工单 · show a ticket",
+    "/accept GD… 接单 · accept   /decline GD… [原因 reason] 拒单 · decline",
+    "/reply GD… 文字 回复客户 · reply to the customer",
+    "  直接回复工单通知即可回复客户 · or simply reply to the ticket's notification",
+    "/note GD… 文字 内部备注 · internal note (the customer never sees it)",
+    "/wait GD… [说明] 等待客户 · wait for the customer (SLA paused)",
+    "/resolve GD… [说明] 已解决 · resolve",
+    "/reopen GD… 原因 重新打开 · reopen, with the reason",
+    "/relabel GD… priority P1 更正标签 · correct a label (type, category, priority)",
+    "/assign GD… [坐席] 转派 · hand on (to an agent, or the best available)",
+])
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleCommand:
+    """One thing an agent asked for. `ticket` is upper case; the other fields as the action needs."""
+
+    action: str  # a key of TICKET_COMMANDS, or "queue" / "mine"
+    ticket: str | None = None
+    text: str = ""  # the reply or note; the reason or note of decline, wait, resolve and reopen
+    head: str = ""  # relabel: type, category or priority (the action checks the label set)
+    label: str = ""
+    agent: str = ""  # assign: name or id; "" hands it to the best available agent
+    via: str = "command"  # "command", "reply" (a Telegram reply to a ticket's message) or "button"
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleHelp:
+    text: str = HELP
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleMistake:
+    """What was wrong, and the right form."""
+
+    message: str
+
+
+ConsoleInput = ConsoleCommand | ConsoleHelp | ConsoleMistake
+
+_COMMAND = re.compile(r"/(\w+)(?:@\w+)?(?:\s+(.*))?", re.DOTALL)
+
+
+def parse_console(text: str | None, *, reply_to_text: str | None = None,
+                  callback_data: str | None = None) -> ConsoleInput:
+    """Read a command, a button tap (`callback_data`) or a Telegram reply to a message that names a
+    ticket (`reply_to_text`, the text of the message replied to)."""
+    if callback_data is not None:
+        return _button(callback_data)
+    text = (text or "").strip()
+    if not text:
+        return ConsoleMistake("this message has no text; send /help for the commands")
+    if text.startswith("/"):
+        return _command(text, reply_to_text)
+    return _reply_to_ticket_message(text, reply_to_text)
+
+
+def ticket_numbers(text: str | None) -> list[str]:
+    """The distinct ticket numbers a text names, in order, upper case."""
+    return list(dict.fromkeys(n.upper() for n in TICKET_NUMBER.findall(text or "")))
+
+
+def _button(data: str) -> ConsoleInput:
+    action, _, number = data.partition(":")
+    if action in BUTTON_ACTIONS and TICKET_NUMBER.fullmatch(number):
+        return ConsoleCommand(action, number.upper(), via="button")
+    return ConsoleMistake(f"this button is not understood ({data!r}); use /accept {EXAMPLE} or /decline {EXAMPLE}")
+
+
+def _command(text: str, reply_to_text: str | None) -> ConsoleInput:
+    match = _COMMAND.fullmatch(text)
+    if match is None:
+        return ConsoleMistake(f"{text.split()[0]!r} is not a command; send /help for the list")
+    name, rest = match.group(1).lower(), (match.group(2) or "").strip()
+    if name in HELP_COMMANDS:
+        return ConsoleHelp()
+    if name in LISTING_COMMANDS:
+        return ConsoleCommand(name)
+    if name not in TICKET_COMMANDS:
+        return ConsoleMistake(f"there is no command /{name}; send /help for the list")
+
+    number, rest = _ticket_and_rest(rest, reply_to_text)
+    if number is None:
+        if rest:
+            return ConsoleMistake(f"{rest.split()[0]!r} is not a ticket number (GD, the date and a sequence "
+                                  f"number, e.g. {EXAMPLE}): {TICKET_COMMANDS[name]}")
+        return _needs(name)
+    if name in _NEEDS and not rest:
+        return _needs(name)
+    if name == "relabel":
+        words = rest.split()
+        if len(words) != 2:
+            return _needs(name)
+        return ConsoleCommand(name, number, head=words[0].lower(), label=words[1])
+    if name == "assign":
+        return ConsoleCommand(name, number, agent=rest)
+    if name in ("accept", "show"):
+        return ConsoleCommand(name, number)  # anything after the number says nothing more
+    return ConsoleCommand(name, number, text=rest)
+
+
+def _ticket_and_rest(rest: str, reply_to_text: str | None) -> tuple[str | None, str]:
+    """The ticket named first, else the one the replied-to message names; and the text after it."""
+    words = rest.split(maxsplit=1)  # the text after the number keeps its own lines
+    if words and TICKET_NUMBER.fullmatch(words[0]):
+        return words[0].upper(), words[1].strip() if len(words) > 1 else ""
+    named = ticket_numbers(reply_to_text)
+    if len(named) == 1:
+        return named[0], rest
+    return None, rest
+
+
+def _needs(name: str) -> ConsoleMistake:
+    more = f" and {_NEEDS[name]}" if name in _NEEDS else ""
+    return ConsoleMistake(f"/{name} needs a ticket number{more}: {TICKET_COMMANDS[name]}")
+
+
+def _reply_to_ticket_message(text: str, reply_to_text: str | None) -> ConsoleInput:
+    """Plain text answering a ticket's message goes to that ticket's customer."""
+    if reply_to_text is None:
+        return ConsoleMistake("to answer a customer, reply to the ticket's message or send "
+                              f"/reply {EXAMPLE} 您好…; send /help for the commands")
+    named = ticket_numbers(reply_to_text)
+    if not named:
+        return ConsoleMistake(f"the message you replied to names no ticket; send /reply {EXAMPLE} 您好… instead")
+    if len(named) > 1:
+        # A listing names several: guessing which customer is meant could send the text to the wrong one.
+        listed = ", ".join(named[:3]) + (", …" if len(named) > 3 else "")
+        return ConsoleMistake(f"the message you replied to names several tickets ({listed}); "
+                              f"say which: /reply {named[0]} {_clip(text, 20)}")
+    return ConsoleCommand("reply", named[0], text=text, via="reply")
+
+
+def _clip(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit].rstrip() + "…"

@@ -1,0 +1,254 @@
+"""The agent console: run what an agent typed or tapped in Telegram, as that agent, and say what happened.
+
+The Telegram bot hands each agent message to `answer_agent` (in a worker thread: it touches the
+database) and sends back the answer. Actions go through `router.actions` in one transaction each,
+as the CLI runs them; every refusal becomes its sentence, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, case, delete, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from connectors.telegram.console import ConsoleCommand, ConsoleHelp, ConsoleMistake, parse_console
+from connectors.telegram.send import Buttons
+from models.errors import ActionRefused, NotFound, PaidanError
+from models.tables import Agent, ChannelCursor, Message, SlaClock, Ticket
+from paidan.db import transaction
+from router import actions, states
+from router.config import PRIORITIES, RouterConfig
+from router.dialects import PerDialect
+
+log = logging.getLogger(__name__)
+
+LIST_LIMIT = 20  # tickets in one /queue or /mine answer: a phone screen or two
+SHOW_MESSAGES = 5  # the latest messages /show quotes
+QUOTE_CHARS = 160
+# Telegram redelivers an update it holds for up to 24 h; a key kept longer outlives any redelivery.
+ONCE_KEPT = timedelta(days=2)
+ONCE_PREFIX = "console-once:"
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleAnswer:
+    """What the bot sends back: plain text, and buttons as rows of (label, callback_data)."""
+
+    text: str
+    buttons: Buttons = ()
+
+
+def answer_agent(engine: Engine, config: RouterConfig, telegram_id: int, text: str | None,
+                 reply_to_text: str | None = None, callback_data: str | None = None, *,
+                 now: datetime, once: str | None = None) -> ConsoleAnswer:
+    """Parse and run one agent message; help and mistakes are answered without the database.
+    `once`: a key naming this message (its Telegram update), so a redelivered one acts only once."""
+    parsed = parse_console(text, reply_to_text=reply_to_text, callback_data=callback_data)
+    if isinstance(parsed, ConsoleHelp):
+        return ConsoleAnswer(parsed.text)
+    if isinstance(parsed, ConsoleMistake):
+        return ConsoleAnswer(parsed.message)
+    return run_console(engine, config, telegram_id, parsed, now=now, once=once)
+
+
+def run_console(engine: Engine, config: RouterConfig, telegram_id: int, command: ConsoleCommand, *,
+                now: datetime, once: str | None = None) -> ConsoleAnswer:
+    """Run `command` as the agent behind `telegram_id`; the answer says what happened or why not.
+    With `once`, an action whose key was already committed is not run again (listings always are)."""
+    try:
+        if command.action in _READS:
+            with Session(engine) as session:
+                agent = actions.agent_for_telegram(session, telegram_id)
+                return _READS[command.action](session, agent, command, now)
+        with transaction(engine) as session:
+            if once is not None and not _first_time(session, once, now):
+                return ConsoleAnswer(f"already done: this {command.action} of {command.ticket} arrived twice "
+                                     f"and was carried out once (/show {command.ticket})")
+            agent = actions.agent_for_telegram(session, telegram_id)
+            outcome = _act(session, agent, command, config, now)
+    except PaidanError as error:
+        return ConsoleAnswer(str(error))
+    except OperationalError:
+        # The database is down or locked past its timeout: the transaction rolled back.
+        log.warning("agent console: the database did not answer for %s", command.action, exc_info=True)
+        return ConsoleAnswer("the database is not answering right now; nothing was changed, try again in a moment")
+    return _outcome_answer(outcome)
+
+
+# ---------------------------------------------------------------- actions
+
+
+def _act(session: Session, agent: Agent, command: ConsoleCommand, config: RouterConfig,
+         now: datetime) -> actions.Outcome:
+    number = command.ticket or ""
+    match command.action:
+        case "accept":
+            return actions.accept(session, number, agent, config, now)
+        case "decline":
+            return actions.decline(session, number, agent, config, now, reason=command.text)
+        case "reply" | "note":
+            return actions.reply(session, number, agent, command.text, config, now, public=command.action == "reply")
+        case "wait":
+            return actions.wait_for_customer(session, number, agent, config, now, note=command.text)
+        case "resolve":
+            return actions.resolve(session, number, agent, config, now, note=command.text)
+        case "reopen":
+            return actions.reopen(session, number, agent, config, now, reason=command.text)
+        case "relabel":
+            return actions.relabel(session, number, agent, command.head, command.label, config, now)
+        case "assign":
+            return actions.reassign(session, number, agent, config, now, to=command.agent or None)
+    raise ActionRefused(f"the console has no action {command.action!r}; send /help for the commands")
+
+
+# Claimed in the action's own transaction: committed together with what it did, or not at all.
+_CLAIM_ONCE = PerDialect(lambda insert: insert(ChannelCursor.__table__)
+                         .on_conflict_do_nothing(index_elements=["name"]).returning(ChannelCursor.name))
+
+
+def _first_time(session: Session, once: str, now: datetime) -> bool:
+    """Claim the key `once`; False when an earlier transaction already did (and committed).
+
+    The keys live in channel_cursors, the table of "how far did this channel get", under their own
+    prefix; keys older than any redelivery are dropped on the way."""
+    session.execute(delete(ChannelCursor).where(ChannelCursor.name.startswith(ONCE_PREFIX),
+                                                ChannelCursor.updated_at < now - ONCE_KEPT))
+    claimed = session.execute(_CLAIM_ONCE.for_session(session),
+                              {"name": f"{ONCE_PREFIX}{once}"[:200], "value": {}, "updated_at": now}).scalar()
+    return claimed is not None
+
+
+def _outcome_answer(outcome: actions.Outcome) -> ConsoleAnswer:
+    lines = [outcome.summary, f"state: {outcome.state}" + (f" · held by {outcome.agent}" if outcome.agent else "")]
+    if outcome.data.get("warning"):
+        lines.append(f"note: {outcome.data['warning']}")
+    if outcome.action == "accept":
+        # The answer names the ticket, so a Telegram reply to it reaches the customer.
+        lines.append("Reply to this message to write to the customer.")
+    return ConsoleAnswer("\n".join(lines))
+
+
+# ---------------------------------------------------------------- listings
+
+
+def _queue(session: Session, agent: Agent, command: ConsoleCommand, now: datetime) -> ConsoleAnswer:
+    rows = actions.waiting(session, now, limit=LIST_LIMIT + 1)
+    if not rows:
+        return ConsoleAnswer("the queue is empty: every open ticket has an agent")
+    lines = [f"waiting for an agent ({len(rows) if len(rows) <= LIST_LIMIT else f'{LIST_LIMIT}+'}):"]
+    for row in rows[:LIST_LIMIT]:
+        state = row["state"] + (" (triage)" if row["queue"] == "triage" else "")
+        lines.append(_line(row["number"], row["priority"], state, timedelta(seconds=row["age_seconds"]),
+                           row["subject"]))
+    if len(rows) > LIST_LIMIT:
+        lines.append("… more in `paidan queue`")
+    return ConsoleAnswer("\n".join(lines))
+
+
+_PRIORITY_RANK = case({p: i for i, p in enumerate(PRIORITIES)}, value=Ticket.priority, else_=len(PRIORITIES))
+
+
+def _mine(session: Session, agent: Agent, command: ConsoleCommand, now: datetime) -> ConsoleAnswer:
+    tickets = session.scalars(
+        select(Ticket)
+        .where(Ticket.assigned_agent_id == agent.id, Ticket.queue.is_(None), Ticket.state.in_(states.OPEN_STATES))
+        .order_by(_PRIORITY_RANK, Ticket.created_at, Ticket.id)
+        .limit(LIST_LIMIT + 1)
+    ).all()
+    if not tickets:
+        return ConsoleAnswer(f"{agent.name}, you hold no open tickets")
+    lines = [f"{agent.name}'s open tickets ({len(tickets) if len(tickets) <= LIST_LIMIT else f'{LIST_LIMIT}+'}):"]
+    for t in tickets[:LIST_LIMIT]:
+        state = t.state + (" (to accept)" if t.state == states.ASSIGNED and t.accepted_at is None else "")
+        lines.append(_line(t.number, t.priority, state, now - t.created_at, t.subject))
+    if len(tickets) > LIST_LIMIT:
+        lines.append("… more in `paidan tickets list`")
+    return ConsoleAnswer("\n".join(lines))
+
+
+def _show(session: Session, agent: Agent, command: ConsoleCommand, now: datetime) -> ConsoleAnswer:
+    ticket = session.scalar(select(Ticket).where(Ticket.number == (command.ticket or "").upper()))
+    if ticket is None:
+        raise NotFound(f"no ticket {command.ticket!r} (send /queue or /mine for yours)")
+    holder = session.get(Agent, ticket.assigned_agent_id) if ticket.assigned_agent_id and not ticket.queue else None
+    labels = "/".join(label for label in (ticket.type, ticket.category) if label)
+    lines = [
+        " · ".join(part for part in (ticket.number, ticket.priority, labels, ticket.state) if part),
+        _where(ticket, holder),
+        f"via {ticket.channel} · opened {_age(now - ticket.created_at)} ago"
+        f" · {ticket.customer.display_name or 'customer'}",
+    ]
+    if ticket.subject:
+        lines.append(f"subject: {_clip(ticket.subject, QUOTE_CHARS)}")
+    lines += _clock_lines(session, ticket, now)
+    messages = session.scalars(
+        select(Message).where(Message.ticket_id == ticket.id).order_by(Message.id.desc()).limit(SHOW_MESSAGES)
+    ).all()
+    for m in reversed(messages):
+        lines.append(f"{_author(m)}, {_age(now - m.received_at)} ago: {_clip(m.text, QUOTE_CHARS)}")
+    offered_to_you = holder is not None and holder.id == agent.id and ticket.accepted_at is None \
+        and ticket.state == states.ASSIGNED
+    buttons: Buttons = ((("✅ Accept", f"accept:{ticket.number}"), ("❌ Decline", f"decline:{ticket.number}")),) \
+        if offered_to_you else ()
+    return ConsoleAnswer("\n".join(lines), buttons)
+
+
+def _where(ticket: Ticket, holder: Agent | None) -> str:
+    if ticket.queue:
+        return f"waiting in the {ticket.queue} queue" + (f" ({ticket.queue_reason})" if ticket.queue_reason else "")
+    if holder is None:
+        return "not assigned yet"
+    return f"held by {holder.name}" if ticket.state in states.OPEN_STATES else f"last held by {holder.name}"
+
+
+def _clock_lines(session: Session, ticket: Ticket, now: datetime) -> list[str]:
+    clocks = session.scalars(select(SlaClock).where(SlaClock.ticket_id == ticket.id, SlaClock.stopped_at.is_(None))
+                             .order_by(SlaClock.id)).all()
+    lines = []
+    for clock in clocks:
+        name = clock.kind.replace("_", " ")
+        if clock.paused_since is not None or clock.due_at is None:
+            lines.append(f"SLA {name}: paused")
+        elif clock.due_at < now:
+            lines.append(f"SLA {name}: overdue by {_age(now - clock.due_at)}")
+        else:
+            lines.append(f"SLA {name}: due in {_age(clock.due_at - now)}")
+    return lines
+
+
+def _author(message: Message) -> str:
+    if message.direction == "in":
+        return "← customer"
+    name = message.sender.removeprefix("agent:") or "agent"
+    return f"→ {name}" if message.public else f"🔒 note by {name}"
+
+
+_READS: dict[str, Callable[[Session, Agent, ConsoleCommand, datetime], ConsoleAnswer]] = {
+    "queue": _queue, "mine": _mine, "show": _show,
+}
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def _line(number: str, priority: str | None, state: str, age: timedelta, subject: str | None) -> str:
+    return f"{number} · {priority or '-'} · {state} · {_age(age)} · {_clip(subject or '(no subject)', 40)}"
+
+
+def _age(delta: timedelta) -> str:
+    seconds = max(0, int(delta.total_seconds()))
+    if seconds < 3600:
+        return f"{seconds // 60}m"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600}h"
+
+
+def _clip(text: str, limit: int) -> str:
+    text = " ".join((text or "").split())  # one line per message in a listing
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
