@@ -73,21 +73,34 @@ def main() -> None:
 @cli.command()
 @click.option("--host", help="Web address to listen on (default: settings web_host, 127.0.0.1).")
 @click.option("--port", type=int, help="Web port (default: settings web_port, 8080; 0 picks a free one).")
+@click.option("--smtp-port", type=int, help="Port of our SMTP server for customer mail (default: settings "
+              "smtp_port, 2525; 0 picks a free one).")
 @click.option("--no-migrate", is_flag=True, help="Do not apply database migrations at start.")
-def serve(host: str | None, port: int | None, no_migrate: bool) -> None:
-    """Run paidan: web form, status page and JSON API (and every configured channel)."""
+def serve(host: str | None, port: int | None, smtp_port: int | None, no_migrate: bool) -> None:
+    """Run paidan: every channel, the router and its timers, until Ctrl-C.
+
+    \b
+    - the web form, status page and JSON API (web_host:web_port);
+    - email: our SMTP server (smtp_host:smtp_port), and when [email] says so, a polled IMAP
+      mailbox and a relay for acknowledgements and replies;
+    - Telegram, when [telegram] token is set: customers' chats and the agents' console.
+    """
     from paidan import logs
     from paidan.service import serve_forever
 
     settings = _settings()
     logs.setup(settings.log_level, settings.log_json)
-    overrides = {k: v for k, v in {"web_host": host, "web_port": port}.items() if v is not None}
+    overrides = {k: v for k, v in {"web_host": host, "web_port": port, "smtp_port": smtp_port}.items() if v is not None}
     if overrides:
         settings = settings.model_copy(update=overrides)
+    from paidan.service import CannotListen
+
     try:
         serve_forever(settings, migrate=not no_migrate)
     except KeyboardInterrupt:
         pass
+    except CannotListen as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 # ---------------------------------------------------------------- db

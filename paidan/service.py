@@ -15,6 +15,7 @@ from time import monotonic
 
 import uvicorn
 
+from models.errors import PaidanError
 from paidan.db import make_engine, normalise_url, upgrade
 from paidan.settings import Settings
 from router.config import DEFAULT_SLA, BusinessCalendar, RouterConfig, SlaTarget
@@ -128,12 +129,22 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def bind(host: str, port: int) -> socket.socket:
+class CannotListen(PaidanError):
+    """A port paidan was told to serve on is taken (or not ours to take)."""
+
+
+def bind(host: str, port: int, *, what: str = "web", setting: str = "web_port") -> socket.socket:
     """Bind before serving so port 0 works and the log can name the real address."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise CannotListen(f"cannot serve {what} on {host}:{port}: {exc.strerror or exc}; is another paidan (or "
+                           f"another server) running there? Stop it, or choose another port with "
+                           f"PAIDAN_{setting.upper()} (or `{setting}` in paidan.toml)") from exc
     # Listening at once: a client that reads the address from the log and connects before the
     # server loop is up waits in the backlog instead of being refused.
     sock.listen(2048)
@@ -159,8 +170,13 @@ async def run(settings: Settings, *, migrate: bool = True) -> None:
         scheduler.wake()  # route it now rather than at the next tick
         return receipt
 
+    telegram_webhook = None
+    if settings.telegram.token and settings.telegram.webhook_url:
+        from paidan.telegram import TelegramWebhook, webhook_secret
+
+        telegram_webhook = TelegramWebhook(webhook_secret(settings), settings.telegram.webhook_path)
     app = build_app(settings, sink=sink, ticket_view=queries.ticket_view, db_ok=queries.db_ok,
-                    operations=queries.operations)
+                    operations=queries.operations, telegram_webhook=telegram_webhook)
     server = uvicorn.Server(uvicorn.Config(
         app, log_config=None, access_log=False, lifespan="on",
         proxy_headers=settings.forwarded_allow_ips is not None,
@@ -187,7 +203,9 @@ async def run(settings: Settings, *, migrate: bool = True) -> None:
     if settings.telegram.token:
         from paidan.telegram import run_telegram
 
-        telegram = asyncio.create_task(run_telegram(settings, engine, routing, sink, stop))
+        # By webhook or by polling, the outbox's Telegram items are sent either way; in webhook mode
+        # every process sends, each claiming its own rows.
+        telegram = asyncio.create_task(run_telegram(settings, engine, routing, sink, stop, webhook=telegram_webhook))
     try:
         await server.serve(sockets=[sock])
     finally:
@@ -211,7 +229,8 @@ async def start_smtp(settings: Settings, sink) -> asyncio.AbstractServer:
 
     config = SmtpConfig(host=settings.smtp_host, port=settings.smtp_port, domains=tuple(settings.email.smtp_domains),
                         max_bytes=settings.email.smtp_max_bytes)
-    server = await start_smtp_server(sink, config, sock=bind(settings.smtp_host, settings.smtp_port))
+    sock = bind(settings.smtp_host, settings.smtp_port, what="SMTP", setting="smtp_port")
+    server = await start_smtp_server(sink, config, sock=sock)
     host, port = server.sockets[0].getsockname()[:2]
     log.info("paidan taking email by SMTP on %s:%s (%s)", host, port,
              f"for {', '.join(config.domains)}" if config.domains else "for any recipient")

@@ -255,3 +255,19 @@ def test_a_customer_mail_is_acknowledged_by_mail_through_the_relay(database_url,
     assert ack["In-Reply-To"] == "<order-77@example.cn>" and ack["Auto-Submitted"] == "auto-replied"
     assert re.search(r"\[GD\d{11}\]", ack["Subject"]) and "退款还没到账" in ack["Subject"]
     assert "lilei@example.cn" not in "".join(lines)  # addresses are masked in the log
+
+
+def test_a_taken_port_is_a_readable_error_not_a_traceback(database_url, tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "PAIDAN_DATABASE_URL": database_url, "PAIDAN_WEB_PORT": "0", "PAIDAN_SECRET_KEY": "t",
+               "PAIDAN_SMTP_PORT": str(port), "PAIDAN_MODEL_DIR": str(tmp_path / "none")}
+        done = subprocess.run([sys.executable, "-m", "paidan.cli", "serve"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert f"cannot serve SMTP on 127.0.0.1:{port}" in done.stderr and "PAIDAN_SMTP_PORT" in done.stderr
+    assert "Traceback" not in done.stderr
