@@ -4,6 +4,7 @@ and then by `PAIDAN_*` environment variables (highest)."""
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from datetime import date, timedelta
 from functools import cached_property
@@ -95,6 +96,29 @@ class TelegramSettings(BaseModel):
     api_base: str = "https://api.telegram.org"
     poll_timeout_seconds: int = 25  # long polling: how long one getUpdates waits for news
     send_poll_seconds: float = 1.0  # how often the outbox is checked for messages to send
+    # Webhook mode, for several `paidan serve` behind a load balancer (two pollers would get 409
+    # Conflict): Telegram POSTs every update to this public URL, which must reach `webhook_path` on the
+    # web port of any process. Empty: long polling, one process.
+    webhook_url: str = ""
+    webhook_path: str = "/telegram/webhook"
+    # Telegram sends it back in X-Telegram-Bot-Api-Secret-Token. None: derived from the settings'
+    # `secret`, so processes sharing `secret_key` (or the secret file) expect the same token.
+    webhook_secret: SecretStr | None = None
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _telegram_secret_alphabet(cls, value: SecretStr | None) -> SecretStr | None:
+        # Telegram's own rule; anything else, and setWebhook fails only when the process starts.
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,256}", value.get_secret_value()):
+            raise ValueError("1 to 256 characters, only A-Z, a-z, 0-9, _ and -")
+        return value
+
+    @field_validator("webhook_path")
+    @classmethod
+    def _absolute_path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("a path on the web port, starting with /")
+        return value
 
 
 class Settings(BaseSettings):

@@ -5,28 +5,41 @@ everyone else writing to the bot in a private chat is a customer, whose message 
 any channel's. Messages out (acknowledgements, agents' replies, offers and alerts to staff) leave
 through the outbox.
 
-Nothing is acknowledged to Telegram before it is committed: the poller confirms an update (by
-asking for the next offset) only after `handle` returned, and `handle` returns only after the
-customer's message, or the agent's action, is in the database.
+Updates arrive by long polling (one process) or, with `[telegram] webhook_url`, by webhook: Telegram
+POSTs each one to `TelegramWebhook`, so any number of `paidan serve` behind a load balancer take
+them. Nothing is acknowledged to Telegram before it is committed: the poller confirms an update (by
+asking for the next offset), and the webhook answers 200, only after `handle` returned, and `handle`
+returns only after the customer's message, or the agent's action, is in the database. A
+redelivered update is stored once (intake's chat:message_id key) and acts once (the console's
+`once` key), so "when in doubt, not acknowledged" never doubles anything.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import json
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
 from aiogram import Bot
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
+from aiogram.exceptions import TelegramAPIError, TelegramBadRequest, TelegramRetryAfter
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 from connectors.telegram.poller import TelegramPoller, download_files
 from connectors.telegram.send import TelegramSend, TelegramSender, build_telegram, sync_send
 from connectors.telegram.updates import Incoming, is_command, is_private, read_update, to_inbound
+from connectors.webform.api import error
+from models.errors import StorageUnavailable
 from models.message import InboundMessage, Receipt
 from models.tables import Agent
 from paidan.outbound import send_outbox_forever
@@ -44,6 +57,12 @@ WELCOME = ("您好！这里是客服。请直接描述您的问题（可附图�
            "answer with a ticket number and get back to you. Reply to our messages to add to the same ticket.")
 TELEGRAM_BATCH = 30  # Telegram allows ~30 messages a second per bot
 TELEGRAM_LEASE = timedelta(minutes=5)  # longer than a round of TELEGRAM_BATCH sends at their timeout
+# The update kinds `Dispatcher.handle` acts on; Telegram sends no others. It keeps the list it was
+# last given for getUpdates too, so the same list holds after a switch back to polling.
+HANDLED_UPDATES = ["message", "edited_message", "callback_query"]
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+WEBHOOK_MAX_BODY = 1024 * 1024  # an update is a few KB; a bigger body is not from Telegram
+WEBHOOK_RETRY_AFTER = "10"  # seconds; Telegram retries on its own schedule, other senders may read it
 
 
 def make_bot(settings: Settings) -> Bot:
@@ -103,22 +122,155 @@ class Dispatcher:
             log.warning("telegram: could not answer: %s", exc)
 
 
+def webhook_secret(settings: Settings) -> str:
+    """The webhook's secret token: `[telegram] webhook_secret`, or else derived from the settings'
+    kept `secret` (one-way, so the CSRF key itself never leaves the machine), which makes every
+    process that shares that secret expect the same token without a second secret to keep."""
+    if settings.telegram.webhook_secret is not None:
+        return settings.telegram.webhook_secret.get_secret_value()
+    return hmac.new(settings.secret, b"paidan telegram webhook", hashlib.sha256).hexdigest()
+
+
+class TelegramWebhook:
+    """`POST webhook_path`: Telegram pushes one update per request. 200 only after `Dispatcher.handle`
+    returned (= committed); 503 when it raised, so Telegram sends the update again (FAILURE_MODES 25).
+    Until `run_telegram` has met the bot and set `dispatcher`, updates get 503 too."""
+
+    def __init__(self, secret: str, path: str = "/telegram/webhook"):
+        self.secret = secret
+        self.path = path
+        self.dispatcher: Dispatcher | None = None
+
+    async def answer(self, request: Request) -> Response:
+        given = request.headers.get(SECRET_HEADER, "")
+        # Checked before the body is read: a stranger cannot make us buffer or parse anything.
+        if not hmac.compare_digest(given.encode(), self.secret.encode()):
+            return error(403, "forbidden", f"missing or wrong {SECRET_HEADER} header",
+                         {SECRET_HEADER: "missing or wrong"})
+        body = await _body_within(request, WEBHOOK_MAX_BODY)
+        if body is None:
+            return error(413, "too_large", f"the request body exceeds {WEBHOOK_MAX_BODY} bytes",
+                         {"body": f"at most {WEBHOOK_MAX_BODY} bytes"})
+        try:
+            update = json.loads(body)
+        except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8; absurdly deep nesting
+            return error(400, "invalid", "the body is not valid JSON", {"body": f"not valid JSON: {exc}"})
+        if not isinstance(update, dict) or not isinstance(update.get("update_id"), int):
+            return error(400, "invalid", "the body is not a Telegram update",
+                         {"body": "a Telegram Update object with an integer update_id"})
+        dispatcher = self.dispatcher
+        if dispatcher is None:
+            return _retry_later(f"update {update['update_id']}: the Telegram channel is not ready yet")
+        try:
+            await dispatcher.handle(update)
+        except StorageUnavailable as exc:
+            log.warning("telegram: update %s not stored (%s); answered 503, Telegram sends it again",
+                        update["update_id"], exc)
+            return _retry_later("the database could not store the update; nothing was stored")
+        except Exception:  # noqa: BLE001 — answered 503 below: not stored, so Telegram must send it again
+            log.exception("telegram: update %s not handled; answered 503, Telegram sends it again",
+                          update["update_id"])
+            return _retry_later("the update could not be handled")
+        return JSONResponse({"ok": True})
+
+
+async def _body_within(request: Request, limit: int) -> bytes | None:
+    """The request body, or None once it is known to exceed `limit` (declared or counted)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _retry_later(detail: str) -> Response:
+    return error(503, "unavailable", f"{detail}; retry later", headers={"Retry-After": WEBHOOK_RETRY_AFTER})
+
+
 async def run_telegram(settings: Settings, engine: Engine, config: RouterConfig,
-                       sink: Callable[[InboundMessage], Awaitable[Receipt]], stop: asyncio.Event) -> None:
-    """Poll the bot's updates and send the outbox's Telegram items until `stop` is set."""
+                       sink: Callable[[InboundMessage], Awaitable[Receipt]], stop: asyncio.Event,
+                       webhook: TelegramWebhook | None = None) -> None:
+    """Take the bot's updates (by `webhook` when given, else by long polling) and send the outbox's
+    Telegram items, until `stop` is set."""
     bot = make_bot(settings)
     try:
         me = await bot.get_me()
-        log.info("paidan on Telegram as @%s (updates by long polling)", me.username)
         dispatcher = Dispatcher(bot, engine, config, sink, bot_username=me.username)
-        poller = TelegramPoller(bot, dispatcher.handle, load_cursor=partial(load_cursor, engine),
-                                save_cursor=partial(save_cursor, engine),
-                                timeout=settings.telegram.poll_timeout_seconds)
-        await asyncio.gather(poller.run(stop), _send_forever(bot, engine, settings, stop))
+        if webhook is None:
+            log.info("paidan on Telegram as @%s (updates by long polling)", me.username)
+            receive = _poll(bot, dispatcher, settings, engine, stop)
+        else:
+            log.info("paidan on Telegram as @%s (updates by webhook: %s, served here at %s, secret %s)",
+                     me.username, settings.telegram.webhook_url, webhook.path,
+                     "from [telegram] webhook_secret" if settings.telegram.webhook_secret else
+                     "derived from secret_key: every process behind the balancer needs the same one")
+            webhook.dispatcher = dispatcher
+            receive = _register_webhook(bot, settings.telegram.webhook_url, webhook.secret, stop)
+        # A TaskGroup, so that if one of the two fails the other is stopped too, not left running.
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(receive)
+            tasks.create_task(_send_forever(bot, engine, settings, stop))
     except Exception:  # noqa: BLE001 — a bad token or an unreachable API must not take the other channels down
         log.exception("telegram: the channel stopped; the other channels go on")
     finally:
+        if webhook is not None:
+            webhook.dispatcher = None  # its bot is closing: later updates get 503 and come back
         await bot.session.close()
+
+
+async def _poll(bot: Bot, dispatcher: Dispatcher, settings: Settings, engine: Engine, stop: asyncio.Event) -> None:
+    await _leave_webhook_mode(bot)
+    poller = TelegramPoller(bot, dispatcher.handle, load_cursor=partial(load_cursor, engine),
+                            save_cursor=partial(save_cursor, engine), timeout=settings.telegram.poll_timeout_seconds)
+    await poller.run(stop)
+
+
+async def _leave_webhook_mode(bot: Bot) -> None:
+    """While a webhook is set, getUpdates only answers 409 Conflict: delete it, so switching back from
+    webhook mode to polling just works. Nothing is lost: with drop_pending_updates=False Telegram
+    keeps the updates it holds, and getUpdates returns them."""
+    try:
+        info = await bot.get_webhook_info()
+        if not info.url:
+            return
+        log.warning("telegram: a webhook is set (%s, %d updates pending) and polling receives nothing while it "
+                    "is; deleting it, keeping the pending updates. If other paidan processes run with "
+                    "[telegram] webhook_url they set it again and this one gets 409 Conflict: run every "
+                    "process in the same mode", info.url, info.pending_update_count)
+        await bot.delete_webhook(drop_pending_updates=False)
+    except TelegramAPIError as exc:
+        log.warning("telegram: could not check or delete the webhook (%s); if one is set, polling gets "
+                    "409 Conflict until it is deleted", exc)
+
+
+async def _register_webhook(bot: Bot, url: str, secret: str, stop: asyncio.Event) -> None:
+    """setWebhook, retried with backoff while Telegram or the network fail. Every process of a
+    deployment sets the same webhook at start, which Telegram takes as a no-op. Pending updates are
+    never dropped: Telegram delivers them to the webhook once it is set."""
+    delay = 1.0
+    while not stop.is_set():
+        try:
+            await bot.set_webhook(url, secret_token=secret, allowed_updates=HANDLED_UPDATES,
+                                  drop_pending_updates=False)
+            log.info("telegram: webhook set to %s", url)
+            return
+        except TelegramBadRequest as exc:  # not HTTPS, a port Telegram refuses, a host it cannot resolve
+            log.error("telegram: Telegram refused the webhook %s (%s); no updates arrive until "
+                      "[telegram] webhook_url is fixed", url, exc.message)
+            return
+        except TelegramRetryAfter as exc:
+            delay = max(delay, float(exc.retry_after))
+            log.warning("telegram: setWebhook: Telegram asks to wait %ss", exc.retry_after)
+        except TelegramAPIError as exc:
+            log.warning("telegram: could not set the webhook (%s); retrying in %.0fs", exc, delay)
+        with suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=delay)
+        delay = min(delay * 2, 60.0)
 
 
 async def _send_forever(bot: Bot, engine: Engine, settings: Settings, stop: asyncio.Event) -> None:

@@ -1,4 +1,5 @@
-"""The web app as served: the web channel (connectors/webform) plus `/healthz` and Prometheus `/metrics`."""
+"""The web app as served: the web channel (connectors/webform) plus `/healthz`, Prometheus `/metrics`
+and, in webhook mode, Telegram's webhook."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -17,9 +19,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from connectors.webform import WebFormConfig
 from connectors.webform import build_app as build_webform
+from connectors.webform.api import error
 from connectors.webform.site import Sink, TicketLookup
 from paidan.settings import Settings
 from router.queries import Operations
+
+if TYPE_CHECKING:  # paidan.telegram imports aiogram; a deployment without Telegram need not
+    from paidan.telegram import TelegramWebhook
 
 log = logging.getLogger(__name__)
 
@@ -134,11 +140,35 @@ class LatencyMiddleware:
             )
 
 
+class TelegramWebhookRoute:
+    """Serves Telegram's webhook ahead of the web channel's edge middleware. That edge limits bodies
+    to what its forms need (64 KB off their paths) and answers errors with HTML pages; an update may be
+    bigger and Telegram wants a status code, so the webhook checks its own secret and size (1 MB)
+    and answers JSON. It is left out of /docs: only Telegram calls it, and only with the secret."""
+
+    def __init__(self, app: ASGIApp, *, webhook: TelegramWebhook):
+        self.app = app
+        self.webhook = webhook
+        self.path = webhook.path  # LatencyMiddleware labels a request by its route's `path`
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != self.path:
+            await self.app(scope, receive, send)
+            return
+        scope["route"] = self
+        if scope["method"] == "POST":
+            response = await self.webhook.answer(Request(scope, receive))
+        else:
+            response = error(405, "method_not_allowed", "Telegram POSTs updates here", headers={"Allow": "POST"})
+        await response(scope, receive, send)
+
+
 def build_app(settings: Settings, sink: Sink, ticket_view: TicketLookup, *, db_ok: DbCheck | None = None,
               operations: OperationsQuery | None = None, metrics: WebMetrics | None = None,
-              health_timeout: float = HEALTH_TIMEOUT) -> FastAPI:
+              health_timeout: float = HEALTH_TIMEOUT, telegram_webhook: TelegramWebhook | None = None) -> FastAPI:
     """The whole web app. `db_ok` backs /healthz (None: the database is not checked); `operations`
-    adds the help desk's counts to /metrics (None: request metrics only)."""
+    adds the help desk's counts to /metrics (None: request metrics only); `telegram_webhook` serves
+    Telegram's updates at its path (None: Telegram polls, or is off)."""
     metrics = metrics or WebMetrics()
     app = build_webform(webform_config(settings), sink, ticket_view, on_outcome=metrics.count,
                         title="paidan", version=_version())
@@ -172,5 +202,7 @@ def build_app(settings: Settings, sink: Sink, ticket_view: TicketLookup, *, db_o
 
     app.add_api_route("/healthz", healthz, methods=["GET"], tags=["operations"], summary="Liveness and database check")
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
+    if telegram_webhook is not None:
+        app.add_middleware(TelegramWebhookRoute, webhook=telegram_webhook)  # inside LatencyMiddleware: timed too
     app.add_middleware(LatencyMiddleware, metrics=metrics)
     return app

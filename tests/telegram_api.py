@@ -12,6 +12,10 @@ booleans JSON-encoded, objects such as reply_markup as JSON text); JSON bodies a
 are accepted too, so other clients work. `requests()` returns those parameters decoded.
 
 `fail_next(method, ...)` also accepts the pseudo-method "file" for the file-download URL.
+
+Webhooks as Telegram keeps them: setWebhook stores the URL, secret and allowed updates (`webhook`),
+getWebhookInfo reports them, deleteWebhook clears them, and getUpdates answers 409 Conflict while one
+is set. Updates are not pushed to the URL: a test posts them itself, playing Telegram.
 """
 
 from __future__ import annotations
@@ -80,6 +84,7 @@ class FakeBotAPI:
         self.bot_id = int(token.split(":", 1)[0]) if token.split(":", 1)[0].isdigit() else 1
         self.base = ""  # "http://127.0.0.1:<port>" once started
         self.confirmed_offset = 0
+        self.webhook: dict[str, Any] | None = None  # what setWebhook registered; None: getUpdates allowed
 
         self._lock = threading.Lock()
         self._pending: list[dict[str, Any]] = []  # updates not yet confirmed, in id order
@@ -286,7 +291,10 @@ class FakeBotAPI:
     def _api_getme(self, params: dict[str, Any]) -> dict[str, Any]:
         return self._bot_user()
 
-    async def _api_getupdates(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+    async def _api_getupdates(self, params: dict[str, Any]) -> list[dict[str, Any]] | web.Response:
+        if self.webhook is not None:
+            return self._error(409, "Conflict: can't use getUpdates method while webhook is active; "
+                                    "use deleteWebhook to delete the webhook first")
         offset = params.get("offset")
         limit = max(1, min(int(params.get("limit") or 100), 100))
         timeout = float(params.get("timeout") or 0)
@@ -358,8 +366,38 @@ class FakeBotAPI:
     def _api_answercallbackquery(self, params: dict[str, Any]) -> bool:
         return True
 
-    def _api_deletewebhook(self, params: dict[str, Any]) -> bool:
+    def _api_setwebhook(self, params: dict[str, Any]) -> bool:
+        url = str(params.get("url") or "")
+        with self._lock:
+            # Telegram: an empty url removes the webhook; allowed_updates is kept when not given.
+            previous = self.webhook or {}
+            self.webhook = {
+                "url": url,
+                "secret_token": params.get("secret_token"),
+                "allowed_updates": params.get("allowed_updates", previous.get("allowed_updates")),
+                "max_connections": params.get("max_connections", 40),
+            } if url else None
+            if params.get("drop_pending_updates") is True:
+                self._pending.clear()
         return True
+
+    def _api_deletewebhook(self, params: dict[str, Any]) -> bool:
+        with self._lock:
+            self.webhook = None
+            if params.get("drop_pending_updates") is True:
+                self._pending.clear()
+        return True
+
+    def _api_getwebhookinfo(self, params: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            webhook = self.webhook or {}
+            info: dict[str, Any] = {"url": webhook.get("url", ""), "has_custom_certificate": False,
+                                    "pending_update_count": len(self._pending)}
+            if webhook:
+                info["max_connections"] = webhook["max_connections"]
+                if webhook["allowed_updates"] is not None:
+                    info["allowed_updates"] = webhook["allowed_updates"]
+        return info
 
     def _api_getfile(self, params: dict[str, Any]) -> dict[str, Any] | web.Response:
         file_id = str(params.get("file_id", ""))
