@@ -202,7 +202,7 @@ def store_batch(
                 "email_message_id": msg.message_id,
                 "in_reply_to": msg.thread_refs.in_reply_to,
                 "references": list(msg.thread_refs.references),
-                "public": True,
+                "public": not msg.machine_generated,  # an auto-reply or bounce is for agents, not the status page
                 "flags": [*msg.flags, *flags_of[pos]],
                 "received_at": msg.received_at,
                 "created_at": now,
@@ -569,6 +569,12 @@ def _explicit_thread(session: Session, sender: _Sender, msg: InboundMessage) -> 
             if _same_customer(session, row.customer_id, sender.customer_id):
                 return _Thread(row.id, reason=f"ticket number {number} given",
                                data={"how": "ticket_number", "ticket": row.number})
+            if msg.machine_generated:
+                # A bounce of our acknowledgement comes from the mail system, not the customer: it
+                # belongs on the ticket (the agent learns the address fails), kept internal (machine
+                # mail never shows on the status page), with no review item for each bounce.
+                return _Thread(row.id, reason=f"{_machine_kind(msg)} from a mail system naming ticket {number}",
+                               data={"how": "ticket_number", "ticket": row.number, "machine": True})
             # Someone else's ticket: never attach to it, never guess further; a person looks.
             thread.flags.append("ticket_ref_rejected")
             thread.reason = f"ticket number {number} belongs to another customer: new ticket, flagged"

@@ -295,7 +295,10 @@ _BLOCK_TAGS = frozenset(
     "address article aside blockquote br dd div dl dt footer form h1 h2 h3 h4 h5 h6 header hr "
     "li main nav ol p pre section table tbody thead tfoot tr ul".split()
 )
-_SKIP_TAGS = frozenset({"script", "style", "head"})
+_SKIP_TAGS = frozenset({"script", "style"})
+# What may stand in a <head>. Anything else, or text, ends an unclosed head, as browsers read it
+# (HTML5 "in head"): "<head><meta …>words" with no <body> shows the words, so we keep them.
+_HEAD_TAGS = frozenset({"base", "link", "meta", "noscript", "script", "style", "template", "title"})
 
 
 class _HtmlText(HTMLParser):
@@ -311,6 +314,8 @@ class _HtmlText(HTMLParser):
         self.line: list[str] = []
         self.line_quoted = False
         self.skip = 0
+        self.head = False
+        self.head_title = False  # inside a <title> of the head: skipped
         self.quote = 0
         self.pre = 0
 
@@ -320,10 +325,15 @@ class _HtmlText(HTMLParser):
         self.line, self.line_quoted = [], False
 
     def handle_starttag(self, tag: str, attrs: list) -> None:
-        if tag in _SKIP_TAGS:
+        if self.head and tag not in _HEAD_TAGS:
+            self.head = False
+        if tag in _SKIP_TAGS or (tag == "title" and self.head and not self.head_title):
             self.skip += 1
+            self.head_title |= tag == "title"
+        elif tag == "head":
+            self.head = True
         elif tag == "body":
-            self.skip = 0  # an unclosed <head> must not swallow the body
+            self.skip = 0  # an unclosed <style> or <title> must not swallow the body
         if tag in _BLOCK_TAGS:
             self._newline()
         if tag == "blockquote":
@@ -338,8 +348,11 @@ class _HtmlText(HTMLParser):
             self._newline()
 
     def handle_endtag(self, tag: str) -> None:
-        if tag in _SKIP_TAGS:
+        if tag in _SKIP_TAGS or (tag == "title" and self.head_title):
             self.skip = max(0, self.skip - 1)
+            self.head_title &= tag != "title"
+        elif tag == "head":
+            self.head = False
         if tag in _BLOCK_TAGS:
             self._newline()
         if tag == "blockquote":
@@ -350,6 +363,10 @@ class _HtmlText(HTMLParser):
     def handle_data(self, data: str) -> None:
         if self.skip:
             return
+        if self.head:
+            if not data.strip():
+                return
+            self.head = False  # text in an unclosed <head> is the body's (see _HEAD_TAGS)
         if self.pre:
             first, *rest = data.split("\n")
             self.line.append(first)
