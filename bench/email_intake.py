@@ -8,7 +8,7 @@
 2. Parsing: `parse_email` over every mail of /work/shared/corpus/mail against the plain stdlib way
    (`policy.default`, `get_body`, `get_content`): time, peak memory, and how many each fails on.
 
-    python bench/email.py [--messages 8000] [--concurrency 32] [--runs 3] [--pg URL | --no-pg] [--write]
+    python bench/email_intake.py [--messages 8000] [--concurrency 32] [--runs 3] [--pg URL | --no-pg] [--write]
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
-# Run as a script, Python puts bench/ first on the path, where this file would hide the standard
-# library's `email` package (and bench/router.py the `router` package): the project root goes first,
-# bench/ last, so `import email` is the standard library's and `probe` is still found.
+# Run as a script, Python puts bench/ first on the path, where bench/router.py would hide the `router`
+# package: the project root goes first, bench/ last, so `probe` is still found. (This file is not
+# called email.py: in bench/ that name hid the standard library's `email` from every bench script.)
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if p and Path(p).resolve() != BENCH] + [str(BENCH)]
 
 import argparse  # noqa: E402 — after the path fix above, on purpose
@@ -523,7 +523,7 @@ def notes(smtp_meds: dict, parse: dict | None, concurrency: int) -> list[str]:
 
 
 def report(args, smtp_lines, smtp_meds, parse, started, probe_before, probe_after, pg_note, load_before) -> str:
-    cmd = (f"python bench/email.py --messages {args.messages} --concurrency {args.concurrency} --runs {args.runs}"
+    cmd = (f"python bench/email_intake.py --messages {args.messages} --concurrency {args.concurrency} --runs {args.runs}"
            f"{' --pg …' if args.pg else ''}{' --no-pg' if args.no_pg else ''}")
     out = [
         "## Email: SMTP to committed ticket, and parsing",
