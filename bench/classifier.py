@@ -38,11 +38,9 @@ from classifier.store import ModelStore  # noqa: E402
 from classifier.train import SERVICE_CONFIG, TrainConfig, fit_model, load_split  # noqa: E402
 
 BENCHMARKS = ROOT.parent / "shared" / "benchmarks"
-RESULTS = ROOT / "bench" / "RESULTS.md"
-START, END = "<!-- classifier:start -->", "<!-- classifier:end -->"
 
 
-from probe import speed_probe  # noqa: E402  (bench/ is on sys.path when run as a script)
+from probe import speed_probe, write_section  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
 def machine() -> str:
@@ -414,7 +412,7 @@ def main() -> None:
     body = "\n".join(lines)
     print(body)
     if not args.no_write:
-        write_section(body)
+        write_section("classifier", f"## Classifier\n\n{body}")
 
 
 NOTES = """Notes (not re-measured by this script; "CV" = 5-fold stratified CV on the training split only,
@@ -608,18 +606,6 @@ LinearSVC C=1, no calibration; test figures only for the adopted default):
   Per message in a cold batch about 15 us normalisation, 30 us segmentation, 17 us priority rules and
   ~45 us n-gram look-up and counting. The single-message figures include the machine's load (timings
   interleave with the plain pipeline); p99 moves by several x with other processes on the 2 cores."""
-
-
-def write_section(body: str) -> None:
-    section = f"{START}\n## Classifier\n\n{body}\n{END}"
-    text = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n"
-    if START in text and END in text:
-        before, rest = text.split(START, 1)
-        after = rest.split(END, 1)[1]
-        text = before + section + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    RESULTS.write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":

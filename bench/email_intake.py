@@ -41,8 +41,8 @@ import uuid  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from datetime import UTC, datetime  # noqa: E402
 
-from intake import fresh_pg, pg_settings  # noqa: E402 — bench/intake.py
-from probe import machine, speed_probe  # noqa: E402
+from intake import fresh_pg, intake_sink, pg_settings  # noqa: E402 — bench/intake.py
+from probe import machine, speed_probe, write_section  # noqa: E402
 
 CORPUS = Path("/work/shared/corpus/mail")
 CUSTOMERS = 5000  # as bench/intake.py: the first mail of each opens a ticket, later ones continue it
@@ -59,21 +59,12 @@ def serve(database_url: str, mode: str) -> None:
     """Child process: run the real SMTP server on a free port and print it."""
     from connectors.email.smtp import SmtpConfig, start_smtp_server
     from paidan import logs
-    from paidan.db import make_engine, upgrade
     from paidan.service import freeze_startup_objects, loop_factory
-    from router.intake import Intake
 
     # `paidan serve` logs at INFO by default, one line per stored mail; bench/intake.py's server logs
     # warnings only, and so does this one, so the two channels compare.
     logs.setup("WARNING")
-    upgrade(database_url)
-    engine = make_engine(database_url)
-    intake = Intake(engine)
-    if mode == "ours":
-        sink = intake.accept
-    else:
-        async def sink(msg):  # the plain way: one transaction (and one fsync) per message
-            return await asyncio.to_thread(intake.accept_now, msg)
+    _, sink = intake_sink(database_url, mode)
 
     async def main():
         server = await start_smtp_server(sink, SmtpConfig(port=0))
@@ -574,17 +565,6 @@ def report(args, smtp_lines, smtp_meds, parse, started, probe_before, probe_afte
     return "\n".join(out).rstrip() + "\n"
 
 
-def write_results(section: str) -> None:
-    path = ROOT / "bench" / "RESULTS.md"
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    block = f"<!-- email:start -->\n{section}<!-- email:end -->"
-    if "<!-- email:start -->" in text:
-        text = re.sub(r"<!-- email:start -->.*?<!-- email:end -->", lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=8000, help="mails per run for ours (plain sends a quarter)")
@@ -624,7 +604,7 @@ def main() -> None:
     section = report(args, smtp_lines, smtp_meds, parse, started, probe_before, speed_probe(), pg_note, load_before)
     print(section)
     if args.write:
-        write_results(section)
+        write_section("email", section)
 
 
 if __name__ == "__main__":

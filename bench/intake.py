@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import socket
 import statistics
 import subprocess
@@ -25,7 +24,7 @@ import uuid
 from datetime import date
 from pathlib import Path
 
-from probe import machine  # bench/ is on sys.path when run as a script
+from probe import machine, write_section  # bench/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parent.parent
 # Run as a script, Python puts bench/ first on the path, where bench/router.py would hide the
@@ -34,30 +33,37 @@ sys.path[0] = str(ROOT)
 TOKEN = "bench-token"
 
 
+def intake_sink(database_url: str, mode: str):
+    """A migrated database's Intake, and what a channel hands messages to: ours (`accept`: concurrent
+    messages share one transaction and fsync) or plain (one transaction per message)."""
+    from paidan.db import make_engine, upgrade
+    from router.intake import Intake
+
+    upgrade(database_url)
+    intake = Intake(make_engine(database_url))
+    if mode == "ours":
+        return intake, intake.accept
+
+    async def plain(msg):
+        return await asyncio.to_thread(intake.accept_now, msg)
+    return intake, plain
+
+
 def serve(database_url: str, mode: str) -> None:
     """Child process: run the real web app on a free port and print it."""
     import uvicorn
 
-    from paidan.db import make_engine, upgrade
     from paidan.service import freeze_startup_objects
     from paidan.settings import Settings
     from paidan.web import build_app
-    from router.intake import Intake
     from router.queries import TicketQueries
 
     # One token sends every request here: the per-token limit (1,200 a minute by default) is off, since
     # this measures intake's capacity, not one integration's allowance.
     settings = Settings(database_url=database_url, api_tokens=[TOKEN], secret_key="bench",
                         web_port=0, log_level="WARNING", api_rate_limit_per_minute=0)
-    upgrade(database_url)
-    engine = make_engine(database_url)
-    intake = Intake(engine)
-    queries = TicketQueries(engine)
-    if mode == "ours":
-        sink = intake.accept
-    else:
-        async def sink(msg):  # the plain way: one transaction (and one fsync) per message
-            return await asyncio.to_thread(intake.accept_now, msg)
+    intake, sink = intake_sink(database_url, mode)
+    queries = TicketQueries(intake.engine)
     app = build_app(settings, sink=sink, ticket_view=queries.ticket_view, db_ok=queries.db_ok)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     sock = socket.socket()
@@ -191,10 +197,7 @@ def measure(label: str, make_url, args) -> list[str]:
 
 
 def write_results(lines: list[str], args) -> None:
-    path = ROOT / "bench" / "RESULTS.md"
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    section = "\n".join([
-        "<!-- intake:start -->",
+    write_section("intake", "\n".join([
         "## Intake: HTTP POST to committed ticket",
         "",
         f"`python bench/intake.py --requests {args.requests} --concurrency {args.concurrency} --runs {args.runs}"
@@ -210,13 +213,7 @@ def write_results(lines: list[str], args) -> None:
         "| database | intake | messages/s | p50 ms | p99 ms |",
         "|---|---|---:|---:|---:|",
         *lines,
-        "<!-- intake:end -->",
-    ])
-    if "<!-- intake:start -->" in text:
-        text = re.sub(r"<!-- intake:start -->.*?<!-- intake:end -->", lambda _: section, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
+    ]))
 
 
 def main() -> None:

@@ -7,6 +7,9 @@ import os
 import platform
 import statistics
 import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
 def speed_probe() -> float:
@@ -28,3 +31,17 @@ def machine() -> str:
         pass
     return (f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, {platform.system()} {platform.release()}, "
             f"speed probe {speed_probe():.0f} ms (bench/probe.py; lower is faster)")
+
+
+def write_section(name: str, body: str) -> None:
+    """Put `body` into bench/RESULTS.md between `<!-- name:start -->` and `<!-- name:end -->`, replacing
+    what was there (or appending the section); every other bench's section is left as it is."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    section = f"{start}\n{body.strip(chr(10))}\n{end}"
+    text = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n"
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        text = before + section + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    RESULTS.write_text(text, encoding="utf-8")

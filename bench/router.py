@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import re
 import shutil
 import statistics
 import sys
@@ -32,7 +31,7 @@ import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from probe import machine  # bench/ is on sys.path when run as a script
+from probe import machine, write_section  # bench/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -396,10 +395,7 @@ def table(database: str, results: list[tuple[str, dict]]) -> list[str]:
 
 
 def write_results(lines: list[str], args) -> None:
-    path = ROOT / "bench" / "RESULTS.md"
-    body = path.read_text() if path.exists() else "# Benchmark results\n"
-    section = "\n".join([
-        "<!-- router:start -->",
+    write_section("router", "\n".join([
         "## Router: assignment decisions",
         "",
         f"`python bench/router.py --agents {args.agents} --open {args.open} --decisions {args.decisions} "
@@ -425,13 +421,7 @@ def write_results(lines: list[str], args) -> None:
         "memory and writes each kind of row with one multi-row statement. PostgreSQL statistics are gathered "
         "(ANALYZE) after each build, as autovacuum would on a database in use. The machine is shared: load "
         f"average {args.load_before} before the run, {args.load_after} after.",
-        "<!-- router:end -->",
-    ])
-    if "<!-- router:start -->" in body:
-        body = re.sub(r"<!-- router:start -->.*?<!-- router:end -->", lambda _: section, body, flags=re.S)
-    else:
-        body = body.rstrip() + "\n\n" + section + "\n"
-    path.write_text(body)
+    ]))
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from probe import speed_probe  # bench/ is on sys.path when run as a script
+from probe import speed_probe, write_section  # bench/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_AGAINST = "03e61f2"  # main before 2026-12-06's second session: statements per action cut since
@@ -103,19 +103,7 @@ def main() -> None:
     body = "\n".join(lines)
     print(body)
     if not args.no_write:
-        write_section(body)
-
-
-def write_section(body: str) -> None:
-    path = ROOT / "bench" / "RESULTS.md"
-    text = path.read_text(encoding="utf-8")
-    start, end = "<!-- simulation:start -->", "<!-- simulation:end -->"
-    section = f"{start}\n{body}\n{end}"
-    if start in text:
-        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _m: section, text, flags=re.S)
-    else:
-        text = text.replace("<!-- intake:start -->", f"{section}\n\n<!-- intake:start -->", 1)
-    path.write_text(text, encoding="utf-8")
+        write_section("simulation", body)
 
 
 if __name__ == "__main__":

@@ -412,3 +412,18 @@ class FakeBotAPI:
             "file_size": len(data),
             "file_path": file_path,
         }
+
+
+def run_with_bot(fake: FakeBotAPI, scenario):
+    """Run `scenario(bot)` on a fresh event loop with a real aiogram Bot pointed at `fake`."""
+    from aiogram import Bot
+    from aiogram.client.session.aiohttp import AiohttpSession
+    from aiogram.client.telegram import TelegramAPIServer
+
+    async def main():
+        bot = Bot(fake.token, session=AiohttpSession(api=TelegramAPIServer.from_base(fake.base)))
+        try:
+            return await scenario(bot)
+        finally:
+            await bot.session.close()
+    return asyncio.run(main())

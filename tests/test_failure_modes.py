@@ -84,7 +84,7 @@ from router.cursors import load_cursor, save_cursor
 from router.delivery import claim_due, mark_sent
 from router.intake import Intake
 from router.routing import route_pending
-from telegram_api import FakeBotAPI
+from telegram_api import FakeBotAPI, run_with_bot
 from test_email_imap import dovecot, mailbox, poller_for  # noqa: F401 — fixtures: a real Dovecot
 from test_email_parse import KNOWN_BOUNCE_MISSES
 from test_email_smtp import smtp_server
@@ -556,16 +556,6 @@ def private_update(user_id: int, message_id: int, text: str) -> dict:
                         "chat": {"id": user_id, "type": "private", "first_name": "王芳"}}}
 
 
-def run_bot(fake: FakeBotAPI, scenario):
-    async def main():
-        bot = Bot(TOKEN, session=AiohttpSession(api=TelegramAPIServer.from_base(fake.base)))
-        try:
-            return await scenario(bot)
-        finally:
-            await bot.session.close()
-    return asyncio.run(main())
-
-
 def bot_poller(engine, bot, handle, **kwargs) -> TelegramPoller:
     return TelegramPoller(bot, handle, load_cursor=partial(load_cursor, engine),
                           save_cursor=partial(save_cursor, engine), timeout=kwargs.pop("timeout", 1), **kwargs)
@@ -600,7 +590,7 @@ def test_fm25_a_redelivered_or_failed_update_is_stored_once_through_the_bot(engi
             fake.push_update(private_update(555001, 10, "上周申请的退款还没到账，订单号 20261130-7781"))
             assert await bot_poller(engine, bot, handle).poll_once() == 1  # …and under a new update id
 
-        run_bot(fake, scenario)
+        run_with_bot(fake, scenario)
     [stored] = rows(engine, Message)
     assert stored.external_id == "555001:10" and count(engine, Ticket) == 1
     assert load_cursor(engine, "telegram:123456") == {"last_update_id": update_id + 1}
@@ -643,7 +633,7 @@ def test_fm27_stopping_mid_poll_or_mid_batch_loses_no_update(engine, intake):
             # 3. The restart takes every update that was not stored, from the stored cursor.
             assert await bot_poller(engine, bot, handle).poll_once() == 2
 
-        run_bot(fake, scenario)
+        run_with_bot(fake, scenario)
         calls = fake.requests()
     assert count(engine, Message) == 4 and count(engine, Ticket) == 4
     assert not any(call.get("drop_pending_updates") for call in calls)

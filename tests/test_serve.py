@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from models.tables import Message, Ticket
 from paidan.db import make_engine
+from serving import start_serve
 
 TOKEN = "serve-test-token"
 
@@ -28,21 +29,7 @@ TOKEN = "serve-test-token"
 def start(database_url: str, tmp_path: Path, **settings: str) -> tuple[subprocess.Popen, str, list[str]]:
     env = {**os.environ, "PAIDAN_DATABASE_URL": database_url, "PAIDAN_WEB_PORT": "0", "PAIDAN_SMTP_PORT": "0",
            "PAIDAN_API_TOKENS": TOKEN, "PAIDAN_SECRET_KEY": "test", **settings}
-    proc = subprocess.Popen([sys.executable, "-m", "paidan.cli", "serve"], cwd=tmp_path, env=env,
-                            stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        lines.append(line)
-        found = re.search(r"serving http://([\d.]+):(\d+)", line)
-        if found:
-            threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()
-            return proc, f"http://{found.group(1)}:{found.group(2)}", lines
-    proc.kill()
-    raise AssertionError("paidan serve did not start:\n" + "".join(lines))
+    return start_serve(env, tmp_path)
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])

@@ -21,7 +21,7 @@ from connectors.telegram.updates import is_private, read_update, to_inbound
 from models.tables import Message, Ticket
 from router.cursors import load_cursor, save_cursor
 from router.intake import Intake
-from tests.telegram_api import FakeBotAPI
+from telegram_api import FakeBotAPI, run_with_bot
 
 TOKEN = "123456:TEST"
 
@@ -54,17 +54,6 @@ class MemoryCursors:
 
     def last(self) -> int | None:
         return next(iter(self.values.values()), {}).get("last_update_id")
-
-
-def run_with_bot(fake: FakeBotAPI, scenario):
-    """Run `scenario(bot)` on a fresh event loop with a Bot pointed at the fake."""
-    async def main():
-        bot = Bot(TOKEN, session=AiohttpSession(api=TelegramAPIServer.from_base(fake.base)))
-        try:
-            return await scenario(bot)
-        finally:
-            await bot.session.close()
-    return asyncio.run(main())
 
 
 def make_poller(bot, handle, cursors: MemoryCursors, **kwargs) -> TelegramPoller:

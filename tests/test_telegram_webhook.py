@@ -34,6 +34,7 @@ from paidan.web import build_app
 from router.config import RouterConfig
 from router.intake import Intake
 from router.queries import TicketQueries
+from serving import start_serve
 from telegram_api import FakeBotAPI
 from webfixtures import make_settings
 
@@ -73,23 +74,6 @@ def count(database: str | Engine, table) -> int:
     finally:
         if engine is not database:
             engine.dispose()
-
-
-def start_serve(env: dict[str, str], cwd: Path) -> tuple[subprocess.Popen, str, list[str]]:
-    proc = subprocess.Popen([sys.executable, "-m", "paidan.cli", "serve"], cwd=cwd, env=env,
-                            stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        lines.append(line)
-        if found := re.search(r"serving http://([\d.]+):(\d+)", line):
-            threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()
-            return proc, f"http://{found.group(1)}:{found.group(2)}", lines
-    proc.kill()
-    raise AssertionError("paidan serve did not start:\n" + "".join(lines))
 
 
 # ---- end to end through `paidan serve` --------------------------------------------------------

@@ -1,0 +1,29 @@
+"""`paidan serve` as a child process for the tests that need the whole service."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+def start_serve(env: dict[str, str], cwd: Path) -> tuple[subprocess.Popen, str, list[str]]:
+    """Start `paidan serve` with `env`; returns the process, its web base URL (read from the log line
+    that names the bound port, so port 0 works) and the log lines, which keep filling in."""
+    proc = subprocess.Popen([sys.executable, "-m", "paidan.cli", "serve"], cwd=cwd, env=env,
+                            stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        if found := re.search(r"serving http://([\d.]+):(\d+)", line):
+            threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()
+            return proc, f"http://{found.group(1)}:{found.group(2)}", lines
+    proc.kill()
+    raise AssertionError("paidan serve did not start:\n" + "".join(lines))
