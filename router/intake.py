@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -554,17 +555,7 @@ def _explicit_thread(session: Session, sender: _Sender, msg: InboundMessage) -> 
     thread = _Thread()
     if refs.ticket_number:
         number = refs.ticket_number.strip().upper()
-        row = session.execute(
-            select(Ticket.id, Ticket.number, Ticket.customer_id, Ticket.state, Ticket.merged_into_id)
-            .where(Ticket.number == number)
-        ).first()
-        for _ in range(8):  # a merged ticket's number leads on to the ticket it was merged into
-            if row is None or row.state != states.MERGED or row.merged_into_id is None:
-                break
-            row = session.execute(
-                select(Ticket.id, Ticket.number, Ticket.customer_id, Ticket.state, Ticket.merged_into_id)
-                .where(Ticket.id == row.merged_into_id)
-            ).first()
+        row = _ticket_by_number(session, number)
         if row is not None and row.state != states.MERGED:
             if _same_customer(session, row.customer_id, sender.customer_id):
                 return _Thread(row.id, reason=f"ticket number {number} given",
@@ -600,11 +591,32 @@ def _explicit_thread(session: Session, sender: _Sender, msg: InboundMessage) -> 
             .where(Message.email_message_id == ref, Ticket.state != states.MERGED)
             .limit(1)
         ).first()
+        if row is None and (named := _OUR_MESSAGE_ID.fullmatch(ref)):
+            # One of our own mails (an acknowledgement is not stored as a message): its Message-ID
+            # names the ticket, so a reply whose subject tag was deleted still finds it.
+            row = _ticket_by_number(session, named.group(1).upper())
+            row = row if row is not None and row.state != states.MERGED else None
         if row is not None and _same_customer(session, row.customer_id, sender.customer_id):
             label = "In-Reply-To" if how == "in_reply_to" else "References"
             return _Thread(row.id, reason=f"{label} {ref}", flags=thread.flags,
                            data={"how": how, "ticket": row.number})
     return thread
+
+
+# The Message-IDs we give our own mail (router/actions.py's replies, router/routing.py's acknowledgements).
+_OUR_MESSAGE_ID = re.compile(r"<[0-9a-f]{16,32}\.(gd\d{11,})@paidan>", re.IGNORECASE)
+
+
+def _ticket_by_number(session: Session, number: str):
+    """The ticket called `number` (id, number, customer_id, state, merged_into_id), following merges
+    on to the ticket it was merged into; None when there is none."""
+    columns = (Ticket.id, Ticket.number, Ticket.customer_id, Ticket.state, Ticket.merged_into_id)
+    row = session.execute(select(*columns).where(Ticket.number == number)).first()
+    for _ in range(8):  # a merged ticket's number leads on to the ticket it was merged into
+        if row is None or row.state != states.MERGED or row.merged_into_id is None:
+            break
+        row = session.execute(select(*columns).where(Ticket.id == row.merged_into_id)).first()
+    return row
 
 
 def _same_customer(session: Session, ticket_customer_id: int, customer_id: int) -> bool:

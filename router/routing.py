@@ -8,6 +8,8 @@ second-contact rule may raise the priority, and the agent hears of it.
 
 from __future__ import annotations
 
+import uuid
+
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -311,4 +313,12 @@ def _acknowledgement(session: Session, ticket: Ticket, now: datetime, due: datet
                 dedupe_key=f"ack:{ticket.id}",
                 payload={"ticket": ticket.number, "subject": ticket.subject, "language": ticket.language,
                          "first_response_due": due.isoformat() if due else None,
-                         **({"in_reply_to": answers} if answers and channel == "email" else {})})
+                         **(_email_ack_ids(ticket, answers) if channel == "email" else {})})
+
+
+def _email_ack_ids(ticket: Ticket, answers: str | None) -> dict:
+    """An email acknowledgement's own Message-ID, in the form our replies have (router/actions.py), so a
+    customer's answer to it finds the ticket even with the subject tag gone (router/intake.py); and
+    In-Reply-To the customer's mail, so their mail client shows the two together."""
+    ids = {"message_id": f"<{uuid.uuid4().hex}.{ticket.number.lower()}@paidan>"}
+    return ids | ({"in_reply_to": answers} if answers else {})

@@ -10,7 +10,7 @@ import smtplib
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -273,3 +273,26 @@ def test_a_mail_with_a_line_over_1000_octets_is_taken(engine, intake):
     with smtp_server(intake.accept) as server:
         code, _ = send(server, mail("长" * 3000))  # 9,000 octets of UTF-8 on one line
     assert code == 250 and len(messages(engine)[0].text) >= 3000
+
+
+def test_an_answer_to_our_acknowledgement_finds_its_ticket_by_in_reply_to_alone(engine):
+    """Acknowledgements are not stored as messages, but their Message-ID names the ticket: a reply
+    whose mail client dropped the [GD…] tag and the References still continues it — for its
+    customer only (someone else quoting that Message-ID opens their own ticket)."""
+    config = RouterConfig(topic_window=timedelta(0))  # so only the Message-ID can thread it
+    intake = Intake(engine, config=config)
+    with smtp_server(intake.accept) as server:
+        number = send(server, mail())[1].rsplit(" ", 1)[1]
+        with Session(engine) as session, session.begin():
+            route_pending(session, None, config, datetime.now(UTC))
+        with Session(engine) as session:
+            [ack] = session.scalars(select(OutboxItem).where(OutboxItem.kind == "ack")).all()
+        ours = ack.payload["message_id"]
+        assert ack.payload["in_reply_to"] == "<m1@example.cn>" and number.lower() in ours
+        answer = mail("我补充一下订单号：20261130-7781", subject="Re: 您的来信已收到", message_id="<m2@example.cn>",
+                      In_Reply_To=ours)
+        stranger = mail("我也有同样的问题", subject="Re: 您的来信已收到", message_id="<m3@example.org>",
+                        sender="someone@example.org", In_Reply_To=ours)
+        assert send(server, answer)[1].endswith(number)
+        assert not send(server, stranger, sender="someone@example.org")[1].endswith(number)
+    intake.close()
