@@ -46,6 +46,9 @@ DEFAULT_LABELS: dict[str, tuple[str, ...]] = {
 }
 QUEUES = ("assignment", "triage")
 MAX_REPLY_CHARS = 100_000
+# Telegram takes 4,096 UTF-16 units a message; the reply's header line ("工单 / Ticket GD…") needs
+# the rest. A longer reply is refused before anything is stored, rather than cut on the way out.
+MAX_TELEGRAM_REPLY_UNITS = 4000
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,6 +338,9 @@ def reply(session: Session, ticket_number: str, actor: Agent | str | int, text: 
 
     address = customer_address(session, ticket, ticket.channel) if public else None
     out_channel = address[0] if address else ticket.channel
+    if address and out_channel == "telegram" and (units := len(body.encode("utf-16-le")) // 2) > MAX_TELEGRAM_REPLY_UNITS:
+        raise ActionRefused(f"the reply is {units} characters long and goes to the customer on Telegram, which takes "
+                            f"{MAX_TELEGRAM_REPLY_UNITS} in one message: send it as shorter replies (nothing was sent)")
     token = uuid.uuid4().hex
     email_id = f"<{token}.{ticket.number.lower()}@paidan>" if public and out_channel == "email" else None
     in_reply_to, references = _email_thread(session, ticket) if email_id else (None, [])

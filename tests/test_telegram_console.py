@@ -313,3 +313,13 @@ def test_a_redelivered_update_acts_only_once(staff):
     answer_agent(staff, RouterConfig(), agent, f"/note {number} 备注", now=NOW + timedelta(days=3), once="later")
     with Session(staff) as session:
         assert session.scalars(select(ChannelCursor.name)).all() == ["console-once:later"]
+
+
+def test_a_reply_too_long_for_one_telegram_message_is_refused_not_cut(staff):
+    """Telegram takes 4,096 characters a message; cutting the customer's answer would lose the rest."""
+    number = new_ticket(staff)
+    agent = holder_id(staff, number)
+    refused = say(staff, agent, f"/reply {number} " + "请按以下步骤操作。" * 500)  # 4,500 characters
+    assert "4500 characters" in refused.text and "shorter replies (nothing was sent)" in refused.text
+    assert replies_to_customers(staff) == []
+    assert say(staff, agent, f"/reply {number} " + "请按以下步骤操作。" * 400).text.startswith(f"reply to {number} queued")
