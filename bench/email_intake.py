@@ -41,7 +41,7 @@ import uuid  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from datetime import UTC, datetime  # noqa: E402
 
-from intake import fresh_pg, intake_sink, pg_settings  # noqa: E402 — bench/intake.py
+from intake import fresh_pg, fresh_sqlite, intake_sink, pg_settings  # noqa: E402 — bench/intake.py
 from probe import machine, speed_probe, write_section  # noqa: E402
 
 CORPUS = Path("/work/shared/corpus/mail")
@@ -258,29 +258,6 @@ def one_run(database_url: str, mode: str, messages: int, concurrency: int) -> di
 
 # --------------------------------------------------------------------------------------------
 # Databases
-
-
-def fresh_sqlite() -> tuple[str, Callable[[], None]]:
-    d = tempfile.mkdtemp(prefix="paidan-bench-")
-    return f"sqlite:///{d}/bench.db", lambda: shutil.rmtree(d, ignore_errors=True)
-
-
-def fresh_pg_db(base_url: str) -> tuple[str, Callable[[], None]]:
-    url = fresh_pg(base_url)
-    return url, lambda: drop_pg(url)
-
-
-def drop_pg(url: str) -> None:
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    from paidan.db import normalise_url
-
-    target = make_url(normalise_url(url))
-    admin = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def local_pg() -> tuple[str, Callable[[], None]] | None:
@@ -595,7 +572,7 @@ def main() -> None:
         try:
             if base:
                 pg_note = pg_settings(base) + ("" if args.pg else " (a throwaway cluster, tests/peers/postgres.sh)")
-                lines, smtp_meds["PostgreSQL"] = measure_smtp("PostgreSQL", lambda: fresh_pg_db(base), args)
+                lines, smtp_meds["PostgreSQL"] = measure_smtp("PostgreSQL", lambda: fresh_pg(base), args)
                 smtp_lines += lines
         finally:
             if cluster:

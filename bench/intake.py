@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -21,6 +22,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -144,12 +146,14 @@ def _wait_until_listening(port: int) -> None:
     raise RuntimeError(f"the server never listened on port {port}")
 
 
-def fresh_sqlite() -> str:
+def fresh_sqlite() -> tuple[str, Callable[[], None]]:
+    """A new database for one run, and what removes it afterwards."""
     d = tempfile.mkdtemp(prefix="paidan-bench-")
-    return f"sqlite:///{d}/bench.db"
+    return f"sqlite:///{d}/bench.db", lambda: shutil.rmtree(d, ignore_errors=True)
 
 
-def fresh_pg(base_url: str) -> str:
+def fresh_pg(base_url: str) -> tuple[str, Callable[[], None]]:
+    """A new database on the server of `base_url` for one run, and what drops it afterwards."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
@@ -158,8 +162,12 @@ def fresh_pg(base_url: str) -> str:
     admin = create_engine(url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return url.set(database=name).render_as_string(hide_password=False)
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+    return url.set(database=name).render_as_string(hide_password=False), drop
 
 
 def pg_settings(url: str) -> str:
@@ -176,13 +184,17 @@ def pg_settings(url: str) -> str:
     return f"server {version} on this machine, fsync={fsync}, synchronous_commit={sync}"
 
 
-def measure(label: str, make_url, args) -> list[str]:
+def measure(label: str, make_db, args) -> list[str]:
     # Ours and plain alternate within each run, so a change in the machine's load hits both alike.
     # The plain way is slow: it sends a quarter of the requests (its rate is what compares).
     runs: dict[str, list[dict]] = {"ours": [], "plain": []}
     for _ in range(args.runs):
         for mode, requests in (("ours", args.requests), ("plain", max(1000, args.requests // 4))):
-            runs[mode].append(one_run(make_url(), mode, requests, args.concurrency))
+            url, remove = make_db()
+            try:
+                runs[mode].append(one_run(url, mode, requests, args.concurrency))
+            finally:
+                remove()
             r = runs[mode][-1]
             print(f"  {label} {mode}: {r['rate']:.0f} msg/s p50 {r['p50_ms']:.1f} ms p99 {r['p99_ms']:.1f} ms",
                   file=sys.stderr)

@@ -12,7 +12,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from models.errors import PaidanError
@@ -93,6 +93,26 @@ def _attempt(item: OutboxItem, build: Callable[[OutboxItem], Any], send: Callabl
         log.exception("outbox item %s (%s): unexpected error while building or sending", item.id, item.kind)
         return TemporaryFailure(f"unexpected error: {error!r}")
     return None
+
+
+def by_language(language: str | None, *, zh: str, en: str, joiner: str = " / ") -> str:
+    """Chinese or English as the ticket's language says; both when it says neither (what customers
+    read, on every channel)."""
+    language = (language or "").lower()
+    if language.startswith("zh"):
+        return zh
+    if language.startswith("en"):
+        return en
+    return zh + joiner + en
+
+
+def utc_time(iso: str | None) -> str | None:
+    """An outbox payload's ISO time for a customer to read. The payload gives UTC and no business time
+    zone, so the time is shown in UTC and says so."""
+    try:
+        return datetime.fromisoformat(iso).astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if iso else None
+    except ValueError:
+        return None
 
 
 _EMAIL_ADDRESS = re.compile(r"[\w.+-]+@([\w-]+\.[\w.-]+)")

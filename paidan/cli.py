@@ -86,15 +86,13 @@ def serve(host: str | None, port: int | None, smtp_port: int | None, no_migrate:
     - Telegram, when [telegram] token is set: customers' chats and the agents' console.
     """
     from paidan import logs
-    from paidan.service import serve_forever
+    from paidan.service import CannotListen, serve_forever
 
     settings = _settings()
     logs.setup(settings.log_level, settings.log_json)
     overrides = {k: v for k, v in {"web_host": host, "web_port": port, "smtp_port": smtp_port}.items() if v is not None}
     if overrides:
         settings = settings.model_copy(update=overrides)
-    from paidan.service import CannotListen
-
     try:
         serve_forever(settings, migrate=not no_migrate)
     except KeyboardInterrupt:

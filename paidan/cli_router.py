@@ -107,12 +107,12 @@ def queue(which: str | None, priority: str | None, category: str | None, limit: 
         return
     table = Table("number", "queue", "priority", "category", "age", "channel", "subject", "why waiting")
     for r in rows:
-        table.add_row(r["number"], r["queue"], r["priority"] or "-", r["category"] or "-", _age(r["age_seconds"]),
+        table.add_row(r["number"], r["queue"], r["priority"] or "-", r["category"] or "-", age_text(r["age_seconds"]),
                       r["channel"], r["subject"][:40], r["reason"])
     _console().print(table)
 
 
-def _age(seconds: int) -> str:
+def age_text(seconds: int) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m"
     if seconds < 86400:

@@ -37,7 +37,12 @@ async def send_outbox_forever(engine: Engine, channel: str, build: Callable[[Out
                          report.failed)
         except Exception:  # noqa: BLE001 — e.g. the database away for a moment: the next round retries
             log.exception("%s out: a delivery round failed", channel)
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=every)
-        except TimeoutError:
-            pass
+        await pause(stop, every)
+
+
+async def pause(stop: asyncio.Event, seconds: float) -> None:
+    """Wait `seconds`, or less when `stop` is set meanwhile: how every background loop of serve rests."""
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        pass

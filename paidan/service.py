@@ -263,6 +263,7 @@ async def deliver_email_forever(settings: Settings, engine, stop: asyncio.Event)
 async def poll_imap_forever(settings: Settings, engine, sink, stop: asyncio.Event) -> None:
     """Poll the configured mailbox until `stop` is set; each mail through `sink`, as SMTP's are."""
     from connectors.email.imap import ImapConfig, ImapPoller, ImapUnavailable
+    from paidan.outbound import pause
     from router.cursors import load_cursor, save_cursor
 
     e = settings.email
@@ -287,10 +288,7 @@ async def poll_imap_forever(settings: Settings, engine, sink, stop: asyncio.Even
             log.warning("imap: %s; trying again in %g s", exc, e.imap_poll_seconds)
         except Exception:  # noqa: BLE001 — e.g. the database away for a moment: the cursor did not move
             log.exception("imap: a poll failed; trying again in %g s", e.imap_poll_seconds)
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=e.imap_poll_seconds)
-        except TimeoutError:
-            pass
+        await pause(stop, e.imap_poll_seconds)
 
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)

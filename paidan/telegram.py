@@ -22,7 +22,6 @@ import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
@@ -42,7 +41,7 @@ from connectors.webform.api import error
 from models.errors import StorageUnavailable
 from models.message import InboundMessage, Receipt
 from models.tables import Agent
-from paidan.outbound import send_outbox_forever
+from paidan.outbound import pause, send_outbox_forever
 from paidan.settings import Settings
 from paidan.telegram_console import answer_agent
 from router.config import RouterConfig
@@ -268,8 +267,7 @@ async def _register_webhook(bot: Bot, url: str, secret: str, stop: asyncio.Event
             log.warning("telegram: setWebhook: Telegram asks to wait %ss", exc.retry_after)
         except TelegramAPIError as exc:
             log.warning("telegram: could not set the webhook (%s); retrying in %.0fs", exc, delay)
-        with suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=delay)
+        await pause(stop, delay)
         delay = min(delay * 2, 60.0)
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, case, delete, select
+from sqlalchemy import Engine, delete, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -20,9 +20,10 @@ from connectors.telegram.console import ConsoleCommand, ConsoleHelp, ConsoleMist
 from connectors.telegram.send import Buttons
 from models.errors import ActionRefused, NotFound, PaidanError
 from models.tables import Agent, ChannelCursor, Message, SlaClock, Ticket
+from paidan.cli_router import age_text
 from paidan.db import transaction
 from router import actions, states
-from router.config import PRIORITIES, RouterConfig
+from router.config import RouterConfig
 from router.dialects import PerDialect
 
 log = logging.getLogger(__name__)
@@ -150,14 +151,11 @@ def _queue(session: Session, agent: Agent, command: ConsoleCommand, now: datetim
     return ConsoleAnswer("\n".join(lines))
 
 
-_PRIORITY_RANK = case({p: i for i, p in enumerate(PRIORITIES)}, value=Ticket.priority, else_=len(PRIORITIES))
-
-
 def _mine(session: Session, agent: Agent, command: ConsoleCommand, now: datetime) -> ConsoleAnswer:
     tickets = session.scalars(
         select(Ticket)
         .where(Ticket.assigned_agent_id == agent.id, Ticket.queue.is_(None), Ticket.state.in_(states.OPEN_STATES))
-        .order_by(_PRIORITY_RANK, Ticket.created_at, Ticket.id)
+        .order_by(actions.URGENCY, Ticket.created_at, Ticket.id)
         .limit(LIST_LIMIT + 1)
     ).all()
     if not tickets:
@@ -241,12 +239,7 @@ def _line(number: str, priority: str | None, state: str, age: timedelta, subject
 
 
 def _age(delta: timedelta) -> str:
-    seconds = max(0, int(delta.total_seconds()))
-    if seconds < 3600:
-        return f"{seconds // 60}m"
-    if seconds < 86400:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 86400}d{seconds % 86400 // 3600}h"
+    return age_text(max(0, int(delta.total_seconds())))
 
 
 def _clip(text: str, limit: int) -> str:

@@ -34,6 +34,7 @@ from models.errors import ActionRefused, NotFound
 from models.tables import Agent, Assignment, LabelCorrection, Message, Ticket, TicketEvent
 from router import states
 from router.config import PRIORITIES, SUPERVISOR_ROLES, RouterConfig
+from router.intake import our_message_id
 from router.outbox import customer_address, enqueue
 
 
@@ -342,7 +343,7 @@ def reply(session: Session, ticket_number: str, actor: Agent | str | int, text: 
         raise ActionRefused(f"the reply is {units} characters long and goes to the customer on Telegram, which takes "
                             f"{MAX_TELEGRAM_REPLY_UNITS} in one message: send it as shorter replies (nothing was sent)")
     token = uuid.uuid4().hex
-    email_id = f"<{token}.{ticket.number.lower()}@paidan>" if public and out_channel == "email" else None
+    email_id = our_message_id(ticket.number, token) if public and out_channel == "email" else None
     in_reply_to, references = _email_thread(session, ticket) if email_id else (None, [])
     subject = _reply_subject(ticket) if public else ""
     external_id = f"out:{token}"
@@ -625,17 +626,19 @@ def _known_label(value: str, allowed: tuple[str, ...]) -> str | None:
 
 # ---------------------------------------------------------------- the queue
 
+# Orders tickets most urgent first (P0 … P3, then unclassified), for every listing of them.
+URGENCY = case({p: i for i, p in enumerate(PRIORITIES)}, value=Ticket.priority, else_=len(PRIORITIES))
+
 
 def waiting(session: Session, now: datetime, *, queue: str | None = None, priority: str | None = None,
             category: str | None = None, limit: int = 100) -> list[dict]:
     """Unassigned tickets waiting for an agent or a supervisor: most urgent, then oldest, first."""
     if queue is not None and queue not in QUEUES:
         raise ActionRefused(f"there is no queue {queue!r}; choose {' or '.join(QUEUES)}")
-    rank = case({p: i for i, p in enumerate(PRIORITIES)}, value=Ticket.priority, else_=len(PRIORITIES))
     query = (
         select(Ticket)
         .where(Ticket.queue.in_([queue] if queue else QUEUES), Ticket.state.in_(states.OPEN_STATES))
-        .order_by(rank, Ticket.created_at, Ticket.id)
+        .order_by(URGENCY, Ticket.created_at, Ticket.id)
         .limit(limit)
     )
     if priority:

@@ -8,8 +8,6 @@ its rows to be retried once the lease runs out, and no other sender touches them
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -44,15 +42,13 @@ class Claimed:
     created_at: datetime
 
 
-def claim_due(engine_or_session: Engine | Session, channel: str, *, now: datetime, limit: int = 50,
-              lease: timedelta) -> list[Claimed]:
+def claim_due(engine: Engine, channel: str, *, now: datetime, limit: int = 50, lease: timedelta) -> list[Claimed]:
     """Take up to `limit` pending rows of `channel` that are due, for `lease`; oldest due first.
 
     The lease must outlast sending the whole batch (limit × the sender's timeout), or a slow batch's
-    tail could be claimed again by another sender. Given an Engine, the claim is committed here;
-    given a Session, the caller commits (and must do so before sending anything).
+    tail could be claimed again by another sender. The claim is committed before this returns.
     """
-    with _unit_of_work(engine_or_session) as session:
+    with Session(engine, expire_on_commit=False) as session, session.begin():
         # PostgreSQL: rows another sender is claiming are skipped, not waited for. SQLite has no row
         # locks: paidan's engine opens every transaction with BEGIN IMMEDIATE, so claims take turns.
         due_ids = session.scalars(
@@ -77,14 +73,14 @@ def claim_due(engine_or_session: Engine | Session, channel: str, *, now: datetim
     return sorted((Claimed(**row._mapping) for row in rows), key=lambda item: position[item.id])
 
 
-def mark_sent(engine_or_session: Engine | Session, item_id: int, *, now: datetime) -> None:
+def mark_sent(engine: Engine, item_id: int, *, now: datetime) -> None:
     """The peer accepted the item: it is done."""
-    with _unit_of_work(engine_or_session) as session:
+    with Session(engine, expire_on_commit=False) as session, session.begin():
         session.execute(update(_outbox).where(_outbox.c.id == item_id)
                         .values(status="sent", sent_at=now, last_error=None))
 
 
-def mark_failed(engine_or_session: Engine | Session, item_id: int, error: str, *, now: datetime, permanent: bool,
+def mark_failed(engine: Engine, item_id: int, error: str, *, now: datetime, permanent: bool,
                 max_attempts: int = MAX_ATTEMPTS) -> str:
     """Record a failed send; returns the row's status now: "pending" (it will be retried) or "failed"
     (or "sent", when another sender delivered it meanwhile).
@@ -92,7 +88,7 @@ def mark_failed(engine_or_session: Engine | Session, item_id: int, error: str, *
     A failed item also gets a `delivery_failed` event on its ticket, so a human sees that the
     customer never received it.
     """
-    with _unit_of_work(engine_or_session) as session:
+    with Session(engine, expire_on_commit=False) as session, session.begin():
         row = session.execute(
             select(_outbox.c.kind, _outbox.c.channel, _outbox.c.recipient, _outbox.c.ticket_id, _outbox.c.attempts,
                    _outbox.c.status)
@@ -120,13 +116,3 @@ def retry_delay(attempts: int) -> timedelta:
     """How long to wait after the `attempts`-th try failed: doubling from FIRST_RETRY, capped."""
     doublings = min(max(attempts - 1, 0), 16)  # 2**16 minutes is far past the cap already
     return min(FIRST_RETRY * 2 ** doublings, LONGEST_RETRY)
-
-
-@contextmanager
-def _unit_of_work(engine_or_session: Engine | Session) -> Iterator[Session]:
-    """A caller's Session is used as it is (the caller commits); an Engine gets its own transaction."""
-    if isinstance(engine_or_session, Session):
-        yield engine_or_session
-        return
-    with Session(engine_or_session, expire_on_commit=False) as session, session.begin():
-        yield session

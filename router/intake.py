@@ -13,6 +13,7 @@ import logging
 import queue
 import re
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -176,8 +177,7 @@ def store_batch(
         message_events.append({"ticket_id": ticket_ids[pos], "at": now, "actor": "customer", "kind": "message",
                                "reason": f"{what} on {msg.channel.value}; {thread.reason}",
                                "data": {"external_id": msg.external_id, "thread": thread.data}})
-    _customer_wrote_again(session, {tid: row.state for tid, row in current.items() if tid in first_message},
-                          first_message, now)
+    _customer_wrote_again(session, {tid: current[tid].state for tid in first_message}, first_message, now)
     for ticket_id in conflicted:
         ticket = session.get(Ticket, ticket_id)
         ticket.flags = [*ticket.flags, "identity_conflict"]
@@ -556,7 +556,7 @@ def _explicit_thread(session: Session, sender: _Sender, msg: InboundMessage) -> 
     if refs.ticket_number:
         number = refs.ticket_number.strip().upper()
         row = _ticket_by_number(session, number)
-        if row is not None and row.state != states.MERGED:
+        if row is not None:
             if _same_customer(session, row.customer_id, sender.customer_id):
                 return _Thread(row.id, reason=f"ticket number {number} given",
                                data={"how": "ticket_number", "ticket": row.number})
@@ -595,7 +595,6 @@ def _explicit_thread(session: Session, sender: _Sender, msg: InboundMessage) -> 
             # One of our own mails (an acknowledgement is not stored as a message): its Message-ID
             # names the ticket, so a reply whose subject tag was deleted still finds it.
             row = _ticket_by_number(session, named.group(1).upper())
-            row = row if row is not None and row.state != states.MERGED else None
         if row is not None and _same_customer(session, row.customer_id, sender.customer_id):
             label = "In-Reply-To" if how == "in_reply_to" else "References"
             return _Thread(row.id, reason=f"{label} {ref}", flags=thread.flags,
@@ -603,20 +602,25 @@ def _explicit_thread(session: Session, sender: _Sender, msg: InboundMessage) -> 
     return thread
 
 
-# The Message-IDs we give our own mail (router/actions.py's replies, router/routing.py's acknowledgements).
+def our_message_id(ticket_number: str, token: str | None = None) -> str:
+    """The Message-ID of a mail we send about a ticket (router/actions.py's replies, router/routing.py's
+    acknowledgements): it names the ticket, so an answer to it finds the ticket (_OUR_MESSAGE_ID)."""
+    return f"<{token or uuid.uuid4().hex}.{ticket_number.lower()}@paidan>"
+
+
 _OUR_MESSAGE_ID = re.compile(r"<[0-9a-f]{16,32}\.(gd\d{11,})@paidan>", re.IGNORECASE)
 
 
 def _ticket_by_number(session: Session, number: str):
     """The ticket called `number` (id, number, customer_id, state, merged_into_id), following merges
-    on to the ticket it was merged into; None when there is none."""
+    on to the ticket it was merged into; None when there is none (or the merges lead nowhere)."""
     columns = (Ticket.id, Ticket.number, Ticket.customer_id, Ticket.state, Ticket.merged_into_id)
     row = session.execute(select(*columns).where(Ticket.number == number)).first()
     for _ in range(8):  # a merged ticket's number leads on to the ticket it was merged into
         if row is None or row.state != states.MERGED or row.merged_into_id is None:
             break
         row = session.execute(select(*columns).where(Ticket.id == row.merged_into_id)).first()
-    return row
+    return row if row is not None and row.state != states.MERGED else None
 
 
 def _same_customer(session: Session, ticket_customer_id: int, customer_id: int) -> bool:

@@ -8,8 +8,6 @@ second-contact rule may raise the priority, and the agent hears of it.
 
 from __future__ import annotations
 
-import uuid
-
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ from models.prediction import Classifier, Prediction
 from models.tables import Agent, Customer, Identity, Message, ReviewItem, SlaClock, Ticket, TicketEvent
 from router import states
 from router.config import PRIORITIES, RouterConfig
+from router.intake import our_message_id
 from router.outbox import customer_address, enqueue_many, item, notify_agent, notify_supervisors, supervisors_of
 
 log = logging.getLogger(__name__)
@@ -320,5 +319,5 @@ def _email_ack_ids(ticket: Ticket, answers: str | None) -> dict:
     """An email acknowledgement's own Message-ID, in the form our replies have (router/actions.py), so a
     customer's answer to it finds the ticket even with the subject tag gone (router/intake.py); and
     In-Reply-To the customer's mail, so their mail client shows the two together."""
-    ids = {"message_id": f"<{uuid.uuid4().hex}.{ticket.number.lower()}@paidan>"}
+    ids = {"message_id": our_message_id(ticket.number)}
     return ids | ({"in_reply_to": answers} if answers else {})

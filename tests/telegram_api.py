@@ -340,29 +340,6 @@ class FakeBotAPI:
             message["reply_markup"] = markup
         return message
 
-    def _edited_message(self, params: dict[str, Any], text: str | None) -> dict[str, Any] | bool:
-        if "inline_message_id" in params or "chat_id" not in params:
-            return True
-        message: dict[str, Any] = {
-            "message_id": int(params.get("message_id") or 0),
-            "from": self._bot_user(),
-            "chat": _chat_for(params.get("chat_id")),
-            "date": int(time.time()),
-            "edit_date": int(time.time()),
-        }
-        if text is not None:
-            message["text"] = text
-        markup = params.get("reply_markup")
-        if isinstance(markup, dict) and "inline_keyboard" in markup:
-            message["reply_markup"] = markup
-        return message
-
-    def _api_editmessagetext(self, params: dict[str, Any]) -> dict[str, Any] | bool:
-        return self._edited_message(params, str(params.get("text", "")))
-
-    def _api_editmessagereplymarkup(self, params: dict[str, Any]) -> dict[str, Any] | bool:
-        return self._edited_message(params, None)
-
     def _api_answercallbackquery(self, params: dict[str, Any]) -> bool:
         return True
 

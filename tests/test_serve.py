@@ -32,6 +32,20 @@ def start(database_url: str, tmp_path: Path, **settings: str) -> tuple[subproces
     return start_serve(env, tmp_path)
 
 
+def lost_or_changed(database_url: str, acknowledged: dict, key, *where) -> dict:
+    """The acknowledged messages (`key` → ticket number, as the peer was answered) that the database
+    does not hold under that ticket."""
+    engine = make_engine(database_url)
+    try:
+        with Session(engine) as session:
+            stored = dict(session.execute(
+                select(key, Ticket.number).join(Ticket, Ticket.id == Message.ticket_id).where(*where)
+            ).all())
+    finally:
+        engine.dispose()
+    return {k: v for k, v in acknowledged.items() if stored.get(k) != v}
+
+
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
 def test_serve_migrates_answers_and_stops_cleanly(database_url, tmp_path, stop):
     proc, base, lines = start(database_url, tmp_path)
@@ -77,13 +91,7 @@ def test_a_kill_9_loses_nothing_that_was_acknowledged(database_url, tmp_path):
             f.result()
     proc.wait(timeout=30)
     assert len(acknowledged) >= 200
-    engine = make_engine(database_url)
-    with Session(engine) as session:
-        stored = dict(session.execute(
-            select(Message.id, Ticket.number).join(Ticket, Ticket.id == Message.ticket_id)
-        ).all())
-    engine.dispose()
-    missing = {k: v for k, v in acknowledged.items() if stored.get(k) != v}
+    missing = lost_or_changed(database_url, acknowledged, Message.id)
     assert not missing, f"{len(missing)} acknowledged messages lost or changed after kill -9"
 
 
@@ -173,14 +181,7 @@ def test_a_kill_9_loses_no_mail_that_was_answered_250(database_url, tmp_path):
         w.join(30)
     proc.wait(timeout=30)
     assert len(acknowledged) >= 200
-    engine = make_engine(database_url)
-    with Session(engine) as session:
-        stored = dict(session.execute(
-            select(Message.external_id, Ticket.number).join(Ticket, Ticket.id == Message.ticket_id)
-            .where(Message.channel == "email")
-        ).all())
-    engine.dispose()
-    missing = {k: v for k, v in acknowledged.items() if stored.get(k) != v}
+    missing = lost_or_changed(database_url, acknowledged, Message.external_id, Message.channel == "email")
     assert not missing, f"{len(missing)} mails answered 250 were lost or changed after kill -9"
 
 

@@ -631,8 +631,8 @@ def _auto_submitted(msg: Message) -> bool:
     return bool(value) and re.split(r"[\s;(]", value)[0] != "no"
 
 
-def _is_auto_reply(msg: Message, subject: str) -> bool:
-    if _auto_submitted(msg):
+def _is_auto_reply(msg: Message, subject: str, auto_submitted: bool) -> bool:
+    if auto_submitted:
         return True
     precedence = (_header(msg, "Precedence") or "").strip().lower()
     if re.split(r"[\s;(]", precedence)[0] in ("bulk", "junk", "list", "auto_reply"):
@@ -761,9 +761,10 @@ def _parse(
         flags.add("charset_fallback")
     text = strip_quoted(clean_text(text))[:MAX_TEXT]
 
-    if _is_auto_reply(msg, subject):
+    auto_submitted = _auto_submitted(msg)
+    if _is_auto_reply(msg, subject, auto_submitted):
         flags.add("auto_reply")
-    if _is_bounce(msg, subject, envelope_sender, _auto_submitted(msg)):
+    if _is_bounce(msg, subject, envelope_sender, auto_submitted):
         flags.add("bounce")
 
     references = _message_ids(_header(msg, "References"))[-MAX_REFERENCES:]

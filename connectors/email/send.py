@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
 
-from connectors.outbox import DeliveryError, OutboxItem, PermanentFailure, TemporaryFailure
+from connectors.outbox import DeliveryError, OutboxItem, PermanentFailure, TemporaryFailure, by_language, utc_time
 
 # Kinds a machine sends on its own. RFC 3834: they carry Auto-Submitted so that other robots
 # (vacation responders, other help desks) do not answer them and start a loop. A human agent's
@@ -96,7 +96,7 @@ def _subject(kind: str, payload: dict) -> str:
     tag = f"[{number}]" if number else ""
     if kind == "ack":
         # The ticket tag in the subject is what threads the customer's answer back to the ticket.
-        said = _by_language(payload.get("language"), zh="已收到您的来信", en="We received your message")
+        said = by_language(payload.get("language"), zh="已收到您的来信", en="We received your message")
         quoted = " ".join((payload.get("subject") or "").split())[:MAX_SUBJECT_QUOTE]
         return " ".join(part for part in (f"{said}:" if quoted else said, quoted, tag) if part)
     return payload.get("subject") or f"Re: {tag}".strip()
@@ -113,7 +113,7 @@ def _body(kind: str, payload: dict) -> str:
 
 def _acknowledgement_text(payload: dict) -> str:
     number = payload.get("ticket") or "?"
-    due = _utc_time(payload.get("first_response_due"))
+    due = utc_time(payload.get("first_response_due"))
     zh = [
         "您好！", "",
         f"我们已收到您的来信，工单号：{number}。",
@@ -128,25 +128,7 @@ def _acknowledgement_text(payload: dict) -> str:
         f"To add anything, reply to this email and keep [{number}] in the subject so that it joins the same ticket.",
         "", "(This message was sent automatically.)",
     ]
-    return _by_language(payload.get("language"), zh="\n".join(zh), en="\n".join(en), joiner="\n\n---\n\n") + "\n"
-
-
-def _by_language(language: str | None, *, zh: str, en: str, joiner: str = " / ") -> str:
-    """Chinese or English as the ticket's language says; both when it says neither."""
-    language = (language or "").lower()
-    if language.startswith("zh"):
-        return zh
-    if language.startswith("en"):
-        return en
-    return zh + joiner + en
-
-
-def _utc_time(iso: str | None) -> str | None:
-    # The payload gives UTC and no business time zone, so the time is shown in UTC and says so.
-    try:
-        return datetime.fromisoformat(iso).astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if iso else None
-    except ValueError:
-        return None
+    return by_language(payload.get("language"), zh="\n".join(zh), en="\n".join(en), joiner="\n\n---\n\n") + "\n"
 
 
 # ---------------------------------------------------------------- sending (thin I/O)

@@ -112,7 +112,7 @@ class PaidanSMTP(SMTP):
     and so do we: the size limit still bounds the whole mail.
 
     Addresses: aiosmtpd reads every MAIL and RCPT path with the email package's full header parser
-    (and defines a class on each call): ~12 % of the server's time per mail (bench/email.py). A plain
+    (and defines a class on each call): ~12 % of the server's time per mail (bench/email_intake.py). A plain
     `<local@domain>` path is read with one regex, with the same result; anything else (quoted local
     parts, comments, UTF-8 addresses) still goes to aiosmtpd's parser.
     """

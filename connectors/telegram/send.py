@@ -15,14 +15,13 @@ import concurrent.futures
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import aiohttp
 from aiogram import Bot
 from aiogram import exceptions as tg
 from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
 
-from connectors.outbox import OutboxItem, PermanentFailure, TemporaryFailure
+from connectors.outbox import OutboxItem, PermanentFailure, TemporaryFailure, by_language, utc_time
 
 TEXT_LIMIT = 4096  # Telegram's limit for one message, counted in UTF-16 code units
 SEND_TIMEOUT = 60.0  # seconds `sync_send` waits for the Bot API before calling it a temporary failure
@@ -106,24 +105,24 @@ def _customer_text(kind: str, payload: dict) -> str:
     number = payload.get("ticket") or "?"
     language = payload.get("language")
     if kind == "ack":
-        due = _utc_time(payload.get("first_response_due"))
+        due = utc_time(payload.get("first_response_due"))
         zh = "\n".join([f"您好！我们已收到您的消息，工单号：{number}。",
                         *([f"我们会在 {due} 前首次答复您。"] if due else []),
                         "如需补充，请直接回复这条消息。"])
         en = "\n".join([f"Hello! We have received your message; your ticket number is {number}.",
                         *([f"We will get back to you by {due}."] if due else []),
                         "To add details, reply to this message."])
-        return _by_language(language, zh=zh, en=en, both=f"{zh}\n\n{en}")
+        return by_language(language, zh=zh, en=en, joiner="\n\n")
     text = (payload.get("text") or "").strip()
     if not text:
         raise PermanentFailure(f"the {kind} has no text to send")
-    header = _by_language(language, zh=f"工单 {number}", en=f"Ticket {number}", both=f"工单 / Ticket {number}")
+    header = by_language(language, zh="工单", en="Ticket") + f" {number}"
     return f"{header}\n\n{text}"
 
 
 def _customer_cut_note(language: str | None) -> str:
     zh, en = "（消息过长，后面的内容已省略。）", "(This message was too long; the rest was left out.)"
-    return "\n" + _by_language(language, zh=zh, en=en, both=f"{zh}\n{en}")
+    return "\n" + by_language(language, zh=zh, en=en, joiner="\n")
 
 
 def _staff_text(kind: str, payload: dict) -> str:
@@ -193,24 +192,6 @@ def _fit(text: str, cut_note: str) -> str:
 
 def _utf16_units(text: str) -> int:
     return len(text.encode("utf-16-le")) // 2
-
-
-def _by_language(language: str | None, *, zh: str, en: str, both: str) -> str:
-    """Chinese or English as the ticket's language says; both when it says neither."""
-    language = (language or "").lower()
-    if language.startswith("zh"):
-        return zh
-    if language.startswith("en"):
-        return en
-    return both
-
-
-def _utc_time(iso: str | None) -> str | None:
-    # The payload gives UTC and no business time zone, so the time is shown in UTC and says so.
-    try:
-        return datetime.fromisoformat(iso).astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if iso else None
-    except ValueError:
-        return None
 
 
 # ---------------------------------------------------------------- sending (thin I/O)

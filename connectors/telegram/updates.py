@@ -14,14 +14,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from connectors.telegram.console import TICKET_NUMBER
 from models.message import Attachment, Channel, Identity, IdentityKind, InboundMessage, Sender, ThreadRefs
 
 # (file_id, file_name, mime_type, file_size)
 FileRef = tuple[str, str, str, int | None]
 
-# A ticket number as our acknowledgements print it. Not \b: in "工单GD20261123001" the CJK letter
-# and "G" are both word characters, so a word boundary would miss it.
-_TICKET_NUMBER = re.compile(r"(?<![A-Za-z0-9])GD\d{11,}(?!\d)", re.IGNORECASE)
 _COMMAND = re.compile(r"^/([A-Za-z0-9_]{1,32})(?:@([A-Za-z0-9_]{3,64}))?(?:\s|$)")
 
 # Update keys that carry a message, and the kind we report for each. A channel post is read like a
@@ -297,7 +295,7 @@ def is_command(incoming: Incoming, bot_username: str | None = None) -> str | Non
 
 
 def ticket_number_in(text: str | None) -> str | None:
-    found = _TICKET_NUMBER.search(text or "")
+    found = TICKET_NUMBER.search(text or "")
     return found.group(0).upper() if found else None
 
 
