@@ -376,3 +376,37 @@ class ChannelCursor(Base):
     name: Mapped[str] = mapped_column(String(200), primary_key=True)
     value: Mapped[dict] = mapped_column(JSON, default=dict)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Survey(Base):
+    """The satisfaction question sent once a ticket is resolved, and the customer's answer."""
+
+    __tablename__ = "surveys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # One survey per ticket: a ticket resolved again after a reopen is not asked twice.
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), unique=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
+    channel: Mapped[str] = mapped_column(String(20))  # where the question went
+    agent_id: Mapped[int | None] = mapped_column(ForeignKey("agents.id"), index=True)  # who resolved it
+    sent_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    rating: Mapped[int | None] = mapped_column(Integer)  # 1 (very unhappy) … 5 (very happy)
+    comment: Mapped[str] = mapped_column(Text, default="")
+    answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class LinkCode(Base):
+    """A one-time code that proves a customer owns an address, so two identities become one customer."""
+
+    __tablename__ = "link_codes"
+    __table_args__ = (Index("ix_link_codes_customer_open", "customer_id", "used_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"))  # who asked to link
+    kind: Mapped[str] = mapped_column(String(20))  # the identity to prove, e.g. "email"
+    value: Mapped[str] = mapped_column(String(320))
+    code_sha256: Mapped[str] = mapped_column(String(64))  # never the code itself
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # wrong guesses; too many and it is spent
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
