@@ -41,3 +41,7 @@ class InvalidMessage(InvalidInput):
 
 class ActionRefused(PaidanError):
     """An agent action the rules do not allow (not their ticket, not an agent, wrong state)."""
+
+
+class SurveyClosed(ActionRefused):
+    """An answer to a satisfaction survey that came after its answer window closed."""

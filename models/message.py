@@ -149,3 +149,18 @@ class TicketView:
     subject: str
     created_at: datetime
     messages: tuple[PublicMessage, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SurveyView:
+    """What the customer sees of a satisfaction survey: the ticket it asks about and their answer."""
+
+    survey_id: int
+    ticket_number: str
+    subject: str
+    language: str | None
+    rating: int | None  # 1 (very unhappy) … 5 (very happy); None until answered
+    comment: str
+    answered_at: datetime | None
+    closes_at: datetime  # the answer can be given or changed until then
+    closed: bool

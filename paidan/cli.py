@@ -274,7 +274,7 @@ def tickets_show(number: str, as_json: bool) -> None:
     from sqlalchemy.orm import Session
 
     from models.errors import NotFound
-    from models.tables import Ticket
+    from models.tables import Survey, Ticket
 
     with Session(_engine()) as session:
         ticket = session.scalar(
@@ -284,6 +284,7 @@ def tickets_show(number: str, as_json: bool) -> None:
         )
         if ticket is None:
             raise NotFound(f"no ticket {number} (see `paidan tickets list`)")
+        survey = session.scalar(select(Survey).where(Survey.ticket_id == ticket.id))
         data = {
             "number": ticket.number, "state": ticket.state, "channel": ticket.channel, "subject": ticket.subject,
             "customer": {"id": ticket.customer.id, "name": ticket.customer.display_name},
@@ -302,6 +303,9 @@ def tickets_show(number: str, as_json: bool) -> None:
                  "to": e.to_state, "reason": e.reason}
                 for e in ticket.events
             ],
+            "survey": None if survey is None else {
+                "channel": survey.channel, "sent_at": survey.sent_at.isoformat(), "rating": survey.rating,
+                "comment": survey.comment, "answered_at": survey.answered_at.isoformat() if survey.answered_at else None},
         }
     if as_json:
         click.echo(json.dumps(data, ensure_ascii=False, indent=2))
@@ -316,6 +320,10 @@ def tickets_show(number: str, as_json: bool) -> None:
     labels = data["labels"]
     out.print(f"labels:   type={labels['type'] or '-'} category={labels['category'] or '-'} "
               f"priority={labels['priority'] or '-'}   agent: {data['agent'] or '-'}", highlight=False)
+    if (survey := data["survey"]) is not None:
+        answer = f"{survey['rating']}/5" if survey["rating"] else "not answered yet"
+        out.print(f"survey:   {answer} (asked on {survey['channel']} {survey['sent_at'][:16]})"
+                  + (f": {survey['comment']}" if survey["comment"] else ""), markup=False, highlight=False)
     out.print("\n[bold]messages[/bold]")
     for m in data["messages"]:
         flags = f" flags={','.join(m['flags'])}" if m["flags"] else ""
@@ -345,10 +353,13 @@ _add_classifier_commands()
 
 def _add_router_commands() -> None:
     from paidan.cli_customers import customers
+    from paidan.cli_report import dashboard, report
     from paidan.cli_router import TICKET_COMMANDS, queue
 
     cli.add_command(customers)
     cli.add_command(queue)
+    cli.add_command(report)
+    cli.add_command(dashboard)
     for command in TICKET_COMMANDS:
         tickets.add_command(command)
 

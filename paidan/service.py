@@ -116,6 +116,7 @@ def router_config(settings: Settings) -> RouterConfig:
         topic_window=timedelta(hours=r.topic_window_hours),
         topic_threshold=defaults.topic_threshold if r.topic_threshold is None else r.topic_threshold,
         senior_level=r.senior_level,
+        surveys=r.surveys,
     )
 
 
@@ -152,6 +153,8 @@ def bind(host: str, port: int, *, what: str = "web", setting: str = "web_port") 
 
 
 async def run(settings: Settings, *, migrate: bool = True) -> None:
+    from paidan.dashboard import dashboard_for
+    from paidan.surveys import SurveyDesk
     from paidan.web import build_app
 
     if migrate:
@@ -175,8 +178,11 @@ async def run(settings: Settings, *, migrate: bool = True) -> None:
         from paidan.telegram import TelegramWebhook, webhook_secret
 
         telegram_webhook = TelegramWebhook(webhook_secret(settings), settings.telegram.webhook_path)
+    dashboard = dashboard_for(engine, secret=settings.secret, timezone=settings.timezone,
+                              api_tokens=tuple(settings.api_tokens))
     app = build_app(settings, sink=sink, ticket_view=queries.ticket_view, db_ok=queries.db_ok,
-                    operations=queries.operations, telegram_webhook=telegram_webhook)
+                    operations=queries.operations, telegram_webhook=telegram_webhook, dashboard=dashboard,
+                    surveys=SurveyDesk(engine).store())
     server = uvicorn.Server(uvicorn.Config(
         app, log_config=None, access_log=False, lifespan="on",
         proxy_headers=settings.forwarded_allow_ips is not None,
@@ -186,8 +192,9 @@ async def run(settings: Settings, *, migrate: bool = True) -> None:
     smtp = await start_smtp(settings, sink) if settings.email.smtp_enabled else None
     freeze_startup_objects()
     host, port = sock.getsockname()[:2]
-    log.info("paidan serving http://%s:%s (web form /, status /status, API /api/v1/messages, docs /docs) "
-             "on %s", host, port, normalise_url(settings.database_url).split(":", 1)[0])
+    log.info("paidan serving http://%s:%s (web form /, status /status, API /api/v1/messages, docs /docs, "
+             "dashboard /dashboard: sign in with `paidan dashboard --as NAME`) on %s", host, port,
+             normalise_url(settings.database_url).split(":", 1)[0])
     # uvicorn shuts down gracefully on SIGTERM or Ctrl-C, then re-raises the signal to whatever
     # handler was there before: for SIGTERM the default "die now", for SIGINT asyncio's, which cancels
     # this task, so the shutdown below would stop at its first await. No-ops while uvicorn serves let
@@ -248,15 +255,18 @@ async def deliver_email_forever(settings: Settings, engine, stop: asyncio.Event)
     from functools import partial
 
     from connectors.email.send import RelayConfig, SmtpSender, build_outbox_email
+    from paidan.linking import link_key
     from paidan.outbound import send_outbox_forever
+    from paidan.surveys import survey_link
 
     e = settings.email
     config = RelayConfig(host=e.relay_host, port=e.relay_port, from_address=e.from_address, from_name=e.from_name,
                          username=e.relay_username,
                          password=e.relay_password.get_secret_value() if e.relay_password else None,
-                         starttls=e.relay_starttls)
+                         starttls=e.relay_starttls, code_key=link_key(settings))
     log.info("paidan sending email through %s:%s as %s", e.relay_host, e.relay_port, e.from_address)
-    await send_outbox_forever(engine, "email", partial(build_outbox_email, config=config), SmtpSender(config).send,
+    build = partial(build_outbox_email, config=config, survey_link=survey_link(settings))
+    await send_outbox_forever(engine, "email", build, SmtpSender(config).send,
                               batch=EMAIL_BATCH, lease=EMAIL_LEASE, every=e.relay_poll_seconds, stop=stop)
 
 

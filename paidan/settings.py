@@ -47,6 +47,9 @@ class RoutingSettings(BaseModel):
     topic_window_hours: float = 72
     topic_threshold: float | None = None
     senior_level: int = 3
+    # Ask the customer how we did (a 1-5 rating and a comment) when a ticket is resolved, by email or
+    # Telegram, once per ticket.
+    surveys: bool = True
 
 
 class EmailSettings(BaseModel):
@@ -130,6 +133,9 @@ class Settings(BaseSettings):
 
     web_host: str = "127.0.0.1"
     web_port: int = 8080
+    # Where customers reach the web pages from outside (behind a proxy: its https address); links in
+    # our mail, such as a satisfaction survey's, start with it.
+    public_url: str = "http://127.0.0.1:8080"
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 2525
 

@@ -11,7 +11,8 @@ them. Nothing is acknowledged to Telegram before it is committed: the poller con
 asking for the next offset), and the webhook answers 200, only after `handle` returned, and `handle`
 returns only after the customer's message, or the agent's action, is in the database. A
 redelivered update is stored once (intake's chat:message_id key) and acts once (the console's
-`once` key), so "when in doubt, not acknowledged" never doubles anything.
+and /link's `once` key, paidan/linking.py), so "when in doubt, not acknowledged" never doubles
+anything.
 """
 
 from __future__ import annotations
@@ -36,12 +37,16 @@ from starlette.responses import JSONResponse, Response
 
 from connectors.telegram.poller import TelegramPoller, download_files
 from connectors.telegram.send import TelegramSend, TelegramSender, build_telegram, sync_send
+from connectors.telegram.survey import is_survey_button
 from connectors.telegram.updates import Incoming, is_command, is_private, read_update, to_inbound
+from connectors.telegram.updates import language_of, link_argument
 from connectors.webform.api import error
 from models.errors import StorageUnavailable
 from models.message import InboundMessage, Receipt
 from models.tables import Agent
+from paidan.linking import answer_link, link_key
 from paidan.outbound import pause, send_outbox_forever
+from paidan.surveys import survey_button_pressed, survey_reply
 from paidan.settings import Settings
 from paidan.telegram_console import answer_agent
 from router.config import RouterConfig
@@ -51,9 +56,12 @@ log = logging.getLogger("paidan.telegram")
 
 # What a customer sees on /start or /help: how to write in, in both languages.
 WELCOME = ("您好！这里是客服。请直接描述您的问题（可附图片或文件），我们会回复工单号并尽快处理。\n"
-           "回复我们的消息即可补充说明同一工单。\n\n"
+           "回复我们的消息即可补充说明同一工单。\n"
+           "也给我们写过邮件？发送 /link 您的邮箱（或「绑定邮箱 您的邮箱」），按邮件中的验证码绑定，两边的记录就会合在一起。\n\n"
            "Hello! This is customer support. Describe your issue here (photos and files are welcome); we will "
-           "answer with a ticket number and get back to you. Reply to our messages to add to the same ticket.")
+           "answer with a ticket number and get back to you. Reply to our messages to add to the same ticket.\n"
+           "Also wrote to us by email? Send /link you@example.com and then the code we email you: your email and "
+           "Telegram conversations become one.")
 TELEGRAM_BATCH = 30  # Telegram allows ~30 messages a second per bot
 TELEGRAM_LEASE = timedelta(minutes=5)  # longer than a round of TELEGRAM_BATCH sends at their timeout
 # The update kinds `Dispatcher.handle` acts on; Telegram sends no others. It keeps the list it was
@@ -73,14 +81,20 @@ class Dispatcher:
     """Decides what each update is and hands it on; returns only once that is committed."""
 
     def __init__(self, bot: Bot, engine: Engine, config: RouterConfig,
-                 sink: Callable[[InboundMessage], Awaitable[Receipt]], *, bot_username: str | None = None):
+                 sink: Callable[[InboundMessage], Awaitable[Receipt]], *, bot_username: str | None = None,
+                 link_key: bytes | None = None, dashboard_link: Callable[[int], str] | None = None):
         self.bot, self.engine, self.config, self.sink = bot, engine, config, sink
         self.bot_username = bot_username
+        self.link_key = link_key  # seals and checks /link codes; None: /link says it is not available
+        self.dashboard_link = dashboard_link  # agent id → a dashboard sign-in link; None: not served
 
     async def handle(self, update: dict) -> None:
         incoming = read_update(update)
         if incoming.from_id is None or incoming.kind == "other":
             return  # channel posts, polls, membership changes: nothing anyone wrote to us
+        if incoming.kind == "callback_query" and is_survey_button(incoming.callback_data):
+            await survey_button_pressed(self.bot, self.engine, incoming)  # a customer's rating (paidan/surveys.py)
+            return
         if await asyncio.to_thread(self._is_agent, incoming.from_id):
             await self._console(incoming)
         elif incoming.kind in ("message", "edited_message") and is_private(incoming):
@@ -96,15 +110,29 @@ class Dispatcher:
         if is_command(incoming, self.bot_username) in ("/start", "/help"):
             await self._quietly(self.bot.send_message(incoming.chat_id, WELCOME, parse_mode=None))
             return
+        if (argument := link_argument(incoming, self.bot_username)) is not None:
+            await self._link(incoming, argument)  # never a ticket message
+            return
+        if await survey_reply(self.bot, self.engine, incoming):  # a comment on our survey, not a ticket message
+            return
         attachments = await download_files(self.bot, incoming)  # a temporary failure raises: retried
         receipt = await self.sink(to_inbound(incoming, received_at=datetime.now(UTC), attachments=attachments))
         log.info("telegram: %s update %s as %s", "duplicate of" if receipt.duplicate else "stored",
                  incoming.update_id, receipt.ticket_number)
 
+    async def _link(self, incoming: Incoming, argument: str) -> None:
+        answer = await asyncio.to_thread(
+            answer_link, self.engine, self.link_key, telegram_id=incoming.from_id, argument=argument,
+            display_name=incoming.display_name, username=incoming.username,
+            language=language_of(incoming.language_code), now=datetime.now(UTC),
+            once=f"telegram-update:{incoming.update_id}" if incoming.update_id is not None else None)
+        await self._quietly(self.bot.send_message(incoming.chat_id, answer, parse_mode=None))
+
     async def _console(self, incoming: Incoming) -> None:
         answer = await asyncio.to_thread(
             answer_agent, self.engine, self.config, incoming.from_id, incoming.text, incoming.reply_to_text,
-            incoming.callback_data, now=datetime.now(UTC), once=f"telegram-update:{incoming.update_id}")
+            incoming.callback_data, now=datetime.now(UTC), once=f"telegram-update:{incoming.update_id}",
+            dashboard_link=self.dashboard_link)
         if incoming.callback_id:
             await self._quietly(self.bot.answer_callback_query(incoming.callback_id))
         if answer.text:
@@ -119,6 +147,14 @@ class Dispatcher:
             await call
         except Exception as exc:  # noqa: BLE001 — a lost courtesy message must not re-run the update
             log.warning("telegram: could not answer: %s", exc)
+
+
+def dashboard_link(settings: Settings) -> Callable[[int], str]:
+    """Agent id → a fresh sign-in link to the dashboard that `paidan serve` serves at `public_url`."""
+    from paidan.dashboard import SignInLinks, sign_in_url
+
+    links = SignInLinks(settings.secret)
+    return lambda agent_id: sign_in_url(settings.public_url, links, agent_id, datetime.now(UTC))
 
 
 def webhook_secret(settings: Settings) -> str:
@@ -199,7 +235,8 @@ async def run_telegram(settings: Settings, engine: Engine, config: RouterConfig,
     bot = make_bot(settings)
     try:
         me = await bot.get_me()
-        dispatcher = Dispatcher(bot, engine, config, sink, bot_username=me.username)
+        dispatcher = Dispatcher(bot, engine, config, sink, bot_username=me.username, link_key=link_key(settings),
+                                dashboard_link=dashboard_link(settings))
         if webhook is None:
             log.info("paidan on Telegram as @%s (updates by long polling)", me.username)
             receive = _poll(bot, dispatcher, settings, engine, stop)

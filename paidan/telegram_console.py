@@ -46,22 +46,28 @@ class ConsoleAnswer:
 
 def answer_agent(engine: Engine, config: RouterConfig, telegram_id: int, text: str | None,
                  reply_to_text: str | None = None, callback_data: str | None = None, *,
-                 now: datetime, once: str | None = None) -> ConsoleAnswer:
+                 now: datetime, once: str | None = None,
+                 dashboard_link: Callable[[int], str] | None = None) -> ConsoleAnswer:
     """Parse and run one agent message; help and mistakes are answered without the database.
-    `once`: a key naming this message (its Telegram update), so a redelivered one acts only once."""
+    `once`: a key naming this message (its Telegram update), so a redelivered one acts only once.
+    `dashboard_link`: agent id → a sign-in link to the dashboard (None: /dashboard says it is not served)."""
     parsed = parse_console(text, reply_to_text=reply_to_text, callback_data=callback_data)
     if isinstance(parsed, ConsoleHelp):
         return ConsoleAnswer(parsed.text)
     if isinstance(parsed, ConsoleMistake):
         return ConsoleAnswer(parsed.message)
-    return run_console(engine, config, telegram_id, parsed, now=now, once=once)
+    return run_console(engine, config, telegram_id, parsed, now=now, once=once, dashboard_link=dashboard_link)
 
 
 def run_console(engine: Engine, config: RouterConfig, telegram_id: int, command: ConsoleCommand, *,
-                now: datetime, once: str | None = None) -> ConsoleAnswer:
+                now: datetime, once: str | None = None,
+                dashboard_link: Callable[[int], str] | None = None) -> ConsoleAnswer:
     """Run `command` as the agent behind `telegram_id`; the answer says what happened or why not.
     With `once`, an action whose key was already committed is not run again (listings always are)."""
     try:
+        if command.action == "dashboard":
+            with Session(engine) as session:
+                return _dashboard(actions.agent_for_telegram(session, telegram_id), dashboard_link)
         if command.action in _READS:
             with Session(engine) as session:
                 agent = actions.agent_for_telegram(session, telegram_id)
@@ -229,6 +235,16 @@ def _author(message: Message) -> str:
 _READS: dict[str, Callable[[Session, Agent, ConsoleCommand, datetime], ConsoleAnswer]] = {
     "queue": _queue, "mine": _mine, "show": _show,
 }
+
+
+def _dashboard(agent: Agent, link: Callable[[int], str] | None) -> ConsoleAnswer:
+    if not actions.is_supervisor(agent):
+        return ConsoleAnswer("看板只对主管开放 · the dashboard is for supervisors and admins; "
+                             "ask one of them, or run `paidan report` for the same numbers")
+    if link is None:
+        return ConsoleAnswer("this paidan does not serve the dashboard; run `paidan report` for the same numbers")
+    return ConsoleAnswer(f"看板登录链接，12 小时内有效，请勿转发 · your sign-in link to the dashboard, valid for "
+                         f"12 hours; do not pass it on:\n{link(agent.id)}")
 
 
 # ---------------------------------------------------------------- formatting

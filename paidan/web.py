@@ -21,10 +21,12 @@ from connectors.webform import WebFormConfig
 from connectors.webform import build_app as build_webform
 from connectors.webform.api import error
 from connectors.webform.site import Sink, TicketLookup
+from connectors.webform.surveys import SurveyStore
 from paidan.settings import Settings
 from router.queries import Operations
 
 if TYPE_CHECKING:  # paidan.telegram imports aiogram; a deployment without Telegram need not
+    from paidan.dashboard import Dashboard
     from paidan.telegram import TelegramWebhook
 
 log = logging.getLogger(__name__)
@@ -165,13 +167,15 @@ class TelegramWebhookRoute:
 
 def build_app(settings: Settings, sink: Sink, ticket_view: TicketLookup, *, db_ok: DbCheck | None = None,
               operations: OperationsQuery | None = None, metrics: WebMetrics | None = None,
-              health_timeout: float = HEALTH_TIMEOUT, telegram_webhook: TelegramWebhook | None = None) -> FastAPI:
+              health_timeout: float = HEALTH_TIMEOUT, telegram_webhook: TelegramWebhook | None = None,
+              dashboard: Dashboard | None = None, surveys: SurveyStore | None = None) -> FastAPI:
     """The whole web app. `db_ok` backs /healthz (None: the database is not checked); `operations`
     adds the help desk's counts to /metrics (None: request metrics only); `telegram_webhook` serves
-    Telegram's updates at its path (None: Telegram polls, or is off)."""
+    Telegram's updates at its path (None: Telegram polls, or is off); `dashboard` serves /dashboard and
+    /api/v1/report (None: no reports on the web)."""
     metrics = metrics or WebMetrics()
     app = build_webform(webform_config(settings), sink, ticket_view, on_outcome=metrics.count,
-                        title="paidan", version=_version())
+                        title="paidan", version=_version(), surveys=surveys)  # surveys: the /survey/<token> page
     app.state.metrics = metrics
 
     async def healthz(request: Request) -> Response:
@@ -202,6 +206,8 @@ def build_app(settings: Settings, sink: Sink, ticket_view: TicketLookup, *, db_o
 
     app.add_api_route("/healthz", healthz, methods=["GET"], tags=["operations"], summary="Liveness and database check")
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
+    if dashboard is not None:
+        dashboard.mount(app)
     if telegram_webhook is not None:
         app.add_middleware(TelegramWebhookRoute, webhook=telegram_webhook)  # inside LatencyMiddleware: timed too
     app.add_middleware(LatencyMiddleware, metrics=metrics)

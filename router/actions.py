@@ -432,7 +432,7 @@ def wait_for_customer(session: Session, ticket_number: str, actor: Agent | str |
 def resolve(session: Session, ticket_number: str, actor: Agent | str | int, config: RouterConfig,
             now: datetime, *, note: str = "") -> Outcome:
     """Done: stop the clocks, free the agent's capacity and give it to the queue at once."""
-    from router import assignment, sla
+    from router import assignment, sla, surveys
 
     agent = resolve_agent(session, actor)
     ticket = _ticket(session, ticket_number)
@@ -452,9 +452,12 @@ def resolve(session: Session, ticket_number: str, actor: Agent | str | int, conf
     # Released as "resolved", the ticket keeps its agent as the record of who worked it.
     freed = assignment.release(session, ticket, now, why="resolved", actor=_actor(agent))
     drained = assignment.drain_queue(session, config, now, freed_by=freed) if freed is not None else 0
+    # Asked once per ticket, in this transaction: resolved again after a reopen, it is not asked again.
+    survey_id = surveys.create_survey(session, ticket, agent_id=agent.id, config=config, now=now)
     return _outcome(session, ticket, "resolve", f"{ticket.number} resolved"
-                    + (f"; {drained} queued ticket(s) assigned with the freed capacity" if drained else ""),
-                    {"drained": drained})
+                    + (f"; {drained} queued ticket(s) assigned with the freed capacity" if drained else "")
+                    + ("; the customer is asked how we did" if survey_id else ""),
+                    {"drained": drained, "survey_id": survey_id})
 
 
 @_written_together

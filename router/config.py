@@ -61,6 +61,8 @@ class RouterConfig:
     # Measured on labelled same/different-topic pairs (router/topics.py): precision 0.94, recall 1.0.
     topic_threshold: float = 0.20
     second_contact_window: timedelta = timedelta(hours=24)
+    # Ask the customer how we did when a ticket is resolved (router/surveys.py).
+    surveys: bool = True
 
     def sla_for(self, priority: str, channel: str) -> SlaTarget:
         by_channel = self.sla_by_channel.get(channel, {})

@@ -24,7 +24,7 @@ def ticket_view_sync(session: Session, number: str, identity: Identity) -> Ticke
             IdentityRow.kind == identity.kind.value, IdentityRow.value == identity.value
         )
     )
-    if owner is None or not _same_customer(session, owner, ticket.customer_id):
+    if owner is None or not same_customer(session, owner, ticket.customer_id):
         return None
     rows = session.execute(
         select(Message.direction, Message.text, Message.received_at, Agent.name)
@@ -41,7 +41,7 @@ def ticket_view_sync(session: Session, number: str, identity: Identity) -> Ticke
     )
 
 
-def _same_customer(session: Session, customer_id: int, ticket_customer_id: int) -> bool:
+def same_customer(session: Session, customer_id: int, ticket_customer_id: int) -> bool:
     """True when both ids are the same person, following merges either way."""
     def root(cid: int) -> int:
         seen = set()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 
 import pytest
 from sqlalchemy import select
@@ -17,37 +16,10 @@ from sqlalchemy.orm import Session
 from models.tables import AttachmentRow, Message, Ticket
 from paidan.web import build_app
 from router.queries import TicketQueries
-from webfixtures import PNG_1X1, make_settings, serve
+from webfixtures import PNG_1X1, chromium_missing, make_settings, serve
 from webfixtures import *  # noqa: F403 — the fixtures
 
-CHROMIUM = os.environ.get("PAIDAN_CHROMIUM", "/usr/bin/chromium")
-
-
-def _why_not() -> str | None:
-    if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
-        return (f"Chromium not found at {CHROMIUM}: to run the browser tests, "
-                "`apt-get install -y --no-install-recommends chromium fonts-noto-cjk` "
-                "(or point PAIDAN_CHROMIUM at a Chromium binary)")
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "playwright is not installed: `pip install playwright` (do not run `playwright install`)"
-    return None
-
-
-pytestmark = [pytest.mark.browser, pytest.mark.skipif(_why_not() is not None, reason=_why_not() or "")]
-
-
-@pytest.fixture
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(chromium_missing() is not None, reason=chromium_missing() or "")]
 
 
 def test_chinese_form_with_attachment_becomes_a_ticket_found_on_the_status_page(live_app, browser):

@@ -142,6 +142,7 @@ def test_one_working_day(engine):
         assert_every_breach_escalated_exactly_once(session)
         assert_travellers_are_one_customer_with_one_ticket(session, travellers)
         assert_lazy_agents_offers_moved_on(session, diligent)
+        assert_the_report_adds_up(session, clock["now"])
         stats = day_statistics(session)
     print(f"\nsimulated day: {stats} in {time.monotonic() - started:.1f} s")
 
@@ -230,6 +231,29 @@ def assert_lazy_agents_offers_moved_on(session: Session, diligent: dict[str, boo
     assert expired > 0
     # Offers made in the last accept-timeout window may still be open; nothing older.
     assert still_waiting <= 3 * 8
+
+
+def assert_the_report_adds_up(session: Session, now: datetime) -> None:
+    """The supervisors' report of the day agrees with the rows, counted here the plain way."""
+    from router.reports import build_report, last_days
+
+    since, until = last_days(1, now, CONFIG.calendar.timezone)
+    report = build_report(session, since=since, until=until, now=now, timezone=CONFIG.calendar.timezone)
+    tickets = session.scalars(select(Ticket)).all()
+    assert report.days == ["2026-11-24"] and report.created == len(tickets) - report.machine
+    assert sum(map(sum, report.created_by_day.values())) == report.created
+    assert {c: v[0] for c, v in report.created_by_day.items()} == dict(Counter(t.channel for t in tickets))
+    resolutions = session.scalar(select(func.count()).select_from(TicketEvent)
+                                 .where(TicketEvent.kind == "transition", TicketEvent.to_state == states.RESOLVED))
+    assert report.resolved == resolutions > 1000
+    clocks = session.scalars(select(SlaClock)).all()
+    assert sum(x.met + x.breached + x.running for x in report.sla) == len(clocks)
+    assert sum(x.breached for x in report.sla) == sum(c.breached_at is not None for c in clocks) > 0
+    answered = [t for t in tickets if t.first_response_at is not None]
+    assert sum(d.count for d in report.first_response.values()) == len(answered)
+    accepted = session.scalar(select(func.count()).select_from(Assignment).where(Assignment.accepted_at.is_not(None)))
+    assert sum(a.accepted for a in report.agents) == accepted
+    assert sum(report.now.tickets.values()) == sum(t.state in states.OPEN_STATES for t in tickets)
 
 
 def day_statistics(session: Session) -> dict:

@@ -50,6 +50,7 @@ REFUND = "我要退款，订单 20261103884512"  # request/service for the keywo
     ("/show GD20261123001", ConsoleCommand("show", NUMBER)),
     ("/queue", ConsoleCommand("queue")),
     ("/mine@paidan_bot", ConsoleCommand("mine")),
+    ("/dashboard", ConsoleCommand("dashboard")),
     ("  /help  ", ConsoleHelp()),
     ("/start", ConsoleHelp()),
 ])
@@ -112,7 +113,7 @@ def test_help_is_short_and_chinese_first():
     assert len(lines) <= 16 and all(len(line) <= 90 for line in lines)
     assert lines[0].startswith("派单")
     for command in ("/queue", "/mine", "/show", "/accept", "/decline", "/reply", "/note", "/wait", "/resolve",
-                    "/reopen", "/relabel", "/assign"):
+                    "/reopen", "/relabel", "/assign", "/dashboard"):
         assert command in HELP
 
 
@@ -323,3 +324,25 @@ def test_a_reply_too_long_for_one_telegram_message_is_refused_not_cut(staff):
     assert "4500 characters" in refused.text and "shorter replies (nothing was sent)" in refused.text
     assert replies_to_customers(staff) == []
     assert say(staff, agent, f"/reply {number} " + "请按以下步骤操作。" * 400).text.startswith(f"reply to {number} queued")
+
+
+def test_a_supervisor_gets_a_dashboard_link_and_an_agent_learns_why_not(staff):
+    from paidan.dashboard import SignInLinks, sign_in_url
+    from router.config import RouterConfig
+
+    links = SignInLinks(b"console-test-secret")
+    link = lambda agent_id: sign_in_url("https://support.example.com", links, agent_id, NOW)  # noqa: E731
+
+    def ask(telegram_id: int, dashboard_link=link) -> str:
+        return answer_agent(staff, RouterConfig(), telegram_id, "/dashboard", now=NOW,
+                            dashboard_link=dashboard_link).text
+
+    answer = ask(SUE)
+    url = answer.split("\n")[-1]
+    assert url.startswith("https://support.example.com/dashboard/sign-in?token=") and "do not pass it on" in answer
+    with Session(staff) as session:
+        sue = session.scalar(select(Agent.id).where(Agent.telegram_id == SUE))
+    assert links.check(url.split("token=")[1], NOW) == sue
+    assert "for supervisors and admins" in ask(ANN) and "sign-in" not in ask(ANN)
+    assert "does not serve the dashboard" in ask(SUE, dashboard_link=None)
+    assert "not registered as an agent" in ask(STRANGER)

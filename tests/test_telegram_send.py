@@ -76,6 +76,9 @@ def router_outbox_kinds() -> dict[str, str]:
             kind = next((k.value for k in node.keywords if k.arg == "kind"), None)
             if name not in OUTBOX_CALLS or kind is None:
                 continue
+            channel = next((k.value for k in node.keywords if k.arg == "channel"), None)
+            if isinstance(channel, ast.Constant) and channel.value == "email":
+                continue  # only ever mailed (link_code): connectors/email/send.py builds it, Telegram never sees it
             if isinstance(kind, ast.Constant) and isinstance(kind.value, str):
                 kinds[kind.value] = path.name
             elif path.name != "outbox.py":
@@ -233,6 +236,7 @@ def test_the_text_and_the_buttons_arrive_as_plain_text(fake, send):
     [call] = fake.requests("sendMessage")
     assert call["chat_id"] == 7001 and call["text"] == text
     assert call.get("parse_mode") in (None, "")
+    assert call["link_preview_options"] == {"is_disabled": True}  # Telegram fetches no link we pass on
     assert call["reply_markup"]["inline_keyboard"] == [[
         {"text": "✅ Accept", "callback_data": "accept:GD20261124001"},
         {"text": "❌ Decline", "callback_data": "decline:GD20261124001"},
@@ -291,7 +295,7 @@ def telegram_message(user: int, text: str, *, at: datetime = NOW, ticket: str | 
 def make_every_kind(engine) -> dict[str, str]:
     """Tickets and actions that make the router queue each of its kinds, through its real code."""
     from paidan.db import transaction
-    from router import actions
+    from router import actions, surveys
     from router.agents import add_agent
     from router.assignment import expire_offers
     from router.config import RouterConfig
@@ -323,6 +327,10 @@ def make_every_kind(engine) -> dict[str, str]:
         expire_offers(session, config, NOW + timedelta(minutes=11))
     with transaction(engine) as session:
         sweep(session, config, NOW + timedelta(hours=5))
+    with transaction(engine) as session:  # resolved: a survey to the customer, whose low rating the supervisors hear of
+        actions.resolve(session, refund, "Sue", config, NOW + timedelta(hours=5))
+        survey = surveys.survey_for_ticket(session, refund)
+        surveys.answer(session, survey.id, rating=1, comment="太慢", now=NOW + timedelta(hours=5))
     return {"refund": refund, "late": late}
 
 
@@ -372,5 +380,5 @@ def test_deliver_due_sends_every_kind_the_router_queued_and_records_what_became_
 
 
 def test_customer_kinds_are_the_ones_the_router_sends_to_customers():
-    # ack and reply carry the customer's own Telegram id; every other kind goes to staff.
-    assert CUSTOMER_KINDS == {"ack", "reply"} and not CUSTOMER_KINDS & STAFF_KINDS.keys()
+    # ack, reply and survey carry the customer's own Telegram id; every other kind goes to staff.
+    assert CUSTOMER_KINDS == {"ack", "reply", "survey"} and not CUSTOMER_KINDS & STAFF_KINDS.keys()

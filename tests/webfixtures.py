@@ -9,7 +9,9 @@ Test modules use them with `from webfixtures import *`.
 from __future__ import annotations
 
 import html
+import os
 import re
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -29,9 +31,11 @@ from router.queries import TicketQueries
 __all__ = [
     "API_TOKEN", "FormClient", "LiveApp", "serve", "web_intake", "web_settings",
     "live_app", "form_client", "api_client", "make_settings", "PNG_1X1", "ticket_number_in", "csrf_in",
+    "browser", "chromium_missing",
 ]
 
 API_TOKEN = "test-token-1"
+CHROMIUM = os.environ.get("PAIDAN_CHROMIUM", "/usr/bin/chromium")
 TICKET = re.compile(r"GD\d{11,}")
 # A valid 1x1 PNG, built here rather than read from disk.
 PNG_1X1 = bytes.fromhex(
@@ -78,6 +82,32 @@ class LiveApp:
     intake: Intake
     engine: object
     metrics: WebMetrics
+
+
+def chromium_missing() -> str | None:
+    """Why the browser tests cannot run here, or None when they can."""
+    if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
+        return (f"Chromium not found at {CHROMIUM}: to run the browser tests, "
+                "`apt-get install -y --no-install-recommends chromium fonts-noto-cjk` "
+                "(or point PAIDAN_CHROMIUM at a Chromium binary)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed: `pip install playwright` (do not run `playwright install`)"
+    return None
+
+
+@pytest.fixture
+def browser():
+    """Debian's headless Chromium through Playwright; never `playwright install`, which downloads one."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            yield chromium
+        finally:
+            chromium.close()
 
 
 @pytest.fixture

@@ -9,19 +9,25 @@ from __future__ import annotations
 import hashlib
 import smtplib
 import ssl
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
 
 from connectors.outbox import DeliveryError, OutboxItem, PermanentFailure, TemporaryFailure, by_language, utc_time
+from models.sealing import SealError, unseal
 
 # Kinds a machine sends on its own. RFC 3834: they carry Auto-Submitted so that other robots
 # (vacation responders, other help desks) do not answer them and start a loop. A human agent's
 # reply is not one of them: the customer's autoresponder may answer it like any mail.
-AUTOMATIC_KINDS = frozenset({"ack"})
+AUTOMATIC_KINDS = frozenset({"ack", "survey"})
+# Mail no message of the recipient's prompted (RFC 3834 "auto-generated"): the code a Telegram user
+# asked us to send to this address to prove they read it (router.linking).
+GENERATED_KINDS = frozenset({"link_code"})
 MAX_SUBJECT_QUOTE = 200  # how much of the customer's subject an acknowledgement repeats
+# kind "survey": (survey id, ticket number) -> the survey page's URL, which the wiring signs.
+SurveyLink = Callable[[int, str], str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,15 +42,19 @@ class RelayConfig:
     # (port 25 on localhost) usually offers no TLS: turn it off there.
     starttls: bool = True
     timeout: float = 30.0  # seconds, for connecting and for each SMTP answer
+    code_key: bytes | None = field(default=None, repr=False)  # opens the sealed code of a link_code mail
 
 
 # ---------------------------------------------------------------- building (pure)
 
 
-def build_outbox_email(item: OutboxItem, config: RelayConfig) -> EmailMessage:
+def build_outbox_email(item: OutboxItem, config: RelayConfig, survey_link: SurveyLink | None = None) -> EmailMessage:
     """`build_email` for a claimed outbox row: the same row always gives the same message."""
+    payload = _with_link_code(item.payload, config.code_key) if item.kind in GENERATED_KINDS else item.payload
+    if item.kind == "survey":
+        payload = {**payload, "link": _survey_url(payload, survey_link)}
     return build_email(
-        item.kind, item.recipient, item.payload, from_address=config.from_address, from_name=config.from_name,
+        item.kind, item.recipient, payload, from_address=config.from_address, from_name=config.from_name,
         fallback_message_id=outbox_message_id(item.id, item.dedupe_key, item.created_at, config.from_address),
         # RFC 5322's Date is when the message was ready to go, i.e. when it was queued, not this try.
         date=item.created_at,
@@ -87,6 +97,9 @@ def build_email(kind: str, recipient: str, payload: dict, *, from_address: str, 
     if kind in AUTOMATIC_KINDS:
         message["Auto-Submitted"] = "auto-replied"
         message["X-Auto-Response-Suppress"] = "All"  # Exchange and Outlook's spelling of the same wish
+    elif kind in GENERATED_KINDS:
+        message["Auto-Submitted"] = "auto-generated"
+        message["X-Auto-Response-Suppress"] = "All"
     message.set_content(_body(kind, payload))  # text/plain; charset="utf-8"
     return message
 
@@ -99,12 +112,20 @@ def _subject(kind: str, payload: dict) -> str:
         said = by_language(payload.get("language"), zh="已收到您的来信", en="We received your message")
         quoted = " ".join((payload.get("subject") or "").split())[:MAX_SUBJECT_QUOTE]
         return " ".join(part for part in (f"{said}:" if quoted else said, quoted, tag) if part)
+    if kind == "link_code":  # the code itself stays out of the subject, which previews and logs show
+        return by_language(payload.get("language"), zh="邮箱绑定验证码", en="Your code to link this email address")
+    if kind == "survey":
+        return f"{by_language(payload.get('language'), zh='您对本次服务满意吗？', en='How did we do?')} {tag}".strip()
     return payload.get("subject") or f"Re: {tag}".strip()
 
 
 def _body(kind: str, payload: dict) -> str:
     if kind == "ack":
         return _acknowledgement_text(payload)
+    if kind == "link_code":
+        return _link_code_text(payload)
+    if kind == "survey":
+        return _survey_text(payload)
     text = payload.get("text")
     if not text:
         raise PermanentFailure(f"the {kind} has no text to send")
@@ -127,6 +148,89 @@ def _acknowledgement_text(payload: dict) -> str:
         *([f"We will get back to you by {due}."] if due else []),
         f"To add anything, reply to this email and keep [{number}] in the subject so that it joins the same ticket.",
         "", "(This message was sent automatically.)",
+    ]
+    return by_language(payload.get("language"), zh="\n".join(zh), en="\n".join(en), joiner="\n\n---\n\n") + "\n"
+
+
+def _with_link_code(payload: dict, key: bytes | None) -> dict:
+    """The payload with its sealed code opened (only here, on the way into the mail)."""
+    try:
+        return {**payload, "code": unseal(payload.get("sealed_code") or "", key or b"")}
+    except SealError as error:
+        raise PermanentFailure(f"the link code cannot be opened ({error}): every paidan process needs the same "
+                               f"secret_key; the customer can ask for a new code") from None
+
+
+def _link_code_text(payload: dict) -> str:
+    code = payload.get("code") or ""
+    if not (len(code) == 6 and code.isdigit()):
+        raise PermanentFailure("the link_code has no code to send")
+    # The name is the Telegram user's own choosing: one line, and short, in a mail we sign.
+    name = "".join(ch if ch.isprintable() else " " for ch in str(payload.get("telegram_name") or ""))
+    name = " ".join(name.split())[:64]
+    username = "".join(ch for ch in str(payload.get("telegram_username") or "") if ch.isalnum() or ch == "_")[:64]
+    who = ", ".join(p for p in (f"@{username}" if username else "", f"ID {payload.get('telegram_id')}") if p)
+    minutes = payload.get("minutes") or 30
+    until = utc_time(payload.get("expires_at"))
+    zh = [
+        "您好！", "",
+        f"Telegram 用户「{name or '未署名'}」（{who}）在我们的客服机器人中申请把本邮箱地址绑定到其 Telegram 账号。", "",
+        f"验证码：{code}", "",
+        f"请在 {minutes} 分钟内{f'（{until} 前）' if until else ''}在 Telegram 中向客服机器人发送：/link {code}",
+        "绑定后，通过本邮箱和该 Telegram 账号发来的消息会归入同一位客户。", "",
+        "如果这不是您本人的操作，请忽略本邮件，您的邮箱不会被绑定。请勿把验证码告诉任何人，客服人员也不会向您索要。", "",
+        "（此邮件由系统自动发送。）",
+    ]
+    en = [
+        "Hello,", "",
+        f"The Telegram user \"{name or 'unnamed'}\" ({who}) asked our support bot to link this email address to "
+        "their Telegram account.", "",
+        f"Code: {code}", "",
+        f"To link it, send this to the support bot in Telegram within {minutes} minutes"
+        f"{f' (by {until})' if until else ''}: /link {code}",
+        "Messages from this address and from that Telegram account then count as one customer's.", "",
+        "If this was not you, ignore this email: the address will not be linked. Never share the code; our staff "
+        "will never ask you for it.", "",
+        "(This message was sent automatically.)",
+    ]
+    return by_language(payload.get("language"), zh="\n".join(zh), en="\n".join(en), joiner="\n\n---\n\n") + "\n"
+
+
+SURVEY_CHOICES = ((1, "非常不满意", "very dissatisfied"), (2, "不满意", "dissatisfied"), (3, "一般", "neither"),
+                  (4, "满意", "satisfied"), (5, "非常满意", "very satisfied"))
+
+
+def _survey_url(payload: dict, survey_link: SurveyLink | None) -> str:
+    survey_id, number = payload.get("survey_id"), payload.get("ticket")
+    if survey_link is None:
+        raise PermanentFailure("no survey link was configured for the email sender")
+    if not isinstance(survey_id, int) or isinstance(survey_id, bool) or not number:
+        raise PermanentFailure("the survey item names no survey or ticket")
+    return survey_link(survey_id, number)
+
+
+def _survey_text(payload: dict) -> str:
+    """The question with the page's link, and one link per rating that opens the page with it ticked
+    (opening a link records nothing: the customer still sends the page's form)."""
+    number, link = payload.get("ticket") or "?", payload["link"]
+    until = utc_time(payload.get("closes_at"))
+    zh = [
+        "您好！", "",
+        f"您的工单 {number} 已处理完毕。您对本次服务满意吗？请点击下面的链接打分（1–5 分），也可以留下意见：", "",
+        link, "",
+        *(f"  {r} 分 · {zh_word}：{link}?rating={r}" for r, zh_word, _ in SURVEY_CHOICES), "",
+        *([f"{until} 之前可以修改您的评价。"] if until else []),
+        "如问题仍未解决，直接回复本邮件即可。", "",
+        "（此邮件由系统自动发送。）",
+    ]
+    en = [
+        "Hello,", "",
+        f"Your ticket {number} has been resolved. How did we do? Rate us from 1 to 5, and tell us more if you like:",
+        "", link, "",
+        *(f"  {r} - {en_word}: {link}?rating={r}" for r, _, en_word in SURVEY_CHOICES), "",
+        *([f"You can change your answer until {until}."] if until else []),
+        "If your problem is not solved, simply reply to this email.", "",
+        "(This message was sent automatically.)",
     ]
     return by_language(payload.get("language"), zh="\n".join(zh), en="\n".join(en), joiner="\n\n---\n\n") + "\n"
 

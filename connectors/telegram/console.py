@@ -27,7 +27,7 @@ TICKET_COMMANDS: dict[str, str] = {
     "assign": f"/assign {EXAMPLE} [agent]",
     "show": f"/show {EXAMPLE}",
 }
-LISTING_COMMANDS = frozenset({"queue", "mine"})
+LISTING_COMMANDS = frozenset({"queue", "mine", "dashboard"})  # commands that name no ticket
 HELP_COMMANDS = frozenset({"help", "start"})
 # What must follow the ticket number, for the commands that need more than the number.
 _NEEDS = {"reply": "text", "note": "text", "reopen": "a reason", "relabel": "a head and a label"}
@@ -38,6 +38,7 @@ HELP = "\n".join([
     "",
     "/queue 待分配工单 · tickets waiting for an agent",
     "/mine 我的工单 · your tickets",
+    "/dashboard 看板 · a sign-in link to the reports (supervisors)",
     "/show GD… 查看工单 · show a ticket",
     "/accept GD… 接单 · accept   /decline GD… [原因 reason] 拒单 · decline",
     "/reply GD… 文字 回复客户 · reply to the customer",
@@ -55,7 +56,7 @@ HELP = "\n".join([
 class ConsoleCommand:
     """One thing an agent asked for. `ticket` is upper case; the other fields as the action needs."""
 
-    action: str  # a key of TICKET_COMMANDS, or "queue" / "mine"
+    action: str  # a key of TICKET_COMMANDS, or one of LISTING_COMMANDS
     ticket: str | None = None
     text: str = ""  # the reply or note; the reason or note of decline, wait, resolve and reopen
     head: str = ""  # relabel: type, category or priority (the action checks the label set)

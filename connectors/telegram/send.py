@@ -19,9 +19,10 @@ from dataclasses import dataclass
 import aiohttp
 from aiogram import Bot
 from aiogram import exceptions as tg
-from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
+from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup, LinkPreviewOptions
 
 from connectors.outbox import OutboxItem, PermanentFailure, TemporaryFailure, by_language, utc_time
+from connectors.telegram.survey import survey_question
 
 TEXT_LIMIT = 4096  # Telegram's limit for one message, counted in UTF-16 code units
 SEND_TIMEOUT = 60.0  # seconds `sync_send` waits for the Bot API before calling it a temporary failure
@@ -42,7 +43,7 @@ class TelegramSend:
 # ---------------------------------------------------------------- building (pure)
 
 # Kinds that go to the customer; every other kind is a notification for staff.
-CUSTOMER_KINDS = frozenset({"ack", "reply"})
+CUSTOMER_KINDS = frozenset({"ack", "reply", "survey"})
 
 # Each staff kind the router queues: (icon, a few words for the first line, what the reader can do).
 # A new kind without an entry still gets a generic text (see _staff_text); the tests list the router's
@@ -58,6 +59,8 @@ STAFF_KINDS: dict[str, tuple[str, str, str]] = {
     "escalation": ("🚨", "SLA breached, escalated", "/assign {ticket} NAME hands it on; /show {ticket} shows it."),
     "on_call": ("📟", "urgent ticket, you are on call", "/show {ticket} shows it."),
     "offer_expired": ("⌛", "offer not accepted in time", "/show {ticket} shows where it is now."),
+    "low_rating": ("😞", "low satisfaction rating",
+                   "/show {ticket} shows the conversation; /reopen {ticket} REASON if it is not solved."),
 }
 KNOWN_KINDS = CUSTOMER_KINDS | STAFF_KINDS.keys()
 
@@ -70,6 +73,8 @@ def build_telegram(item: OutboxItem) -> TelegramSend:
     """The Telegram message for one outbox item; PermanentFailure when it cannot become one."""
     chat_id = chat_id_of(item.recipient)
     payload = item.payload or {}
+    if item.kind == "survey":  # the question, with its five rating buttons
+        return TelegramSend(chat_id, *survey_question(payload))
     if item.kind in CUSTOMER_KINDS:
         text = _customer_text(item.kind, payload)
         return TelegramSend(chat_id, _fit(text, _customer_cut_note(payload.get("language"))))
@@ -201,6 +206,9 @@ def _utf16_units(text: str) -> int:
 _PEER_ERRORS = (tg.TelegramAPIError, tg.ClientDecodeError, aiohttp.ClientError, asyncio.TimeoutError, OSError)
 
 
+NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
+
+
 class TelegramSender:
     """Sends one message through an aiogram Bot; raises TemporaryFailure or PermanentFailure."""
 
@@ -217,8 +225,10 @@ class TelegramSender:
             ])
         try:
             # parse_mode=None explicitly: a Bot built with a default parse mode must not apply it here.
+            # No link previews: Telegram's servers would fetch every link we pass on (a customer's URL in
+            # an agent's chat, a dashboard sign-in link) and show whatever they found.
             await self.bot.send_message(chat_id=message.chat_id, text=message.text, parse_mode=None,
-                                        reply_markup=markup)
+                                        reply_markup=markup, link_preview_options=NO_PREVIEW)
         except _PEER_ERRORS as error:
             raise delivery_failure(error, message.chat_id) from error
 

@@ -294,6 +294,23 @@ def is_command(incoming: Incoming, bot_username: str | None = None) -> str | Non
     return "/" + found.group(1).lower()
 
 
+# Linking an email address to the chat: "/link you@example.com", then "/link 123456". Telegram
+# commands are Latin letters only, so the Chinese form is the text "绑定邮箱 …": taken as a link
+# request only when one address or one number follows, so "绑定邮箱失败怎么办" stays a question.
+_LINK_WORDS = re.compile(r"^\s*绑定邮箱[\s:：]+(\S+)\s*$")
+
+
+def link_argument(incoming: Incoming, bot_username: str | None = None) -> str | None:
+    """What follows /link ("" when nothing does), or None when the message is no link request."""
+    if is_command(incoming, bot_username) == "/link":
+        parts = incoming.text.split(maxsplit=1)
+        return parts[1].strip() if len(parts) > 1 else ""
+    found = _LINK_WORDS.match(incoming.text) if incoming.kind in ("message", "edited_message") else None
+    if found and ("@" in found.group(1) or found.group(1).isdigit()):
+        return found.group(1)
+    return None
+
+
 def ticket_number_in(text: str | None) -> str | None:
     found = TICKET_NUMBER.search(text or "")
     return found.group(0).upper() if found else None

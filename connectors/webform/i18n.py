@@ -140,6 +140,37 @@ TEXTS: dict[str, tuple[str, str]] = {
     "days": ("{n} 天", "{n} days"),
     "day": ("{n} 天", "{n} day"),
     "api_docs_title": ("API 文档", "API documentation"),
+    # The satisfaction survey page (connectors/webform/surveys.py).
+    "survey_title": ("服务满意度调查", "How did we do?"),
+    "survey_intro": (
+        "您的工单 {number} 已处理完毕。您对本次服务满意吗？",
+        "Your ticket {number} has been resolved. How satisfied are you with our help?",
+    ),
+    "survey_rating": ("评分", "Your rating"),
+    "survey_rating_1": ("1 · 非常不满意", "1 · Very dissatisfied"),
+    "survey_rating_2": ("2 · 不满意", "2 · Dissatisfied"),
+    "survey_rating_3": ("3 · 一般", "3 · Neither"),
+    "survey_rating_4": ("4 · 满意", "4 · Satisfied"),
+    "survey_rating_5": ("5 · 非常满意", "5 · Very satisfied"),
+    "survey_comment": ("意见或建议（选填）", "Anything you would like to tell us (optional)"),
+    "survey_submit": ("提交评价", "Send my rating"),
+    "survey_choose": ("请选择一个评分（1–5）。", "Choose a rating from 1 to 5."),
+    "survey_answered": (
+        "您的评价：{rating}。在 {closes} 之前可以修改。",
+        "Your answer: {rating}. You can change it until {closes}.",
+    ),
+    "survey_thanks": (
+        "感谢您的评价！在 {closes} 之前可以随时修改。",
+        "Thank you for your answer! You can change it until {closes}.",
+    ),
+    "survey_closed": (
+        "本次调查已结束，不再接受评价。如问题仍未解决，请重新联系我们。",
+        "This survey has closed and no longer takes answers. If your problem is not solved, please contact us again.",
+    ),
+    "survey_not_found": (
+        "该调查链接无效或已失效，请检查链接是否完整。",
+        "This survey link is not valid. Check that the whole link from the email was opened.",
+    ),
 }
 
 

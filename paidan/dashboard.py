@@ -1,0 +1,341 @@
+"""The supervisor dashboard (/dashboard) and the report as JSON (/api/v1/report).
+
+Who may look: supervisors and admins, with no passwords to keep. A supervisor asks for a sign-in link
+(`/dashboard` to the bot in Telegram, or `paidan dashboard --as NAME`); the link carries a token signed
+with the deployment's secret that names the agent and expires. Opening it sets the same token as an
+HttpOnly cookie and redirects to the dashboard, so the token leaves the address bar. The agent's role is
+checked on every request, so demoting a supervisor ends their access at once. Opening a link twice is
+harmless (Telegram fetches links for previews), so links are not one-time: they expire instead.
+
+The API takes the same bearer tokens as POST /api/v1/messages, for BI tools and scripts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from fastapi import FastAPI
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+
+from models.tables import Agent
+from paidan import charts
+from paidan.cli_router import age_text
+from router.reports import PRIORITIES, SLA_KINDS, Report, build_report, last_days
+
+COOKIE = "paidan_dashboard"
+LINK_LIFETIME = timedelta(hours=12)
+MAX_DAYS = 366
+SLA_GOAL = 0.9  # the dashed line on the SLA chart: the share of clocks a desk usually promises to meet
+TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).with_name("templates")),
+                        autoescape=select_autoescape(default=True))
+
+ReportQuery = Callable[[int], Awaitable[Report]]  # days → the report of the last `days` local days
+RoleQuery = Callable[[int], Awaitable[tuple[str, str] | None]]  # agent id → (name, role), None if gone
+
+
+class SignInLinks:
+    """Tokens `d1.<agent id>.<expiry, unix seconds>.<signature>`; the key is derived for this use only."""
+
+    def __init__(self, secret: bytes):
+        self._key = hmac.new(secret, b"paidan dashboard sign-in", hashlib.sha256).digest()
+
+    def issue(self, agent_id: int, expires: datetime) -> str:
+        body = f"d1.{agent_id}.{int(expires.timestamp())}"
+        return f"{body}.{self._sign(body)}"
+
+    def check(self, token: str, now: datetime) -> int | None:
+        """The agent id of a genuine, unexpired token; None for anything else."""
+        try:
+            version, agent_id, expires, signature = token.split(".")
+            body = f"{version}.{agent_id}.{expires}"
+            if version != "d1" or not hmac.compare_digest(signature, self._sign(body)):
+                return None
+            return int(agent_id) if int(expires) > now.timestamp() else None
+        except ValueError:  # not four parts, or not numbers: not ours
+            return None
+
+    def _sign(self, body: str) -> str:
+        digest = hmac.new(self._key, body.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def sign_in_url(base_url: str, links: SignInLinks, agent_id: int, now: datetime) -> str:
+    return f"{base_url.rstrip('/')}/dashboard/sign-in?token={links.issue(agent_id, now + LINK_LIFETIME)}"
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    report: ReportQuery
+    staff: RoleQuery
+    links: SignInLinks
+    api_tokens: tuple[str, ...]
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+    def mount(self, app: FastAPI) -> None:
+        app.add_api_route("/dashboard", self.page, methods=["GET"], include_in_schema=False)
+        app.add_api_route("/dashboard/sign-in", self.sign_in, methods=["GET"], include_in_schema=False)
+        app.add_api_route("/dashboard/sign-out", self.sign_out, methods=["POST"], include_in_schema=False)
+        app.add_api_route("/dashboard/report.json", self.page_json, methods=["GET"], include_in_schema=False)
+        app.add_api_route("/api/v1/report", self.api, methods=["GET"], tags=["reports"],
+                          summary="The help desk's report for the last `days` days (bearer token)")
+
+    async def sign_in(self, request: Request) -> Response:
+        token = request.query_params.get("token", "")
+        who = await self._supervisor(token)
+        if who is None:
+            return _page_error(401, "sign_in_failed", _lang(request))
+        response = RedirectResponse("/dashboard", status_code=303)
+        expires = int(token.split(".")[2])
+        response.set_cookie(COOKIE, token, max_age=max(0, expires - int(self.clock().timestamp())),
+                            httponly=True, samesite="lax", path="/dashboard",
+                            secure=request.url.scheme == "https")
+        return response
+
+    async def sign_out(self, request: Request) -> Response:
+        response = RedirectResponse(f"/dashboard?lang={_lang(request)}", status_code=303)
+        response.delete_cookie(COOKIE, path="/dashboard")
+        return response
+
+    async def page(self, request: Request) -> Response:
+        lang = _lang(request)
+        who = await self._supervisor(request.cookies.get(COOKIE, ""))
+        if who is None:
+            return _page_error(401, "signed_out", lang)
+        days = _days(request)
+        if days is None:
+            return _page_error(400, "bad_days", lang)
+        report = await self.report(days)
+        html = TEMPLATES.get_template("dashboard.html").render(
+            **view(report, days=days, lang=lang), who=who, t=lambda key: TEXTS[key][lang == "zh"])
+        return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+    async def page_json(self, request: Request) -> Response:
+        if await self._supervisor(request.cookies.get(COOKIE, "")) is None:
+            return _json_error(401, "unauthorized", "sign in at /dashboard/sign-in with a link from the bot")
+        return await self._json(request)
+
+    async def api(self, request: Request) -> Response:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not any(hmac.compare_digest(token, t) for t in self.api_tokens):
+            return _json_error(401, "unauthorized", "send Authorization: Bearer <one of api_tokens>",
+                               headers={"WWW-Authenticate": "Bearer"})
+        return await self._json(request)
+
+    async def _json(self, request: Request) -> Response:
+        days = _days(request)
+        if days is None:
+            return _json_error(400, "invalid_days", f"days must be a whole number from 1 to {MAX_DAYS}",
+                               field="days")
+        report = await self.report(days)
+        return Response(json.dumps(report.as_dict(), ensure_ascii=False), media_type="application/json",
+                        headers={"Cache-Control": "no-store"})
+
+    async def _supervisor(self, token: str) -> str | None:
+        agent_id = self.links.check(token, self.clock())
+        if agent_id is None:
+            return None
+        staff = await self.staff(agent_id)
+        if staff is None or staff[1] not in ("supervisor", "admin"):
+            return None
+        return staff[0]
+
+
+def view(report: Report, *, days: int, lang: str) -> dict:
+    """What the template shows, the charts drawn: numbers formatted here so the template only places them."""
+    zh = lang == "zh"
+    t = lambda key: TEXTS[key][zh]  # noqa: E731
+    sla_rows = []
+    for kind in SLA_KINDS:
+        for line in (x for x in report.sla if x.kind == kind):
+            sla_rows.append((f"{line.priority} {t(kind)}", line.met_share,
+                             share_text(line.met_share) + f" ({line.met}/{line.met + line.breached})"))
+    open_states = [(t(state), n) for state, n in report.now.tickets.items()]
+    csat = report.satisfaction
+    return {
+        "lang": lang, "other_lang": "en" if zh else "zh", "days": days, "report": report,
+        "period": f"{report.days[0]} – {report.days[-1]} ({report.timezone})",
+        "tiles": [
+            (t("created"), f"{report.created:,}", t("machine_note").format(n=report.machine) if report.machine else ""),
+            (t("resolved"), f"{report.resolved:,}", t("reopened_note").format(share=share_text(report.reopen_share))),
+            (t("first_response_met"), share_text(report.sla_share("first_response")), ""),
+            (t("resolution_met"), share_text(report.sla_share("resolution")), ""),
+            (t("open_now"), f"{sum(report.now.tickets.values()):,}",
+             t("waiting_note").format(n=sum(report.now.waiting.values()),
+                                      age=duration_text(report.oldest_waiting_seconds))),
+            (t("sla_now"), f"{sum(report.now.sla_overdue.values()):,}", t("at_risk_note").format(n=report.at_risk)),
+            (t("csat"), f"{csat.average:.2f} / 5" if csat.average is not None else "–",
+             t("csat_note").format(answered=csat.answered, sent=csat.sent, share=share_text(csat.satisfied_share))),
+        ],
+        "volume_chart": Markup(charts.stacked_bars(
+            report.days, {t(c) if c in TEXTS else c: v for c, v in report.created_by_day.items()},
+            line=report.resolved_by_day, line_name=t("resolved"), title=t("volume_title"))),
+        "sla_chart": Markup(charts.share_bars(sla_rows, title=t("sla_title"), goal=SLA_GOAL)) if sla_rows else None,
+        "open_chart": Markup(charts.count_bars(open_states, title=t("open_title"))),
+        "label_charts": [(t(head), Markup(charts.count_bars([(_label(x, zh), n) for x, n in counts.items()],
+                                                            title=t(head))))
+                         for head, counts in report.labels.items() if counts],
+        "csat_chart": Markup(charts.count_bars(
+            [("★" * r, n) for r, n in sorted(csat.distribution.items(), reverse=True)], title=t("csat_title"),
+            colours=[charts.GOOD, "#6aa84f", charts.MUTED, charts.WARN, charts.BAD])) if csat.sent else None,
+        "times": [(p, report.first_response.get(p), report.resolution.get(p))
+                  for p in [*PRIORITIES, *(k for k in report.first_response if k not in PRIORITIES)]
+                  if p in report.first_response or p in report.resolution],
+        "age": duration_text,
+        "staff": [a for a in report.agents if a.role == "agent" or a.offered or a.resolved],
+    }
+
+
+def _label(label: str, zh: bool) -> str:
+    """A label as the reader knows it: the default taxonomy's Chinese names beside its own (DESIGN.md)."""
+    return f"{label} {LABEL_NAMES_ZH[label]}" if zh and label in LABEL_NAMES_ZH else label
+
+
+def _days(request: Request) -> int | None:
+    raw = request.query_params.get("days", "7")
+    return int(raw) if raw.isdigit() and 1 <= int(raw) <= MAX_DAYS else None
+
+
+def _lang(request: Request) -> str:
+    asked = request.query_params.get("lang")
+    if asked in ("zh", "en"):
+        return asked
+    return "zh" if request.headers.get("accept-language", "").lower().startswith("zh") else "en"
+
+
+def share_text(value: float | None) -> str:
+    """50%, 99.6%: one decimal only where it says something."""
+    if value is None:
+        return "–"
+    percent = value * 100
+    return f"{percent:.0f}%" if abs(percent - round(percent)) < 0.05 else f"{percent:.1f}%"
+
+
+def duration_text(seconds: float | None) -> str:
+    return "–" if seconds is None else age_text(int(seconds))
+
+
+def _page_error(status: int, key: str, lang: str) -> HTMLResponse:
+    html = TEMPLATES.get_template("dashboard_notice.html").render(
+        lang=lang, status=status, t=lambda k: TEXTS[k][lang == "zh"], key=key)
+    return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
+
+
+def _json_error(status: int, code: str, message: str, *, field: str | None = None,
+                headers: dict | None = None) -> JSONResponse:
+    body = {"error": {"code": code, "message": message, **({"field": field} if field else {})}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+LABEL_NAMES_ZH = {
+    "inquiry": "咨询", "incident": "报障", "complaint": "投诉", "suggestion": "建议", "request": "需求",
+    "technical": "技术类", "service": "服务类", "transaction": "交易类", "product": "产品建议类",
+    "P0": "紧急", "P1": "高", "P2": "中", "P3": "低", "unlabelled": "未分类",
+}
+
+# (English, 中文) for every word the dashboard shows.
+TEXTS: dict[str, tuple[str, str]] = {
+    "title": ("Help desk", "客服看板"),
+    "signed_in_as": ("Signed in as", "当前用户"),
+    "sign_out": ("Sign out", "退出"),
+    "switch_lang": ("中文", "English"),
+    "today": ("Today", "今天"),
+    "last_days": ("{n} days", "{n} 天"),
+    "created": ("Contacts", "新工单"),
+    "machine_note": ("+{n} auto-replies and bounces set aside", "另有 {n} 封自动回复/退信已忽略"),
+    "resolved": ("Resolved", "已解决"),
+    "reopened_note": ("{share} reopened", "重开率 {share}"),
+    "first_response_met": ("First response on time", "首次响应达标"),
+    "resolution_met": ("Resolved on time", "解决时效达标"),
+    "open_now": ("Open now", "当前未结"),
+    "waiting_note": ("{n} waiting for an agent, oldest {age}", "{n} 个待分配，最久 {age}"),
+    "sla_now": ("SLA clocks overdue now", "当前超时的 SLA 计时"),
+    "at_risk_note": ("{n} more past their warning", "另有 {n} 个已过预警线"),
+    "csat": ("Satisfaction", "满意度"),
+    "csat_note": ("{answered} of {sent} answered, {share} satisfied", "回复 {answered}/{sent}，满意 {share}"),
+    "volume_title": ("Contacts per day by channel, and resolutions", "每日新工单（按渠道）与解决数"),
+    "sla_title": ("SLA met, by priority", "SLA 达标率（按优先级）"),
+    "open_title": ("Open tickets by state", "未结工单（按状态）"),
+    "csat_title": ("Survey answers", "满意度评分分布"),
+    "labels_title": ("What came in", "工单构成"),
+    "times_title": ("Wall-clock times, by priority", "处理时长（按优先级，自然时间）"),
+    "agents_title": ("Agents", "坐席"),
+    "priority": ("Priority", "优先级"),
+    "type": ("Type", "类型"),
+    "category": ("Category", "类别"),
+    "first_response": ("first response", "首次响应"),
+    "resolution": ("resolution", "解决"),
+    "median": ("median", "中位数"),
+    "p90": ("90th pct", "90 分位"),
+    "tickets": ("tickets", "工单数"),
+    "agent": ("Agent", "坐席"),
+    "online": ("Online", "在线"),
+    "load": ("Load", "负载"),
+    "offers": ("Offers: accepted / declined / expired", "派单：接受 / 拒绝 / 超时"),
+    "rating": ("Rating", "评分"),
+    "yes": ("yes", "是"),
+    "no": ("no", "否"),
+    "deliveries_failed": ("Messages we could not deliver", "发送失败的消息"),
+    "corrections": ("Labels corrected by people", "人工修正的标签"),
+    "download": ("Download as JSON", "下载 JSON"),
+    "generated": ("Counted at", "统计时间"),
+    "email": ("email", "邮件"),
+    "telegram": ("Telegram", "Telegram"),
+    "web": ("web form", "网页表单"),
+    "api": ("API", "API"),
+    "new": ("new", "新建"),
+    "assigned": ("assigned", "已派单"),
+    "in_progress": ("in progress", "处理中"),
+    "awaiting_customer": ("awaiting customer", "等待客户"),
+    "reopened": ("reopened", "已重开"),
+    "signed_out": ("Sign in to see the dashboard", "请先登录看板"),
+    "signed_out_hint": (
+        "Send /dashboard to the paidan bot in Telegram, or run `paidan dashboard --as YOUR-NAME`, and open the "
+        "link it gives you. Only supervisors and admins can see the dashboard.",
+        "在 Telegram 中向 paidan 机器人发送 /dashboard，或运行 `paidan dashboard --as 你的名字`，然后打开得到的链接。"
+        "只有主管和管理员可以查看看板。"),
+    "sign_in_failed": ("This sign-in link does not work", "此登录链接无效"),
+    "sign_in_failed_hint": (
+        "It has expired (links last 12 hours), was changed on the way, or belongs to someone who is no longer a "
+        "supervisor. Ask for a new one: /dashboard to the bot, or `paidan dashboard --as YOUR-NAME`.",
+        "链接已过期（有效期 12 小时）、被改动，或所属用户已不是主管。请重新获取：向机器人发送 /dashboard，"
+        "或运行 `paidan dashboard --as 你的名字`。"),
+    "bad_days": ("That period cannot be shown", "无法显示该时间段"),
+    "bad_days_hint": (f"days must be a whole number from 1 to {MAX_DAYS}, e.g. /dashboard?days=30.",
+                      f"days 必须是 1 到 {MAX_DAYS} 之间的整数，例如 /dashboard?days=30。"),
+}
+
+
+def dashboard_for(engine: Engine, *, secret: bytes, timezone: str, api_tokens: tuple[str, ...]) -> Dashboard:
+    """The dashboard over one database; its queries run in worker threads, off the event loop."""
+
+    def report_sync(days: int) -> Report:
+        now = datetime.now(UTC)
+        since, until = last_days(days, now, timezone)
+        with Session(engine) as session:
+            return build_report(session, since=since, until=until, now=now, timezone=timezone)
+
+    def staff_sync(agent_id: int) -> tuple[str, str] | None:
+        with Session(engine) as session:
+            row = session.execute(select(Agent.name, Agent.role).where(Agent.id == agent_id)).first()
+            return (row.name, row.role) if row else None
+
+    async def report(days: int) -> Report:
+        return await asyncio.to_thread(report_sync, days)
+
+    async def staff(agent_id: int) -> tuple[str, str] | None:
+        return await asyncio.to_thread(staff_sync, agent_id)
+
+    return Dashboard(report=report, staff=staff, links=SignInLinks(secret), api_tokens=api_tokens)
