@@ -39,7 +39,8 @@ from router.routing import route_pending
 from telegram_api import FakeBotAPI, run_with_bot
 import test_email_send
 from test_email_send import relay_config
-from webfixtures import csrf_in, make_settings, serve
+from webfixtures import browser  # noqa: F401 — the fixture
+from webfixtures import chromium_missing, csrf_in, make_settings, serve
 
 NOW = datetime(2026, 11, 24, 3, 0, tzinfo=UTC)  # Tuesday 11:00 in Asia/Shanghai: business hours
 CONFIG = RouterConfig()
@@ -342,3 +343,27 @@ def test_tickets_show_prints_the_survey_answer(staff, database_url, monkeypatch,
     assert text.exit_code == 0 and "survey:   2/5 (asked on email 2026-11-24T03:00): 太慢了" in text.output
     assert "survey_answered" in text.output
     assert '"rating": 2' in as_json.output and '"comment": "太慢了"' in as_json.output
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(chromium_missing() is not None, reason=chromium_missing() or "")
+def test_a_customer_answers_the_survey_page_in_chromium(staff, browser):
+    number = resolved(staff)
+    with Session(staff) as session:
+        survey_id = surveys.survey_for_ticket(session, number).id
+    settings = make_settings()
+    app = build_app(settings, Intake(staff).accept, TicketQueries(staff).ticket_view,
+                    surveys=SurveyDesk(staff).store())
+    with serve(app) as url:
+        link = survey_link(make_settings(public_url=url))(survey_id, number)
+        page = browser.new_context(locale="zh-CN").new_page()
+        page.goto(f"{link}?rating=5")  # the "5" link in the mail
+        assert page.locator("h1").inner_text() == "服务满意度调查" and number in page.locator(".intro").inner_text()
+        assert page.is_checked("#rating-5") and survey_of(staff, number).rating is None  # opening records nothing
+        page.check("#rating-4")
+        page.fill("#comment", "回复很及时 👍")
+        page.click("#survey-submit")
+        assert page.locator("#survey-notice").is_visible()
+        assert page.is_checked("#rating-4")  # the page shows what is stored, and can still be changed
+    stored = survey_of(staff, number)
+    assert (stored.rating, stored.comment) == (4, "回复很及时 👍")
