@@ -244,8 +244,8 @@ class BlendedLinearClassifier(ClassifierMixin, BaseEstimator):
     (used for P0). ``stack_C`` (None: off) learns how the classes' scores should be mixed: a multinomial
     LogisticRegression on the calibration folds' out-of-fold scores, whose linear map is folded into
     the weights, so serving still computes one product. It helps where classes sit between others, as
-    paidan's priorities do (P1 between P0 and P2): priority macro-F1 0.847 -> 0.859 on 5-fold CV of the
-    training data, held-out 0.838 -> 0.850, blind 0.879 -> 0.891; on Banking77 and COCC it gained nothing.
+    paidan's priorities do (P1 between P0 and P2), and where many classes share words (Banking77): see
+    TrainConfig.stack_C for the cross-validated choice of C.
     """
 
     def __init__(
