@@ -18,13 +18,14 @@ from email.message import EmailMessage
 from connectors.outbox import DeliveryError, OutboxItem, PermanentFailure, TemporaryFailure, by_language, utc_time
 from models.sealing import SealError, unseal
 
-# Kinds a machine sends on its own. RFC 3834: they carry Auto-Submitted so that other robots
-# (vacation responders, other help desks) do not answer them and start a loop. A human agent's
-# reply is not one of them: the customer's autoresponder may answer it like any mail.
-AUTOMATIC_KINDS = frozenset({"ack", "survey"})
-# Mail no message of the recipient's prompted (RFC 3834 "auto-generated"): the code a Telegram user
-# asked us to send to this address to prove they read it (router.linking).
-GENERATED_KINDS = frozenset({"link_code"})
+# Mail a machine sends on its own carries RFC 3834's Auto-Submitted, so that other robots (vacation
+# responders, other help desks) do not answer it and start a loop: "auto-replied" when the customer's
+# own message prompted it (the acknowledgement), "auto-generated" when nothing of theirs did (the survey
+# sent on resolving, the code a Telegram user asked us to mail). A human agent's reply carries none: the
+# customer's autoresponder may answer it like any mail.
+AUTO_SUBMITTED = {"ack": "auto-replied", "survey": "auto-generated", "link_code": "auto-generated"}
+# Kinds whose payload holds a sealed secret, opened only while the mail is built (router.linking).
+SEALED_KINDS = frozenset({"link_code"})
 MAX_SUBJECT_QUOTE = 200  # how much of the customer's subject an acknowledgement repeats
 # kind "survey": (survey id, ticket number) -> the survey page's URL, which the wiring signs.
 SurveyLink = Callable[[int, str], str]
@@ -50,7 +51,7 @@ class RelayConfig:
 
 def build_outbox_email(item: OutboxItem, config: RelayConfig, survey_link: SurveyLink | None = None) -> EmailMessage:
     """`build_email` for a claimed outbox row: the same row always gives the same message."""
-    payload = _with_link_code(item.payload, config.code_key) if item.kind in GENERATED_KINDS else item.payload
+    payload = _with_link_code(item.payload, config.code_key) if item.kind in SEALED_KINDS else item.payload
     if item.kind == "survey":
         payload = {**payload, "link": _survey_url(payload, survey_link)}
     return build_email(
@@ -94,12 +95,9 @@ def build_email(kind: str, recipient: str, payload: dict, *, from_address: str, 
         message["In-Reply-To"] = in_reply_to
     if references:
         message["References"] = " ".join(references)
-    if kind in AUTOMATIC_KINDS:
-        message["Auto-Submitted"] = "auto-replied"
+    if kind in AUTO_SUBMITTED:
+        message["Auto-Submitted"] = AUTO_SUBMITTED[kind]
         message["X-Auto-Response-Suppress"] = "All"  # Exchange and Outlook's spelling of the same wish
-    elif kind in GENERATED_KINDS:
-        message["Auto-Submitted"] = "auto-generated"
-        message["X-Auto-Response-Suppress"] = "All"
     message.set_content(_body(kind, payload))  # text/plain; charset="utf-8"
     return message
 
