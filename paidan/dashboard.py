@@ -30,6 +30,8 @@ from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
+from connectors.webform.i18n import pick_language
+from connectors.webform.site import LANG_COOKIE
 from models.tables import Agent
 from paidan import charts
 from paidan.cli_router import age_text
@@ -209,10 +211,9 @@ def _days(request: Request) -> int | None:
 
 
 def _lang(request: Request) -> str:
-    asked = request.query_params.get("lang")
-    if asked in ("zh", "en"):
-        return asked
-    return "zh" if request.headers.get("accept-language", "").lower().startswith("zh") else "en"
+    """As the web form decides (?lang=, its remembered choice, then the browser's preference), else English."""
+    return pick_language(request.query_params.get("lang"), request.cookies.get(LANG_COOKIE),
+                         request.headers.get("accept-language"), "en")
 
 
 def share_text(value: float | None) -> str:

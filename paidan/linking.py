@@ -15,26 +15,19 @@ import logging
 from datetime import datetime
 from math import ceil
 
-from sqlalchemy import Engine, delete, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine
 
 from connectors.outbox import by_language
-from models.tables import ChannelCursor
 from paidan.db import transaction
 from paidan.logs import mask
 from paidan.settings import Settings
-from paidan.telegram_console import ONCE_KEPT, ONCE_PREFIX
 from router import linking
-from router.dialects import PerDialect
+from router.cursors import claim_once, remember_once
 
 log = logging.getLogger(__name__)
 
 COMMAND = "/link"
 CHINESE_WORDS = "绑定邮箱"  # Telegram commands are Latin letters only, so the Chinese form is plain text
-
-_CLAIM = PerDialect(lambda insert: insert(ChannelCursor.__table__)
-                    .on_conflict_do_nothing(index_elements=["name"]).returning(ChannelCursor.name))
-
 
 def link_key(settings: Settings) -> bytes:
     """The key link codes are sealed and hashed with: derived from the settings' kept secret, so every
@@ -54,11 +47,10 @@ def answer_link(engine: Engine, key: bytes | None, *, telegram_id: int, argument
         return by_language(language, zh="暂时无法绑定邮箱，请稍后再试。",
                            en="Linking an email address is not available right now; please try again later.",
                            joiner="\n\n")
-    key_name = f"{ONCE_PREFIX}{once}"[:200] if once is not None else None
     with transaction(engine) as session:
-        if key_name is not None and (replay := _claim(session, key_name, now)) is not None:
+        if once is not None and (replay := claim_once(session, once, now)) is not None:
             log.info("telegram: link request %s arrived again; answered as the first time, nothing done", once)
-            return replay
+            return replay.get("answer") or "✔"
         if isinstance(request, linking.AskCode):
             outcome = linking.request_code(session, telegram_id=telegram_id, address=request.address, key=key,
                                            now=now, display_name=display_name, username=username,
@@ -66,21 +58,10 @@ def answer_link(engine: Engine, key: bytes | None, *, telegram_id: int, argument
         else:
             outcome = linking.confirm_code(session, telegram_id=telegram_id, code=request.code, key=key, now=now)
         text = link_text(outcome, language, now)
-        if key_name is not None:  # what a redelivery of this update is answered
-            session.execute(update(ChannelCursor).where(ChannelCursor.name == key_name).values(value={"answer": text}))
+        if once is not None:  # what a redelivery of this update is answered
+            remember_once(session, once, {"answer": text})
     log.info("telegram: link request %s: %s (%s)", once or "", outcome.status, mask(outcome.reason))
     return text
-
-
-def _claim(session: Session, name: str, now: datetime) -> str | None:
-    """Claim `name`; None when this is its first time, else the answer stored with it the first time."""
-    session.execute(delete(ChannelCursor).where(ChannelCursor.name.startswith(ONCE_PREFIX),
-                                                ChannelCursor.updated_at < now - ONCE_KEPT))
-    claimed = session.execute(_CLAIM.for_session(session), {"name": name, "value": {}, "updated_at": now}).scalar()
-    if claimed is not None:
-        return None
-    stored = session.scalar(select(ChannelCursor.value).where(ChannelCursor.name == name)) or {}
-    return stored.get("answer") or "✔"
 
 
 def link_text(outcome: linking.LinkOutcome, language: str | None, now: datetime) -> str:

@@ -30,6 +30,7 @@ from models.tables import Survey, Ticket
 from paidan.db import transaction
 from paidan.settings import Settings
 from router import surveys
+from router.cursors import claim_once
 
 if TYPE_CHECKING:  # only the Telegram side needs aiogram
     from aiogram import Bot
@@ -100,8 +101,6 @@ def press_button(engine: Engine, telegram_id: int, survey_id: int, rating: int, 
                  once: str | None = None) -> TelegramOutcome:
     """A rating button pressed by `telegram_id`: recorded when they are the ticket's customer. A
     redelivered update (the same `once` key) changes nothing and is answered the same way."""
-    from paidan.telegram_console import _first_time  # the console's "this update acted already" keys
-
     sender = Identity(IdentityKind.TELEGRAM, str(telegram_id))
     with _storage(), transaction(engine) as session:
         survey = session.get(Survey, survey_id)
@@ -109,7 +108,7 @@ def press_button(engine: Engine, telegram_id: int, survey_id: int, rating: int, 
             return TelegramOutcome("unknown")
         ticket = session.get(Ticket, survey.ticket_id)
         about = {"ticket": ticket.number, "language": ticket.language}
-        if once is not None and not _first_time(session, once, now):
+        if once is not None and claim_once(session, once, now) is not None:
             return TelegramOutcome("recorded", rating=survey.rating, **about)
         try:
             result = surveys.answer(session, survey_id, rating=rating, comment=None, now=now, sender=sender,
@@ -125,8 +124,6 @@ def reply_to_survey(engine: Engine, telegram_id: int, number: str, text: str, *,
                     once: str | None = None) -> TelegramOutcome | None:
     """A customer's reply to our survey message about ticket `number`: their comment. None when it is
     not one to keep as such (no survey, or it closed): the caller then takes it as a message."""
-    from paidan.telegram_console import _first_time
-
     sender = Identity(IdentityKind.TELEGRAM, str(telegram_id))
     with _storage(), transaction(engine) as session:
         survey = surveys.survey_for_ticket(session, number)
@@ -134,7 +131,7 @@ def reply_to_survey(engine: Engine, telegram_id: int, number: str, text: str, *,
             return None
         ticket = session.get(Ticket, survey.ticket_id)
         about = {"ticket": ticket.number, "language": ticket.language}
-        if once is not None and not _first_time(session, once, now):
+        if once is not None and claim_once(session, once, now) is not None:
             return TelegramOutcome("recorded", rating=survey.rating, **about)
         try:
             result = surveys.answer(session, survey.id, rating=None, comment=text, now=now, sender=sender,

@@ -12,28 +12,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Engine, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from connectors.telegram.console import ConsoleCommand, ConsoleHelp, ConsoleMistake, parse_console
 from connectors.telegram.send import Buttons
 from models.errors import ActionRefused, NotFound, PaidanError
-from models.tables import Agent, ChannelCursor, Message, SlaClock, Ticket
+from models.tables import Agent, Message, SlaClock, Ticket
 from paidan.cli_router import age_text
 from paidan.db import transaction
 from router import actions, states
 from router.config import RouterConfig
-from router.dialects import PerDialect
+from router.cursors import claim_once
 
 log = logging.getLogger(__name__)
 
 LIST_LIMIT = 20  # tickets in one /queue or /mine answer: a phone screen or two
 SHOW_MESSAGES = 5  # the latest messages /show quotes
 QUOTE_CHARS = 160
-# Telegram redelivers an update it holds for up to 24 h; a key kept longer outlives any redelivery.
-ONCE_KEPT = timedelta(days=2)
-ONCE_PREFIX = "console-once:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +70,7 @@ def run_console(engine: Engine, config: RouterConfig, telegram_id: int, command:
                 agent = actions.agent_for_telegram(session, telegram_id)
                 return _READS[command.action](session, agent, command, now)
         with transaction(engine) as session:
-            if once is not None and not _first_time(session, once, now):
+            if once is not None and claim_once(session, once, now) is not None:
                 return ConsoleAnswer(f"already done: this {command.action} of {command.ticket} arrived twice "
                                      f"and was carried out once (/show {command.ticket})")
             agent = actions.agent_for_telegram(session, telegram_id)
@@ -111,23 +108,6 @@ def _act(session: Session, agent: Agent, command: ConsoleCommand, config: Router
         case "assign":
             return actions.reassign(session, number, agent, config, now, to=command.agent or None)
     raise ActionRefused(f"the console has no action {command.action!r}; send /help for the commands")
-
-
-# Claimed in the action's own transaction: committed together with what it did, or not at all.
-_CLAIM_ONCE = PerDialect(lambda insert: insert(ChannelCursor.__table__)
-                         .on_conflict_do_nothing(index_elements=["name"]).returning(ChannelCursor.name))
-
-
-def _first_time(session: Session, once: str, now: datetime) -> bool:
-    """Claim the key `once`; False when an earlier transaction already did (and committed).
-
-    The keys live in channel_cursors, the table of "how far did this channel get", under their own
-    prefix; keys older than any redelivery are dropped on the way."""
-    session.execute(delete(ChannelCursor).where(ChannelCursor.name.startswith(ONCE_PREFIX),
-                                                ChannelCursor.updated_at < now - ONCE_KEPT))
-    claimed = session.execute(_CLAIM_ONCE.for_session(session),
-                              {"name": f"{ONCE_PREFIX}{once}"[:200], "value": {}, "updated_at": now}).scalar()
-    return claimed is not None
 
 
 def _outcome_answer(outcome: actions.Outcome) -> ConsoleAnswer:

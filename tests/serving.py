@@ -27,3 +27,13 @@ def start_serve(env: dict[str, str], cwd: Path) -> tuple[subprocess.Popen, str, 
             return proc, f"http://{found.group(1)}:{found.group(2)}", lines
     proc.kill()
     raise AssertionError("paidan serve did not start:\n" + "".join(lines))
+
+
+def wait_for(condition, what: str, log_lines: list[str] | None = None, seconds: float = 30):
+    """`condition()`'s first truthy value, polled every 0.1 s; after `seconds`, fail with the server's log."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if found := condition():
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}" + ("\n" + "".join(log_lines) if log_lines else ""))

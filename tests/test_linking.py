@@ -13,7 +13,6 @@ import logging
 import os
 import re
 import signal
-import time
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from functools import partial
@@ -38,7 +37,7 @@ from router import linking
 from router.config import RouterConfig
 from router.delivery import claim_due, mark_failed, mark_sent
 from router.intake import Intake
-from serving import start_serve
+from serving import start_serve, wait_for
 from telegram_api import FakeBotAPI, run_with_bot
 
 relay = test_email_send.relay  # the recording SMTP relay on 127.0.0.1, port 0, shared with the email tests
@@ -273,15 +272,6 @@ def test_paidan_serve_links_by_the_mail_its_own_sender_delivers(database_url, tm
         assert session.scalars(select(Message)).all() == []
     engine.dispose()
     assert held["email"] == held["telegram"] and held["email"][1]
-
-
-def wait_for(condition, what: str, lines: list[str], seconds: float = 30):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if found := condition():
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}\n" + "".join(lines))
 
 
 def test_a_verified_address_whose_customer_has_conflicting_identities_waits_for_a_supervisor(engine, intake, relay):

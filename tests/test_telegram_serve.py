@@ -9,13 +9,13 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models.tables import Message, Ticket
 from paidan.db import make_engine
+from serving import wait_for
 from telegram_api import FakeBotAPI
 
 CUSTOMER, SUPERVISOR = 555001, 777001
@@ -33,16 +33,6 @@ def private_message(update_id: int, user_id: int, message_id: int, text: str, na
 
 def sent_to(fake: FakeBotAPI, chat_id: int) -> list[str]:
     return [r["text"] for r in fake.requests("sendMessage") if r.get("chat_id") == chat_id]
-
-
-def wait_for(condition, what: str, log_lines: list[str] | None = None, seconds: float = 30):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}" + ("\n" + "".join(log_lines) if log_lines else ""))
 
 
 def test_a_customer_on_telegram_is_answered_from_the_agent_console(database_url, tmp_path):

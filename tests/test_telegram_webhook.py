@@ -11,9 +11,7 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -34,7 +32,7 @@ from paidan.web import build_app
 from router.config import RouterConfig
 from router.intake import Intake
 from router.queries import TicketQueries
-from serving import start_serve
+from serving import start_serve, wait_for
 from telegram_api import FakeBotAPI
 from webfixtures import make_settings
 
@@ -54,15 +52,6 @@ def private_message(update_id: int, user_id: int, message_id: int, text: str, na
 
 def sent_to(fake: FakeBotAPI, chat_id: int) -> list[str]:
     return [r["text"] for r in fake.requests("sendMessage") if r.get("chat_id") == chat_id]
-
-
-def wait_for(condition, what: str, log_lines: list[str], seconds: float = 20):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if found := condition():
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}\n" + "".join(log_lines))
 
 
 def count(database: str | Engine, table) -> int:
