@@ -12,7 +12,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from models.errors import PaidanError
@@ -25,7 +25,16 @@ class DeliveryError(PaidanError):
 
 
 class TemporaryFailure(DeliveryError):
-    """Try again later: the peer said so (SMTP 4xx, Telegram 429 or 5xx), could not be reached or hung up."""
+    """Try again later: the peer said so (SMTP 4xx, Telegram 429 or 5xx), could not be reached or hung up.
+
+    `retry_after` (seconds) is the peer telling us to pause every send (Telegram's flood control):
+    the rest of the round waits that long too, and no item's attempt is counted, since none of them
+    was at fault.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class PermanentFailure(DeliveryError):
@@ -63,11 +72,22 @@ def deliver_due(
     """Send every item `claim(now=now)` hands out; one item's failure never stops the others.
 
     `mark_sent(item_id, now=now)`; `mark_failed(item_id, error, now=now, permanent=…)` returns the
-    row's status afterwards ("pending" or "failed"), as router.delivery's functions do.
+    row's status afterwards ("pending" or "failed"), as router.delivery's functions do. When the peer
+    asks for a pause (TemporaryFailure.retry_after), that item and the rest of the round are put back
+    with `mark_failed(…, retry_at=…)`: sending them now would only be refused the same way.
     """
     sent = retried = failed = 0
-    for item in claim(now=now):
+    items = list(claim(now=now))
+    for position, item in enumerate(items):
         problem = _attempt(item, build, send)
+        if isinstance(problem, TemporaryFailure) and problem.retry_after is not None:
+            retry_at = now + timedelta(seconds=max(problem.retry_after, 1))
+            log.warning("outbox: the peer asks to pause %ss; %d item(s) wait until %s", problem.retry_after,
+                        len(items) - position, retry_at.isoformat(timespec="seconds"))
+            for waiting in items[position:]:
+                mark_failed(waiting.id, str(problem), now=now, permanent=False, retry_at=retry_at)
+            retried += len(items) - position
+            break
         if problem is None:
             mark_sent(item.id, now=now)
             sent += 1

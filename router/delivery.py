@@ -81,9 +81,12 @@ def mark_sent(engine: Engine, item_id: int, *, now: datetime) -> None:
 
 
 def mark_failed(engine: Engine, item_id: int, error: str, *, now: datetime, permanent: bool,
-                max_attempts: int = MAX_ATTEMPTS) -> str:
+                max_attempts: int = MAX_ATTEMPTS, retry_at: datetime | None = None) -> str:
     """Record a failed send; returns the row's status now: "pending" (it will be retried) or "failed"
     (or "sent", when another sender delivered it meanwhile).
+
+    `retry_at`: the peer asked us to pause until then (Telegram's 429 retry_after). The item was not
+    at fault, so the claim's attempt is given back and it waits exactly that long, not the backoff.
 
     A failed item also gets a `delivery_failed` event on its ticket, so a human sees that the
     customer never received it.
@@ -96,6 +99,11 @@ def mark_failed(engine: Engine, item_id: int, error: str, *, now: datetime, perm
         ).one()
         if row.status != "pending":
             return row.status  # another sender took it over after our lease ran out, and finished it
+        if retry_at is not None and not permanent:
+            session.execute(update(_outbox).where(_outbox.c.id == item_id)
+                            .values(last_error=error, next_attempt_at=retry_at,
+                                    attempts=_outbox.c.attempts - 1))
+            return "pending"
         if not permanent and row.attempts < max_attempts:
             session.execute(update(_outbox).where(_outbox.c.id == item_id)
                             .values(last_error=error, next_attempt_at=now + retry_delay(row.attempts)))

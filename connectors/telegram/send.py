@@ -237,7 +237,8 @@ def delivery_failure(error: BaseException, chat_id: int) -> TemporaryFailure | P
     """What an error from sending to `chat_id` means for the outbox item."""
     said = getattr(error, "message", None) or str(error) or type(error).__name__
     if isinstance(error, tg.TelegramRetryAfter):
-        return TemporaryFailure(f"Telegram asked us to slow down (429): retry after {error.retry_after} s")
+        return TemporaryFailure(f"Telegram asked us to slow down (429): retry after {error.retry_after} s",
+                                retry_after=float(error.retry_after))
     if isinstance(error, tg.TelegramMigrateToChat):
         return PermanentFailure(f"chat {chat_id} became supergroup {error.migrate_to_chat_id}; "
                                 f"use that id for this recipient")
