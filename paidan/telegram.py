@@ -67,6 +67,11 @@ TELEGRAM_LEASE = timedelta(minutes=5)  # longer than a round of TELEGRAM_BATCH s
 # The update kinds `Dispatcher.handle` acts on; Telegram sends no others. It keeps the list it was
 # last given for getUpdates too, so the same list holds after a switch back to polling.
 HANDLED_UPDATES = ["message", "edited_message", "callback_query"]
+# One connection: Telegram then sends the next update only once we answered the last, so a customer's
+# "my order is lost" and "never mind, it came" are stored in the order they were written (with its
+# default of 40, they race through our processes and can land the other way round). One connection
+# carries far more than a support bot's traffic: an update is stored in milliseconds.
+WEBHOOK_CONNECTIONS = 1
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 WEBHOOK_MAX_BODY = 1024 * 1024  # an update is a few KB; a bigger body is not from Telegram
 WEBHOOK_RETRY_AFTER = "10"  # seconds; Telegram retries on its own schedule, other senders may read it
@@ -292,7 +297,7 @@ async def _register_webhook(bot: Bot, url: str, secret: str, stop: asyncio.Event
     while not stop.is_set():
         try:
             await bot.set_webhook(url, secret_token=secret, allowed_updates=HANDLED_UPDATES,
-                                  drop_pending_updates=False)
+                                  max_connections=WEBHOOK_CONNECTIONS, drop_pending_updates=False)
             log.info("telegram: webhook set to %s", url)
             return
         except TelegramBadRequest as exc:  # not HTTPS, a port Telegram refuses, a host it cannot resolve
