@@ -1,4 +1,4 @@
-"""`paidan queue` and the agent actions `paidan tickets accept|decline|reply|wait|resolve|reopen|assign|relabel|explain`.
+"""`paidan queue` and the agent actions `paidan tickets accept|decline|reply|wait|resolve|reopen|assign|relabel|merge|explain`.
 
 The lead's `paidan.cli` adds them: ``cli.add_command(queue)`` and ``tickets.add_command(...)`` for
 each of `TICKET_COMMANDS`. Every action runs in one transaction through `router.actions`, the same
@@ -233,6 +233,23 @@ def relabel(number: str, head: str, label: str, actor: str, as_json: bool) -> No
     _run(actions.relabel, number, actor, as_json, head=head, new_label=label)
 
 
+@click.command("merge")
+@click.argument("number")
+@click.argument("into", metavar="INTO")
+@_as_option
+@click.option("--reason", default="", help="Why they are one request (kept in the audit trail).")
+@_json_option
+def merge(number: str, into: str, actor: str, reason: str, as_json: bool) -> None:
+    """Merge ticket NUMBER into ticket INTO: one customer's two tickets about one request.
+
+    NUMBER's messages move to INTO, which carries on with the more urgent priority of the two;
+    NUMBER ends as merged, and a reply to it continues INTO. A supervisor or the holder of either.
+    """
+    from router import actions
+
+    _run(actions.merge, number, actor, as_json, into=into, reason=reason)
+
+
 @click.command("explain")
 @click.argument("number")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
@@ -287,4 +304,4 @@ def _label_cues(session, data: dict) -> dict | str:
     return {head: reason.as_dict() for head, reason in reasons.items()}
 
 
-TICKET_COMMANDS = (accept, decline, reply, wait, resolve, reopen, assign, relabel, explain)
+TICKET_COMMANDS = (accept, decline, reply, wait, resolve, reopen, assign, relabel, merge, explain)

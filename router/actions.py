@@ -15,6 +15,7 @@ Who may do what:
 - reopen: a supervisor or the ticket's last holder.
 - reassign: a supervisor or the holder; only a supervisor may `force` past the skills check.
   Capacity is never forced: raise the agent's capacity first (`paidan agents set`).
+- merge: a supervisor or the holder of either ticket; only one customer's open tickets.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from models.tables import Agent, Assignment, LabelCorrection, Message, Ticket, T
 from router import states
 from router.config import PRIORITIES, SUPERVISOR_ROLES, RouterConfig
 from router.intake import our_message_id
-from router.outbox import customer_address, enqueue
+from router.outbox import customer_address, enqueue, notify_agent
 
 
 # DESIGN.md's default taxonomy; a deployment with its own label sets passes them as `labels`
@@ -620,6 +621,77 @@ def relabel(session: Session, ticket_number: str, actor: Agent | str | int, head
     if data.get("holder_lacks"):
         summary += f"; the holder lacks {', '.join(data['holder_lacks'])}, consider reassigning"
     return _outcome(session, ticket, "relabel", summary, data)
+
+
+# ---------------------------------------------------------------- merge
+
+
+@_written_together
+def merge(session: Session, ticket_number: str, actor: Agent | str | int, config: RouterConfig,
+          now: datetime, *, into: str, reason: str = "") -> Outcome:
+    """Ticket `ticket_number` and ticket `into` are one request (the customer wrote by mail and by
+    Telegram before we knew it was them, or twice by mistake): its messages move to `into`, which
+    carries on, and it ends as merged, leading on to `into` (a reply to its mail or its number
+    continues `into`). Only one customer's tickets are merged: if two customers are one person,
+    merge the customers first. `into` keeps the more urgent priority of the two, so merging never
+    slows the SLA of what the customer is waiting for.
+    """
+    from router import assignment, sla
+    from router.queries import same_customer
+
+    agent = resolve_agent(session, actor)
+    source = _ticket(session, ticket_number)
+    target = _ticket(session, into)
+    if source.id == target.id:
+        raise ActionRefused(f"{source.number} cannot be merged into itself; name the ticket it repeats")
+    _refuse_if_finished(session, source, "merge")
+    _refuse_if_finished(session, target, "merge into")
+    for ticket in (source, target):
+        if ticket.state == states.RESOLVED:
+            raise ActionRefused(f"ticket {ticket.number} is resolved; reopen it first (`paidan tickets reopen "
+                                f"{ticket.number}`), or leave it be if the other ticket carries on alone")
+    if not same_customer(session, source.customer_id, target.customer_id):
+        raise ActionRefused(f"{source.number} and {target.number} belong to different customers (#{source.customer_id} "
+                            f"and #{target.customer_id}); if they are one person, merge the customers first "
+                            f"(`paidan customers merge`), then the tickets")
+    if not is_supervisor(agent) and agent.id not in (_holder_id(source), _holder_id(target)):
+        raise ActionRefused(f"only a supervisor or the holder of {source.number} or {target.number} can merge them")
+
+    moved = session.execute(
+        update(Message).where(Message.ticket_id == source.id).values(ticket_id=target.id)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    why = reason.strip()
+    said = f": {why}" if why else ""
+    source.merged_into_id = target.id
+    source.queue = source.queue_reason = None
+    _move(session, source, agent, states.MERGED, f"merged into {target.number} by {agent.name}{said}", now,
+          {"action": "merge", "into": target.number, "messages_moved": moved, "reason": why})
+    sla.stop_clocks(session, source, ("first_response", "resolution"), now)
+    freed = assignment.release(session, source, now, why="merged", actor=_actor(agent))
+
+    raised_from = None  # the priority `into` had, when the merged ticket's was more urgent
+    if _more_urgent(source.priority, target.priority):
+        raised_from, target.priority = target.priority or "-", source.priority
+        if target.state in states.OPEN_STATES:
+            sla.reprioritise(session, target, config, now)
+    target.updated_at = now
+    raised = f"; priority {raised_from} → {target.priority}" if raised_from else ""
+    _event(session, target, agent, "merged_in", f"{source.number} merged in by {agent.name} ({moved} message(s)){raised}{said}",
+           now, {"from": source.number, "messages_moved": moved, "priority_from": raised_from, "reason": why})
+    holder = _holder_id(target)
+    if holder is not None and holder != agent.id:
+        notify_agent(session, session.get(Agent, holder), kind="customer_message", ticket=target, now=now,
+                     text=f"{target.number}: {source.number} was merged into it by {agent.name}, with {moved} "
+                          f"message(s) from the customer")
+    drained = assignment.drain_queue(session, config, now, freed_by=freed) if freed is not None else 0
+    return _outcome(session, target, "merge", f"{source.number} merged into {target.number}: {moved} message(s) moved{raised}",
+                    {"merged": source.number, "messages_moved": moved, "priority_from": raised_from, "drained": drained})
+
+
+def _more_urgent(priority: str | None, than: str | None) -> bool:
+    order = {p: i for i, p in enumerate(PRIORITIES)}
+    return priority in order and (than not in order or order[priority] < order[than])
 
 
 def _known_label(value: str, allowed: tuple[str, ...]) -> str | None:

@@ -585,12 +585,12 @@ def _explicit_thread(session: Session, sender: _Sender, msg: InboundMessage) -> 
     for how, ref in [("in_reply_to", refs.in_reply_to), *(("references", r) for r in reversed(refs.references))]:
         if not ref:
             continue
-        row = session.execute(
-            select(Ticket.id, Ticket.number, Ticket.customer_id)
+        row = _follow_merges(session, session.execute(
+            select(*_TICKET_COLUMNS)
             .join(Message, Message.ticket_id == Ticket.id)
-            .where(Message.email_message_id == ref, Ticket.state != states.MERGED)
+            .where(Message.email_message_id == ref)
             .limit(1)
-        ).first()
+        ).first())
         if row is None and (named := _OUR_MESSAGE_ID.fullmatch(ref)):
             # One of our own mails (an acknowledgement is not stored as a message): its Message-ID
             # names the ticket, so a reply whose subject tag was deleted still finds it.
@@ -611,15 +611,22 @@ def our_message_id(ticket_number: str, token: str | None = None) -> str:
 _OUR_MESSAGE_ID = re.compile(r"<[0-9a-f]{16,32}\.(gd\d{11,})@paidan>", re.IGNORECASE)
 
 
+_TICKET_COLUMNS = (Ticket.id, Ticket.number, Ticket.customer_id, Ticket.state, Ticket.merged_into_id)
+
+
 def _ticket_by_number(session: Session, number: str):
     """The ticket called `number` (id, number, customer_id, state, merged_into_id), following merges
     on to the ticket it was merged into; None when there is none (or the merges lead nowhere)."""
-    columns = (Ticket.id, Ticket.number, Ticket.customer_id, Ticket.state, Ticket.merged_into_id)
-    row = session.execute(select(*columns).where(Ticket.number == number)).first()
-    for _ in range(8):  # a merged ticket's number leads on to the ticket it was merged into
+    return _follow_merges(session, session.execute(select(*_TICKET_COLUMNS).where(Ticket.number == number)).first())
+
+
+def _follow_merges(session: Session, row):
+    """A merged ticket's row leads on to the ticket it was merged into: a customer answering mail of
+    the ticket a supervisor merged away continues the one that lives on."""
+    for _ in range(8):  # merges chain (A into B, B into C); a loop is a bug, and leads nowhere
         if row is None or row.state != states.MERGED or row.merged_into_id is None:
             break
-        row = session.execute(select(*columns).where(Ticket.id == row.merged_into_id)).first()
+        row = session.execute(select(*_TICKET_COLUMNS).where(Ticket.id == row.merged_into_id)).first()
     return row if row is not None and row.state != states.MERGED else None
 
 

@@ -33,7 +33,7 @@ from paidan.db import transaction
 from router import actions
 from router.agents import add_agent
 from router.config import RouterConfig
-from router.intake import Intake
+from router.intake import Intake, our_message_id
 
 MISSING = [m for m in ("router.sla", "router.assignment") if importlib.util.find_spec(m) is None]
 pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"needs {', '.join(MISSING)} (another helper's module, not landed)")
@@ -489,6 +489,80 @@ def test_a_merged_ticket_refuses_every_action_and_names_where_to_go(staff):
             act(staff, action, gone, name or "Sue", **kwargs)
 
 
+# ---------------------------------------------------------------- merge
+
+
+def two_tickets_of_one_customer(engine) -> tuple[str, str]:
+    """Wang writes about a refund (P2), then, on another topic an hour later, about a double charge
+    (P1): two tickets, each offered to an agent; both mails carry Message-IDs."""
+    first = new_ticket(engine, REFUND, email="wang@example.cn", channel=Channel.EMAIL, message_id="<refund@example.cn>")
+    second = new_ticket(engine, "昨天被扣款两次 charge twice", email="wang@example.cn", channel=Channel.EMAIL,
+                        message_id="<charge@example.cn>", at=NOW + timedelta(hours=1))
+    assert first != second
+    return first, second
+
+
+def test_merging_moves_the_messages_ends_the_duplicate_and_keeps_the_more_urgent_priority(staff):
+    keep, dup = two_tickets_of_one_customer(staff)
+    assert (ticket(staff, keep).priority, ticket(staff, dup).priority) == ("P2", "P1")
+    at = NOW + timedelta(hours=2)
+
+    outcome = act(staff, actions.merge, dup, "Sue", into=keep, reason="same order", at=at)
+    assert outcome.ticket == keep and outcome.data["messages_moved"] == 1
+    assert "P2 → P1" in outcome.summary
+    kept, gone = ticket(staff, keep), ticket(staff, dup)
+    assert (gone.state, gone.merged_into_id) == ("merged", kept.id)
+    assert kept.priority == "P1"
+    with Session(staff) as session:
+        texts = session.scalars(select(Message.text).where(Message.ticket_id == kept.id).order_by(Message.id)).all()
+        assert texts == [REFUND, "昨天被扣款两次 charge twice"]
+        clocks = session.scalars(select(SlaClock).where(SlaClock.ticket_id == gone.id)).all()
+        assert clocks and all(c.stopped_at is not None for c in clocks)
+        kinds = [e.kind for e in session.scalars(select(TicketEvent).where(TicketEvent.ticket_id == kept.id))]
+        assert "merged_in" in kinds
+        open_offers = session.scalars(select(Assignment).where(Assignment.ticket_id == gone.id,
+                                                               Assignment.ended_at.is_(None))).all()
+        assert open_offers == []  # the duplicate's agent has the capacity back
+
+    # The customer answers the duplicate's mail: it continues the ticket that lives on (topic
+    # threading off, so only the reference can lead there).
+    by_reference = Intake(staff, clock=lambda: at, config=RouterConfig(topic_window=timedelta(0)))
+    answer = by_reference.accept_now(make_message(
+        text="发票抬头开错了，请重开发票 invoice title wrong", email="wang@example.cn", channel=Channel.EMAIL, received_at=at,
+        thread_refs=ThreadRefs(in_reply_to="<charge@example.cn>")))
+    assert answer.ticket_number == keep
+    # … and so do answering our acknowledgement of it, and naming its number.
+    to_our_ack = by_reference.accept_now(make_message(
+        text="快递单号是多少 tracking number", email="wang@example.cn", channel=Channel.EMAIL, received_at=at,
+        thread_refs=ThreadRefs(in_reply_to=our_message_id(dup))))
+    assert to_our_ack.ticket_number == keep
+    named = by_reference.accept_now(make_message(
+        text="还有问题", email="wang@example.cn", received_at=at, thread_refs=ThreadRefs(ticket_number=dup)))
+    assert named.ticket_number == keep
+
+
+def test_merging_is_refused_with_a_reason_the_person_can_act_on(staff):
+    keep, dup = two_tickets_of_one_customer(staff)
+    other = new_ticket(staff, "投诉 快递太慢", email="li@example.com")
+    with pytest.raises(ActionRefused, match="into itself"):
+        act(staff, actions.merge, keep, "Sue", into=keep)
+    with pytest.raises(ActionRefused, match="different customers .* merge the customers first"):
+        act(staff, actions.merge, other, "Sue", into=keep)
+    with pytest.raises(NotFound):
+        act(staff, actions.merge, dup, "Sue", into="GD20990101001")
+    stranger = next(name for name in ("Ann", "Bo", "Cy") if name not in (holder(staff, keep), holder(staff, dup)))
+    with pytest.raises(ActionRefused, match="only a supervisor or the holder"):
+        act(staff, actions.merge, dup, stranger, into=keep)
+    act(staff, actions.resolve, keep, "Sue")
+    with pytest.raises(ActionRefused, match=f"{keep} is resolved; reopen it first"):
+        act(staff, actions.merge, dup, "Sue", into=keep)
+    act(staff, actions.reopen, keep, "Sue")
+    act(staff, actions.merge, dup, "Sue", into=keep)
+    with pytest.raises(ActionRefused, match=f"was merged; act on {keep} instead"):
+        act(staff, actions.merge, dup, "Sue", into=keep)
+    assert ticket(staff, dup).state == "merged"
+
+
 # ---------------------------------------------------------------- reassign
 
 
@@ -675,7 +749,7 @@ def run(app, database_url, monkeypatch, tmp_path):
 
 def test_every_router_command_has_help(app):
     for path in (["queue"], *[["tickets", c] for c in ("accept", "decline", "reply", "wait", "resolve", "reopen",
-                                                     "assign", "relabel", "explain")]):
+                                                     "assign", "relabel", "merge", "explain")]):
         result = CliRunner().invoke(app, [*path, "--help"])
         assert result.exit_code == 0 and "Usage:" in result.output and len(result.output.splitlines()) > 3, path
 
@@ -698,6 +772,13 @@ def test_the_cli_works_a_ticket_from_offer_to_resolution(staff, run):
     assert "reopened" in out
     texts = [m.text for m in _messages(staff, number) if m.direction == "out"]
     assert texts == ["您好，已为您提交退款。", "客户很着急"]
+
+
+def test_the_cli_merges_one_customers_tickets(staff, run):
+    keep, dup = two_tickets_of_one_customer(staff)
+    out = run("tickets", "merge", dup, keep, "--as", "Sue", "--reason", "same order").output
+    assert f"{dup} merged into {keep}: 1 message(s) moved; priority P2 → P1" in out
+    assert f"act on {keep} instead" in run("tickets", "merge", dup, keep, "--as", "Sue", ok=False).output
 
 
 def test_the_cli_assigns_and_declines(staff, run):

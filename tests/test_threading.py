@@ -214,6 +214,25 @@ def test_in_reply_to_beats_the_topic(engine):
     assert reply.ticket_number == first.ticket_number
 
 
+def test_in_reply_to_a_merged_tickets_mail_continues_the_ticket_it_was_merged_into(engine):
+    """Merges made before messages moved with them (or by hand) leave mail on the merged ticket:
+    an answer to it must not open a new ticket, nor land on the dead one."""
+    clock = Clock()
+    intake = intake_at(engine, clock)
+    kept = intake.accept_now(make_message(channel=Channel.EMAIL, email="he@example.com", subject="退款没到账",
+                                          text="申请退款三天了还没有到账"))
+    gone = intake.accept_now(make_message(channel=Channel.EMAIL, email="he@example.com", message_id="<r2@x>",
+                                          subject="无法登录", text="APP 登录一直提示密码错误"))
+    with transaction(engine) as session:
+        ticket = session.get(Ticket, gone.ticket_id)
+        ticket.merged_into_id = kept.ticket_id
+        states.transition(session, ticket, states.MERGED, actor="agent:1", reason="one request", at=clock.now)
+    clock.advance(minutes=5)
+    reply = intake_at(engine, clock, topic_window=timedelta(0)).accept_now(make_message(
+        channel=Channel.EMAIL, email="he@example.com", text="发票也开错了", thread_refs=ThreadRefs(in_reply_to="<r2@x>")))
+    assert reply.ticket_number == kept.ticket_number
+
+
 def test_a_strangers_ticket_number_opens_a_new_flagged_ticket_even_on_their_own_topic(engine):
     clock = Clock()
     intake = intake_at(engine, clock)
