@@ -198,17 +198,23 @@ def agents_list(as_json: bool) -> None:
 def agents_set(agent, skills, capacity, seniority, role, telegram_id, email, online) -> None:
     """Change AGENT (name or id)."""
     from paidan.db import transaction
+    from router.actions import set_availability
     from router.agents import get_agent, update_agent
 
     with transaction(_engine()) as session:
         row = update_agent(session, get_agent(session, agent), skills=_split(skills), capacity=capacity,
-                           seniority=seniority, role=role, telegram_id=telegram_id, email=email, online=online)
+                           seniority=seniority, role=role, telegram_id=telegram_id, email=email)
+        config = _router_config()
+        availability = None
+        if online is not None:  # offers handed on when going offline, the queue drained when coming online
+            availability = set_availability(session, row, online, config, _now())
         console.print(f"{row.name}: role={row.role} skills={','.join(row.skills) or '-'} capacity={row.capacity} "
                       f"seniority={row.seniority} online={'yes' if row.online else 'no'}")
-        config = _router_config()
         if skills is not None:
             _warn_unknown_skills(row.skills, config)
-        if row.online and (online or capacity is not None):
+        if availability is not None and (availability.handed_on or availability.kept or availability.assigned):
+            console.print(availability.summary)
+        elif row.online and capacity is not None:
             # Capacity just appeared: waiting tickets need not wait for serve's next queue tick.
             from router.assignment import drain_queue
 

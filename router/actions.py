@@ -623,6 +623,66 @@ def relabel(session: Session, ticket_number: str, actor: Agent | str | int, head
     return _outcome(session, ticket, "relabel", summary, data)
 
 
+# ---------------------------------------------------------------- availability
+
+
+@dataclass(frozen=True, slots=True)
+class Availability:
+    """What going online or offline did, for the edge to show to the agent."""
+
+    agent: str
+    online: bool
+    handed_on: tuple[str, ...] = ()  # offers not yet accepted, given to others (or the queue)
+    kept: tuple[str, ...] = ()  # accepted tickets the agent still holds
+    assigned: int = 0  # queued tickets assigned once the agent came online (to anyone with room)
+
+    @property
+    def summary(self) -> str:
+        if self.online:
+            return f"{self.agent} is online" + (f"; assigned {self.assigned} waiting ticket(s) from the queue"
+                                                if self.assigned else "; no ticket is waiting")
+        said = f"{self.agent} is offline: no new tickets are offered"
+        if self.handed_on:
+            said += f"; offers handed on: {', '.join(self.handed_on)}"
+        if self.kept:
+            said += (f"; still yours: {', '.join(self.kept)} (hand them on with /assign or "
+                     f"`paidan tickets assign`)")
+        return said
+
+
+@_written_together
+def set_availability(session: Session, actor: Agent | str | int, online: bool, config: RouterConfig,
+                     now: datetime) -> Availability:
+    """An agent starts or ends their working time. Going offline hands on at once the offers they
+    have not accepted (rather than letting each wait out the accept timeout while the customer
+    waits too); tickets they accepted stay theirs, and they are told which. Coming online gives
+    the queue to whoever has room, them included."""
+    from router import assignment
+
+    agent = resolve_agent(session, actor)
+    agent.online = online
+    session.flush()  # assignment reads who is online in SQL
+    if online:
+        return Availability(agent.name, True, assigned=assignment.drain_queue(session, config, now))
+    offered = session.scalars(
+        select(Ticket).join(Assignment, Assignment.ticket_id == Ticket.id)
+        .where(Assignment.agent_id == agent.id, Assignment.ended_at.is_(None), Assignment.accepted_at.is_(None))
+        .order_by(Ticket.id).with_for_update()
+    ).all()
+    for ticket in offered:
+        _event(session, ticket, agent, "agent_offline", f"{agent.name} went offline before accepting it", now)
+        assignment.release(session, ticket, now, why="agent offline", actor=_actor(agent))
+    if offered:
+        session.flush()  # the releases, before assignment looks for someone with room
+        assignment.assign_many(session, [t for t in offered if t.state in states.OPEN_STATES], config, now)
+    kept = session.scalars(
+        select(Ticket.number).where(Ticket.assigned_agent_id == agent.id, Ticket.queue.is_(None),
+                                    Ticket.state.in_(sorted(states.OPEN_STATES)))
+        .order_by(Ticket.id)
+    ).all()
+    return Availability(agent.name, False, tuple(t.number for t in offered), tuple(kept))
+
+
 # ---------------------------------------------------------------- merge
 
 

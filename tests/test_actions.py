@@ -489,6 +489,42 @@ def test_a_merged_ticket_refuses_every_action_and_names_where_to_go(staff):
             act(staff, action, gone, name or "Sue", **kwargs)
 
 
+# ---------------------------------------------------------------- availability
+
+
+def test_going_offline_hands_on_unaccepted_offers_at_once_and_names_the_tickets_kept(staff):
+    mine, name = accepted(staff)
+    offered = new_ticket(staff, "退款 第二单", email="second@example.com")
+    if holder(staff, offered) != name:  # make sure the second is offered to the same agent
+        act(staff, actions.reassign, offered, "Sue", to=name)
+    other = other_service_agent(name)
+
+    gone = act_availability(staff, name, False)
+    assert gone.handed_on == (offered,) and gone.kept == (mine,)
+    assert f"offers handed on: {offered}" in gone.summary and f"still yours: {mine}" in gone.summary
+    assert holder(staff, offered) == other  # not after the accept timeout: now
+    assert holder(staff, mine) == name
+    assert not agent(staff, name).online
+    with Session(staff) as session:
+        reasons = [e.reason for e in session.scalars(select(TicketEvent).where(
+            TicketEvent.ticket_id == ticket(staff, offered).id, TicketEvent.kind == "agent_offline"))]
+    assert reasons == [f"{name} went offline before accepting it"]
+
+    # The colleague leaves too: the offer goes on to the queue, as does a new ticket; back online,
+    # the queue drains to them.
+    assert act_availability(staff, other, False).handed_on == (offered,)
+    waiting = new_ticket(staff, "退款 第三单", email="third@example.com")
+    assert holder(staff, waiting) is None and holder(staff, offered) is None
+    back = act_availability(staff, name, True, at=NOW + timedelta(minutes=1))
+    assert back.assigned == 2 and "assigned 2 waiting ticket" in back.summary
+    assert holder(staff, waiting) == holder(staff, offered) == name
+
+
+def act_availability(engine, name, online, *, at=NOW):
+    with transaction(engine) as session:
+        return actions.set_availability(session, name, online, CONFIG, at)
+
+
 # ---------------------------------------------------------------- merge
 
 
