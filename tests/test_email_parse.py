@@ -72,7 +72,7 @@ def test_parser_imports_only_the_stdlib_and_models():
     imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     roots = {name.split(".")[0] for name in imported}
     assert roots - {"__future__", "models"} <= {
-        "binascii", "codecs", "collections", "datetime", "email", "hashlib", "html", "quopri", "re"
+        "binascii", "codecs", "collections", "datetime", "email", "functools", "hashlib", "html", "quopri", "re"
     }
 
 
@@ -108,6 +108,13 @@ def test_gb2312_family_is_decoded_as_gb18030(label):
         ("utf-8-purple", "Grüße".encode(), "Grüße", True),  # a known name with junk after it
         ("us-ascii", "Grüße".encode(), "Grüße", True),  # 8-bit bytes under a 7-bit label
         ("utf-8", b"Gr\xfc\xdfe", "Gr\ufffd\ufffde", True),  # broken bytes are marked, not dropped
+        # UTF-8 under a stale single-byte label (a corpus mail says x-mac-cyrillic): UTF-8 wins …
+        ("x-mac-cyrillic", "您好，退款还没到账".encode(), "您好，退款还没到账", True),
+        ("iso-8859-1", "Grüße – 订单".encode(), "Grüße – 订单", True),
+        ("koi8-r", "Привет".encode(), "Привет", True),
+        # … while text that really is in its single-byte label stays so.
+        ("koi8-r", "Привет".encode("koi8-r"), "Привет", False),
+        ("iso-8859-1", "naïve – “quotes”".encode("cp1252"), "naïve – “quotes”", False),
     ],
 )
 def test_unknown_or_wrong_charsets_fall_back(label, body, text, fallback):

@@ -18,6 +18,7 @@ import binascii
 import codecs
 import email
 import email.policy
+import functools
 import hashlib
 import quopri
 import re
@@ -117,9 +118,16 @@ def decode_bytes(data: bytes, label: str | None, hint: str | None = None) -> tup
     declared = bool(label and label.strip())
     if codec:
         try:
-            return data.decode(codec), declared and not as_written
+            text = data.decode(codec)
         except UnicodeError:
             pass
+        else:
+            if _single_byte(codec) and not data.isascii() and (utf8 := _as_utf8(data)) is not None:
+                # A single-byte charset decodes any bytes at all, so it cannot tell us it is wrong.
+                # UTF-8 can: multi-byte sequences that all check out almost never happen by chance in
+                # Latin or Cyrillic text, while UTF-8 sent under a stale label is common.
+                return utf8, True
+            return text, declared and not as_written
         if data.isascii():  # a 7-bit encoding (ISO-2022-JP, UTF-7) met a sequence it lacks
             return data.decode(codec, errors="replace"), True
     # GB18030 and the hint only when nothing usable was declared: GB18030 accepts most byte
@@ -132,6 +140,21 @@ def decode_bytes(data: bytes, label: str | None, hint: str | None = None) -> tup
             pass
     # A stray bad byte in otherwise fine text: keep the declared reading and mark the byte.
     return data.decode(codec or "latin-1", errors="replace"), declared
+
+
+@functools.cache
+def _single_byte(codec: str) -> bool:
+    """One byte, one character: cp1252, the ISO-8859 family, KOI8, the Mac charsets …"""
+    if codecs.lookup(codec).name == "utf-8":
+        return False
+    return len(bytes(range(128, 256)).decode(codec, errors="replace")) == 128
+
+
+def _as_utf8(data: bytes) -> str | None:
+    try:
+        return data.decode("utf-8")
+    except UnicodeError:
+        return None
 
 
 def _raw_bytes(value: str) -> bytes:
