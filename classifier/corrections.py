@@ -39,12 +39,15 @@ class MergeStats:
 
 
 def load_corrections(session) -> list[Correction]:
-    """All LabelCorrection rows, oldest first."""
+    """The LabelCorrection rows, oldest first; those whose text was erased (a customer forgotten on
+    request) are left out: the text is gone, and "[erased]" must not become a training example."""
     from sqlalchemy import select
 
+    from models.message import ERASED
     from models.tables import LabelCorrection
 
-    rows = session.scalars(select(LabelCorrection).order_by(LabelCorrection.corrected_at, LabelCorrection.id))
+    rows = session.scalars(select(LabelCorrection).where(LabelCorrection.text != ERASED)
+                           .order_by(LabelCorrection.corrected_at, LabelCorrection.id))
     return [
         Correction(r.text, r.head, r.new_label, r.corrected_at, r.old_label, r.corrected_by, r.id) for r in rows
     ]

@@ -17,6 +17,10 @@ from enum import StrEnum
 # robots cannot answer each other forever (DESIGN.md, "No loops").
 MACHINE_FLAGS = frozenset({"auto_reply", "bounce"})
 
+# What an erased text reads (a person's data forgotten on request, or past retention): a fixed
+# marker, so a reader sees something was there, and so retraining can leave such texts out.
+ERASED = "[erased]"
+
 
 class Channel(StrEnum):
     EMAIL = "email"

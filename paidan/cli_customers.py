@@ -1,4 +1,5 @@
-"""`paidan customers show | merge | unmerge`: one person across channels, as a supervisor sees it.
+"""`paidan customers show | merge | unmerge | export | forget`: one person across channels, as a supervisor
+sees it, and their personal data on request (PIPL / GDPR).
 
 The lead's `paidan.cli` registers the group with ``cli.add_command(customers)``. Settings come from
 the click context object when it is a ``Settings`` (the main group), else from ``Settings()``.
@@ -8,10 +9,12 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -58,7 +61,8 @@ def _console() -> Console:
 
 @click.group()
 def customers() -> None:
-    """Customers: who wrote from which address, phone or Telegram account; merge and unmerge them.
+    """Customers: who wrote from which address, phone or Telegram account; merge and unmerge them;
+    export or erase their personal data on request.
 
     A CUSTOMER is given by id (12 or #12) or by any of their identities: an email address,
     a phone number (+8613800138000, or a local number read in the configured phone region),
@@ -158,3 +162,106 @@ def unmerge(merge_id: int, actor: str | None) -> None:
         message = (f"merge #{done.id} undone: customer #{done.source_id} has its {len(done.identity_ids)} "
                    f"identities and {len(done.ticket_ids)} tickets back from #{done.target_id}")
     _console().print(message, markup=False)
+
+
+@customers.command("export")
+@click.argument("customer")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, writable=True),
+              help="Write the JSON to this file (readable by you only) instead of printing it.")
+def export(customer: str, out_file: str | None) -> None:
+    """Export everything held about CUSTOMER as JSON, for a data access request (PIPL / GDPR).
+
+    Follows merges: the customer and every customer merged into them are one person. Holds their
+    identities, tickets (labels, states, times), every message (internal notes marked "public": false),
+    attachment names, sizes and types (the bytes stay in the database; each says where), surveys, link
+    codes, label corrections of their messages and what we sent or will send them.
+    """
+    from sqlalchemy.orm import Session
+
+    from router.identity import find_customer
+    from router.privacy import export_customer
+
+    with _clear_errors(), Session(_engine()) as session:
+        row = find_customer(session, customer, default_region=_settings().phone_region)
+        data = export_customer(session, row.id, now=datetime.now(UTC))
+    text = json.dumps(data, ensure_ascii=False, indent=2)
+    if out_file is None:
+        click.echo(text)
+        return
+    path = Path(out_file)
+    try:
+        # Personal data: created readable by its owner only, never left readable by others on a shared machine.
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {path}: {exc.strerror or exc}") from exc
+    _console().print(f"customer #{data['customer_id']}: {len(data['tickets'])} tickets, {len(data['messages'])} messages, "
+                     f"{len(data['identities'])} identities written to {path}", markup=False)
+
+
+@customers.command("forget")
+@click.argument("customer")
+@click.option("--reason", required=True, help="Why, for the audit trail: e.g. 'erasure request of 2026-11-20, ref 118'.")
+@click.option("--force", is_flag=True, help="Erase even though the customer has open tickets (agents then see erased messages).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--as", "--actor", "actor", help="Who decided (default: cli:<your user name>).")
+def forget(customer: str, reason: str, force: bool, yes: bool, actor: str | None) -> None:
+    """Erase CUSTOMER's personal data (right to erasure, PIPL / GDPR), keeping the desk's statistics.
+
+    Erased: message bodies, subjects and raw mail, attachment names and bytes, survey comments, the
+    text label corrections copied from their messages, their identities (a new message from the same
+    address makes a new customer), their name and link codes; pending mail or Telegram messages to them
+    are cancelled. Kept: tickets with their labels, states, times, SLA clocks and ratings, so reports
+    count the same. Every ticket gets a `personal_data_erased` audit event. Follows merges. Refused
+    while they have open tickets, unless --force. Running it again is harmless.
+    """
+    from sqlalchemy.orm import Session
+
+    from paidan.db import transaction
+    from router.identity import find_customer
+    from router.privacy import forget_customer, same_person
+
+    engine = _engine()
+    region = _settings().phone_region
+    if not yes:
+        with _clear_errors(), Session(engine) as session:
+            row = find_customer(session, customer, default_region=region)
+            person = same_person(session, row.id)
+            data = _summary(session, person)
+        click.confirm(f"Erase the personal data of customer #{person[0]} ({data}) for good? This cannot be undone",
+                      abort=True)
+    with _clear_errors(), transaction(engine) as session:
+        row = find_customer(session, customer, default_region=region)
+        done = forget_customer(session, row.id, actor=_actor(actor), reason=reason, now=datetime.now(UTC), force=force)
+    out = _console()
+    if not done.changed:
+        out.print(f"customer #{done.customer_id}: nothing left to erase (forgotten before)", markup=False)
+        return
+    out.print(f"customer #{done.customer_id} forgotten: {done.messages} messages, {done.attachments} attachments, "
+              f"{done.identities} identities, {done.link_codes} link codes, {done.surveys} survey comments and "
+              f"{done.corrections} label-correction texts erased; {done.outbox_cancelled} pending outgoing messages "
+              f"cancelled; {done.audit_records + done.outbox_erased} audit and outbox records cleaned", markup=False)
+    out.print(f"kept for the reports: {len(done.tickets)} tickets ({', '.join(done.tickets) or '-'}) with their "
+              f"labels and times, each with a personal_data_erased event", markup=False)
+    if done.open_tickets:
+        out.print(f"forced: {', '.join(done.open_tickets)} still open, now with erased messages", markup=False)
+    if done.email_messages:
+        out.print(f"{done.email_messages} of the messages came by email: if paidan polls a mailbox (IMAP), delete "
+                  f"them there too, paidan never deletes mail", markup=False)
+
+
+def _summary(session, person: list[int]) -> str:
+    """`2 identities, 3 tickets (1 open), 12 messages`: what the confirmation question is about."""
+    from sqlalchemy import func, or_, select
+
+    from models.tables import Identity, Message, Ticket
+    from router.states import OPEN_STATES
+
+    identities = session.scalar(select(func.count()).select_from(Identity).where(Identity.customer_id.in_(person)))
+    states = session.scalars(select(Ticket.state).where(Ticket.customer_id.in_(person))).all()
+    ticket_ids = select(Ticket.id).where(Ticket.customer_id.in_(person)).scalar_subquery()
+    messages = session.scalar(select(func.count()).select_from(Message).where(
+        or_(Message.ticket_id.in_(ticket_ids), Message.customer_id.in_(person))))
+    open_ = sum(1 for s in states if s in OPEN_STATES)
+    return (f"{identities} identities, {len(states)} tickets{f' ({open_} open)' if open_ else ''}, "
+            f"{messages} messages")

@@ -9,7 +9,7 @@ import signal
 import socket
 import threading
 from collections.abc import Callable
-from datetime import time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from time import monotonic
 
@@ -206,6 +206,8 @@ async def run(settings: Settings, *, migrate: bool = True) -> None:
     if mail_out is None:
         log.info("email acknowledgements and replies wait in the outbox: no relay is set ([email] relay_host)")
     mail_in = asyncio.create_task(poll_imap_forever(settings, engine, sink, stop)) if settings.email.imap_host else None
+    retention = (asyncio.create_task(purge_expired_forever(engine, settings.privacy.retain_days, stop))
+                 if settings.privacy.retain_days > 0 else None)
     telegram = None
     if settings.telegram.token:
         from paidan.telegram import run_telegram
@@ -222,7 +224,7 @@ async def run(settings: Settings, *, migrate: bool = True) -> None:
         if smtp is not None:
             smtp.close()  # no new mail; a DATA already being stored still gets its answer below
         await timers
-        for task in (mail_out, mail_in, telegram):
+        for task in (mail_out, mail_in, telegram, retention):
             if task is not None:
                 await task
         intake.close()  # finishes what is queued: nothing acknowledged is left behind
@@ -299,6 +301,43 @@ async def poll_imap_forever(settings: Settings, engine, sink, stop: asyncio.Even
         except Exception:  # noqa: BLE001 — e.g. the database away for a moment: the cursor did not move
             log.exception("imap: a poll failed; trying again in %g s", e.imap_poll_seconds)
         await pause(stop, e.imap_poll_seconds)
+
+
+# Retention is measured in days: an hourly look is plenty, and a round is batches of tickets, each its
+# own short transaction, so intake and the router never wait long behind it.
+PURGE_EVERY_SECONDS = 3600.0
+PURGE_BATCH = 200
+
+
+async def purge_expired_forever(engine, retain_days: int, stop: asyncio.Event, *,
+                                every: float = PURGE_EVERY_SECONDS) -> None:
+    """Erase the content of tickets finished more than `retain_days` ago, every `every` seconds until `stop`."""
+    from paidan.outbound import pause
+
+    log.info("retention: messages of tickets resolved or closed more than %d days ago are erased hourly", retain_days)
+    while not stop.is_set():
+        try:
+            erased = await asyncio.to_thread(purge_round, engine, retain_days, stop)
+            if erased:
+                log.info("retention: %d messages erased", erased)
+        except Exception:  # noqa: BLE001 — e.g. the database away for a moment: the next round catches up
+            log.exception("retention: a round failed; trying again in %g s", every)
+        await pause(stop, every)
+
+
+def purge_round(engine, retain_days: int, stop: asyncio.Event | None = None) -> int:
+    """Batches of `router.privacy.purge_expired` until nothing expired is left; returns the messages erased."""
+    from paidan.db import transaction
+    from router.privacy import purge_expired
+
+    total = 0
+    while stop is None or not stop.is_set():
+        with transaction(engine) as session:
+            erased = purge_expired(session, retain_days=retain_days, now=datetime.now(UTC), limit=PURGE_BATCH)
+        if not erased:
+            break
+        total += erased
+    return total
 
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)

@@ -124,6 +124,14 @@ class TelegramSettings(BaseModel):
         return value
 
 
+class PrivacySettings(BaseModel):
+    """Personal data; in paidan.toml under [privacy], in the environment as PAIDAN_PRIVACY__FIELD."""
+
+    # Days after a ticket is resolved or closed before its messages and attachments are erased (the
+    # ticket, its labels and times stay, so reports still count it). 0: keep everything forever.
+    retain_days: int = Field(default=0, ge=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PAIDAN_", env_nested_delimiter="__", extra="ignore", frozen=True)
 
@@ -169,6 +177,7 @@ class Settings(BaseSettings):
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     email: EmailSettings = Field(default_factory=EmailSettings)
     telegram: TelegramSettings = Field(default_factory=TelegramSettings)
+    privacy: PrivacySettings = Field(default_factory=PrivacySettings)
 
     log_level: str = "INFO"
     log_json: bool = False
