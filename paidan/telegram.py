@@ -49,6 +49,7 @@ from paidan.outbound import pause, send_outbox_forever
 from paidan.surveys import survey_button_pressed, survey_reply
 from paidan.settings import Settings
 from paidan.telegram_console import answer_agent
+from router import delivery
 from router.config import RouterConfig
 from router.cursors import load_cursor, save_cursor
 
@@ -315,5 +316,6 @@ async def _register_webhook(bot: Bot, url: str, secret: str, stop: asyncio.Event
 
 async def _send_forever(bot: Bot, engine: Engine, settings: Settings, stop: asyncio.Event) -> None:
     send = sync_send(TelegramSender(bot), asyncio.get_running_loop())
-    await send_outbox_forever(engine, "telegram", build_telegram, send, batch=TELEGRAM_BATCH, lease=TELEGRAM_LEASE,
+    build = partial(build_telegram, load_file=partial(delivery.attachment_file, engine))
+    await send_outbox_forever(engine, "telegram", build, send, batch=TELEGRAM_BATCH, lease=TELEGRAM_LEASE,
                               every=settings.telegram.send_poll_seconds, stop=stop)

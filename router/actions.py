@@ -32,11 +32,13 @@ from sqlalchemy.orm.util import identity_key
 from sqlalchemy.orm.attributes import set_committed_value
 
 from models.errors import ActionRefused, NotFound
-from models.tables import Agent, Assignment, LabelCorrection, Message, Ticket, TicketEvent
+from models.message import ERASED
+from models.tables import Agent, Assignment, AttachmentRow, LabelCorrection, Message, Ticket, TicketEvent
 from router import states
 from router.config import PRIORITIES, SUPERVISOR_ROLES, RouterConfig
 from router.intake import our_message_id
-from router.outbox import customer_address, enqueue, notify_agent
+from router import outbox
+from router.outbox import STAFF_CHANNEL, agent_address, customer_address, enqueue, enqueue_many, notify_agent
 
 
 # DESIGN.md's default taxonomy; a deployment with its own label sets passes them as `labels`
@@ -621,6 +623,46 @@ def relabel(session: Session, ticket_number: str, actor: Agent | str | int, head
     if data.get("holder_lacks"):
         summary += f"; the holder lacks {', '.join(data['holder_lacks'])}, consider reassigning"
     return _outcome(session, ticket, "relabel", summary, data)
+
+
+# ---------------------------------------------------------------- files
+
+FILES_PER_REQUEST = 10  # the newest; a chat flooded with fifty documents helps nobody
+
+
+@_written_together
+def send_files(session: Session, ticket_number: str, actor: Agent | str | int, config: RouterConfig,
+               now: datetime) -> Outcome:
+    """The customer's files on the ticket (screenshots, logs, invoices, from any channel) to the
+    agent's own Telegram chat, newest first, so an agent working from the console sees what the
+    customer sent. The holder or a supervisor, as for replying."""
+    agent = resolve_agent(session, actor)
+    ticket = _ticket(session, ticket_number)
+    if ticket.state == states.MERGED:
+        _refuse_if_finished(session, ticket, "see the files of")
+    _require_holder_or_supervisor(session, ticket, agent, "see the files of")
+    if not agent.telegram_id:
+        raise ActionRefused(f"{agent.name} has no Telegram id to send the files to: "
+                            f"`paidan agents set {agent.name} --telegram-id ID`")
+    files = session.execute(
+        select(AttachmentRow.id, AttachmentRow.filename, AttachmentRow.size, Message.received_at)
+        .join(Message, Message.id == AttachmentRow.message_id)
+        .where(Message.ticket_id == ticket.id, Message.direction == "in", AttachmentRow.filename != ERASED)
+        .order_by(AttachmentRow.id.desc())
+    ).all()
+    if not files:
+        raise ActionRefused(f"the customer sent no files on {ticket.number}")
+    chosen = files[:FILES_PER_REQUEST]
+    enqueue_many(session, [
+        outbox.item(kind="file", channel=STAFF_CHANNEL, recipient=agent_address(agent), ticket_id=ticket.id, now=now,
+                    payload={"ticket": ticket.number, "attachment_id": f.id, "filename": f.filename, "size": f.size,
+                             "received_at": _iso(f.received_at)})
+        for f in reversed(chosen)  # oldest of them first, so the chat reads in order
+    ])
+    summary = f"{len(chosen)} file(s) of {ticket.number} on their way: " + ", ".join(f.filename for f in chosen)
+    if len(files) > len(chosen):
+        summary += f"; {len(files) - len(chosen)} older one(s) not sent (`paidan tickets show {ticket.number}`)"
+    return _outcome(session, ticket, "files", summary, {"files": [f.id for f in chosen], "total": len(files)})
 
 
 # ---------------------------------------------------------------- availability

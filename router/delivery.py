@@ -14,7 +14,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
-from models.tables import OutboxItem, TicketEvent
+from models.message import ERASED
+from models.tables import AttachmentRow, OutboxItem, TicketEvent
 
 # A temporary failure is retried after 1 min, 2, 4, … doubling up to an hour between tries.
 FIRST_RETRY = timedelta(minutes=1)
@@ -124,3 +125,13 @@ def retry_delay(attempts: int) -> timedelta:
     """How long to wait after the `attempts`-th try failed: doubling from FIRST_RETRY, capped."""
     doublings = min(max(attempts - 1, 0), 16)  # 2**16 minutes is far past the cap already
     return min(FIRST_RETRY * 2 ** doublings, LONGEST_RETRY)
+
+
+def attachment_file(engine: Engine, attachment_id: int) -> tuple[str, bytes] | None:
+    """A stored attachment's name and bytes, for a sender sending it on (Telegram's "file" items)."""
+    with Session(engine) as session:
+        row = session.execute(select(AttachmentRow.filename, AttachmentRow.data)
+                              .where(AttachmentRow.id == attachment_id)).first()
+    if row is None or row.filename == ERASED:  # erased on request since it was queued
+        return None
+    return row.filename, row.data

@@ -21,6 +21,7 @@ is set. Updates are not pushed to the URL: a test posts them itself, playing Tel
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import threading
 import time
@@ -252,11 +253,17 @@ class FakeBotAPI:
             elif request.can_read_body:
                 form = await request.post()
                 for key, value in form.items():
-                    # Uploaded files are recorded by name and size; their bytes are not kept.
+                    # Uploaded files are recorded by name, size and digest; their bytes are not kept.
                     if isinstance(value, web.FileField):
-                        raw[key] = {"filename": value.filename, "size": len(value.file.read())}
+                        data = value.file.read()
+                        raw[key] = {"filename": value.filename, "size": len(data),
+                                    "sha256": hashlib.sha256(data).hexdigest()}
                     else:
                         raw[key] = value
+        # aiogram uploads a file as its own form field and names it in the parameter ("attach://x").
+        for key, value in list(raw.items()):
+            if isinstance(value, str) and value.startswith("attach://") and value[9:] in raw:
+                raw[key] = raw.pop(value[9:])
         return {key: _decode_value(key, value) for key, value in raw.items()}
 
     def _take_failure(self, method: str) -> web.Response | None:
@@ -338,6 +345,16 @@ class FakeBotAPI:
         # A sent Message only ever carries an inline keyboard; reply keyboards are not echoed.
         if isinstance(markup, dict) and "inline_keyboard" in markup:
             message["reply_markup"] = markup
+        return message
+
+    def _api_senddocument(self, params: dict[str, Any]) -> dict[str, Any]:
+        message = self._api_sendmessage({**params, "text": ""})
+        del message["text"]
+        document = params.get("document") if isinstance(params.get("document"), dict) else {}
+        message["document"] = {"file_id": f"doc-{message['message_id']}", "file_unique_id": f"u{message['message_id']}",
+                               "file_name": document.get("filename"), "file_size": document.get("size")}
+        if params.get("caption"):
+            message["caption"] = str(params["caption"])
         return message
 
     def _api_answercallbackquery(self, params: dict[str, Any]) -> bool:

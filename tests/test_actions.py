@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from factories import KeywordClassifier, make_message
-from models import Channel, ThreadRefs
+from models import Attachment, Channel, ThreadRefs
 from models.errors import ActionRefused, IllegalTransition, NotFound
 from models.tables import (
     Agent,
@@ -487,6 +487,32 @@ def test_a_merged_ticket_refuses_every_action_and_names_where_to_go(staff):
                            (actions.reopen, {})]:
         with pytest.raises(ActionRefused, match=f"was merged; act on {keep} instead"):
             act(staff, action, gone, name or "Sue", **kwargs)
+
+
+# ---------------------------------------------------------------- files
+
+
+def test_files_go_to_the_agents_own_chat_newest_ten_and_only_to_who_may_see_them(staff):
+    with transaction(staff) as session:
+        session.scalar(select(Agent).where(Agent.name == "Sue")).telegram_id = 9001
+    shots = tuple(Attachment(f"shot{i:02}.png", "image/png", bytes([i]) * 100) for i in range(12))
+    number, name = accepted(staff, attachments=shots)
+    with pytest.raises(ActionRefused, match=f"{name} has no Telegram id to send the files to"):
+        act(staff, actions.send_files, number, name)
+    stranger = other_service_agent(name)
+    with pytest.raises(ActionRefused, match=f"you cannot see the files of ticket {number}"):
+        act(staff, actions.send_files, number, stranger)
+
+    outcome = act(staff, actions.send_files, number, "Sue")
+    assert outcome.data["total"] == 12 and "2 older one(s) not sent" in outcome.summary
+    with Session(staff) as session:
+        items = session.scalars(select(OutboxItem).where(OutboxItem.kind == "file").order_by(OutboxItem.id)).all()
+    assert [i.payload["filename"] for i in items] == [f"shot{i:02}.png" for i in range(2, 12)]  # in order
+    assert {i.recipient for i in items} == {"telegram:9001"} and items[0].payload["ticket"] == number
+
+    plain = new_ticket(staff, "退款 没有附件", email="plain@example.com")
+    with pytest.raises(ActionRefused, match=f"the customer sent no files on {plain}"):
+        act(staff, actions.send_files, plain, "Sue")
 
 
 # ---------------------------------------------------------------- availability

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import hashlib
 import socket
 import threading
 import uuid
@@ -32,7 +33,7 @@ from connectors.telegram.send import (
     sync_send,
 )
 from factories import KeywordClassifier
-from models import Channel, Identity, IdentityKind, InboundMessage, Sender, ThreadRefs
+from models import Attachment, Channel, Identity, IdentityKind, InboundMessage, Sender, ThreadRefs
 from models.tables import OutboxItem, TicketEvent
 from telegram_api import FakeBotAPI
 
@@ -181,6 +182,24 @@ def test_long_texts_are_cut_within_telegrams_limit_and_say_so():
 # ---------------------------------------------------------------- who can be reached
 
 
+def test_a_file_item_becomes_a_document_captioned_with_its_ticket_unless_the_file_is_gone_or_too_big(monkeypatch):
+    from connectors.telegram import send as send_module
+
+    item = Item("file", "telegram:7001", {"ticket": NUMBER, "attachment_id": 5, "filename": "log.txt",
+                                          "received_at": "2026-11-24T03:00:00+00:00"})
+    stored = {5: ("log.txt", b"ERROR 502 at checkout")}
+    message = build_telegram(item, load_file=stored.get)
+    assert message.chat_id == 7001 and message.document.data == b"ERROR 502 at checkout"
+    assert message.text == f"📎 {NUMBER} · log.txt · 2026-11-24 03:00 UTC"
+    with pytest.raises(PermanentFailure, match="attachment #5 is no longer stored"):
+        build_telegram(item, load_file={}.get)
+    with pytest.raises(PermanentFailure, match="names no attachment"):
+        build_telegram(item)
+    monkeypatch.setattr(send_module, "UPLOAD_LIMIT", 10)
+    with pytest.raises(PermanentFailure, match="Telegram takes files up to 50 MB"):
+        build_telegram(item, load_file=stored.get)
+
+
 @pytest.mark.parametrize("recipient, chat_id", [("telegram:7001", 7001), ("555", 555), ("telegram:-100123", -100123)])
 def test_telegram_recipients_become_chats(recipient, chat_id):
     assert build_telegram(Item("triage", recipient, {"ticket": NUMBER, "text": "x"})).chat_id == chat_id
@@ -286,10 +305,14 @@ def test_a_bot_api_that_does_not_answer_in_time_is_temporary(bot_loop):
 # ---------------------------------------------------------------- deliver_due over the real outbox
 
 
-def telegram_message(user: int, text: str, *, at: datetime = NOW, ticket: str | None = None) -> InboundMessage:
+SCREENSHOT = Attachment("截图.png", "image/png", b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40)
+
+
+def telegram_message(user: int, text: str, *, at: datetime = NOW, ticket: str | None = None,
+                     attachments: tuple[Attachment, ...] = ()) -> InboundMessage:
     return InboundMessage(channel=Channel.TELEGRAM, external_id=f"{user}:{uuid.uuid4().hex[:8]}", text=text,
                           received_at=at, raw=b"{}", thread_refs=ThreadRefs(ticket_number=ticket),
-                          sender=Sender((Identity(IdentityKind.TELEGRAM, str(user)),), "王"))
+                          sender=Sender((Identity(IdentityKind.TELEGRAM, str(user)),), "王"), attachments=attachments)
 
 
 def make_every_kind(engine) -> dict[str, str]:
@@ -315,13 +338,14 @@ def make_every_kind(engine) -> dict[str, str]:
         add_agent(session, "Ann", skills=["service"], telegram_id=7001).online = True
         add_agent(session, "Sue", skills=[], role="supervisor", telegram_id=9001).on_call = True
         add_agent(session, "Zed", skills=[], role="supervisor")  # no Telegram id: cannot be told there
-    refund = arrive(telegram_message(555, "我要退款，订单 20261103884512"))  # ack + offer to Ann
+    refund = arrive(telegram_message(555, "我要退款，订单 20261103884512", attachments=(SCREENSHOT,)))  # ack + offer
     arrive(telegram_message(556, "系统宕机了，全部下单失败"))  # P0 nobody can take: on call, then SLA
     arrive(telegram_message(557, "lowconf 你好"))  # unsure: triage
     late = arrive(telegram_message(558, "我要退款 第二单"))  # offered to Ann, never accepted
     with transaction(engine) as session:
         actions.accept(session, refund, "Ann", config, NOW)
         actions.reply(session, refund, "Ann", "<b>收到</b>，正在处理 *退款*", config, NOW)
+        actions.send_files(session, refund, "Ann", config, NOW)  # the customer's screenshot, to Ann's chat
     arrive(telegram_message(555, "还没到账", at=NOW + timedelta(minutes=2), ticket=refund), NOW + timedelta(minutes=2))
     with transaction(engine) as session:
         expire_offers(session, config, NOW + timedelta(minutes=11))
@@ -337,7 +361,8 @@ def make_every_kind(engine) -> dict[str, str]:
 def deliver(engine, send, now: datetime):
     from router import delivery
 
-    return deliver_due(partial(delivery.claim_due, engine, "telegram", lease=timedelta(minutes=5)), build_telegram,
+    build = partial(build_telegram, load_file=partial(delivery.attachment_file, engine))
+    return deliver_due(partial(delivery.claim_due, engine, "telegram", lease=timedelta(minutes=5)), build,
                        send, partial(delivery.mark_sent, engine), partial(delivery.mark_failed, engine), now=now)
 
 
@@ -380,6 +405,10 @@ def test_deliver_due_sends_every_kind_the_router_queued_and_records_what_became_
             for button in row} >= {f"accept:{tickets['late']}", f"decline:{tickets['late']}"}
     to_ann = "\n".join(call["text"] for call in sent if call["chat_id"] == 7001)
     assert f"💬 {tickets['refund']} · the customer wrote again" in to_ann
+    [document] = fake.requests("sendDocument")
+    assert document["chat_id"] == 7001 and document["caption"].startswith(f"📎 {tickets['refund']} · 截图.png")
+    assert document["document"] == {"filename": "截图.png", "size": len(SCREENSHOT.data),
+                                    "sha256": hashlib.sha256(SCREENSHOT.data).hexdigest()}
     to_sue = "\n".join(call["text"] for call in sent if call["chat_id"] == 9001)
     for kind in ("triage", "on_call", "escalation", "offer_expired"):
         icon, title, _ = STAFF_KINDS[kind]

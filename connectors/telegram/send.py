@@ -5,7 +5,8 @@ supervisors get their notifications in the agent console's chat, with buttons wh
 answer. Everything goes out as plain text: what customers and agents wrote is never read as markup.
 
 `connectors.outbox.deliver_due` claims, builds, sends and records; it is synchronous and runs in a
-worker thread, so `sync_send` hands each message to the event loop the aiogram Bot lives on.
+worker thread, so `sync_send` hands each message to the event loop the aiogram Bot lives on. A
+"file" item sends a stored attachment to an agent as a document (`/files` in the console).
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import asyncio
 import concurrent.futures
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 from aiogram import Bot
 from aiogram import exceptions as tg
-from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup, LinkPreviewOptions
+from aiogram.types import BufferedInputFile, InlineKeyboardButton, InlineKeyboardMarkup, LinkPreviewOptions
 
 from connectors.outbox import OutboxItem, PermanentFailure, TemporaryFailure, by_language, utc_time
 from connectors.telegram.survey import survey_question
@@ -31,13 +32,30 @@ Buttons = tuple[tuple[tuple[str, str], ...], ...]  # rows of (label, callback_da
 
 
 @dataclass(frozen=True, slots=True)
+class TelegramFile:
+    """A stored attachment going out as a Telegram document."""
+
+    filename: str
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class TelegramSend:
-    """One message to send. Always plain text: `parse_mode` stays None on purpose."""
+    """One message to send. Always plain text: `parse_mode` stays None on purpose. With `document`,
+    the text is the document's caption."""
 
     chat_id: int
     text: str
     buttons: Buttons = ()
     parse_mode: None = None
+    document: TelegramFile | None = None
+
+
+# Bots may upload up to 50 MB a file; a caption holds 1,024 characters.
+UPLOAD_LIMIT = 50 * 1024 * 1024
+CAPTION_LIMIT = 1024
+# Reads a stored attachment: (file name, bytes), or None when it is gone (erased on request).
+FileLoader = Callable[[int], "tuple[str, bytes] | None"]
 
 
 # ---------------------------------------------------------------- building (pure)
@@ -62,17 +80,22 @@ STAFF_KINDS: dict[str, tuple[str, str, str]] = {
     "low_rating": ("😞", "low satisfaction rating",
                    "/show {ticket} shows the conversation; /reopen {ticket} REASON if it is not solved."),
 }
-KNOWN_KINDS = CUSTOMER_KINDS | STAFF_KINDS.keys()
+# A stored attachment sent to an agent as a document (its caption is built by _file_caption).
+FILE_KIND = "file"
+KNOWN_KINDS = CUSTOMER_KINDS | STAFF_KINDS.keys() | {FILE_KIND}
 
 _CHAT_ID = re.compile(r"-?[0-9]{1,20}")
 _EMAIL = re.compile(r"[^@\s:]+@[^@\s]+")
 _PREVIEW_LINES, _PREVIEW_CHARS = 4, 400  # how much of the customer's message an offer quotes
 
 
-def build_telegram(item: OutboxItem) -> TelegramSend:
-    """The Telegram message for one outbox item; PermanentFailure when it cannot become one."""
+def build_telegram(item: OutboxItem, load_file: FileLoader | None = None) -> TelegramSend:
+    """The Telegram message for one outbox item; PermanentFailure when it cannot become one.
+    `load_file` reads the attachment a "file" item sends (paidan's wiring passes the database's)."""
     chat_id = chat_id_of(item.recipient)
     payload = item.payload or {}
+    if item.kind == FILE_KIND:
+        return TelegramSend(chat_id, _file_caption(payload), document=_stored_file(payload, load_file))
     if item.kind == "survey":  # the question, with its five rating buttons
         return TelegramSend(chat_id, *survey_question(payload))
     if item.kind in CUSTOMER_KINDS:
@@ -104,6 +127,26 @@ def chat_id_of(recipient: str) -> int:
     if _EMAIL.fullmatch(value):
         raise PermanentFailure(f"{value!r} is an email address, not a Telegram chat")
     raise PermanentFailure(f"{value!r} is not a Telegram chat id")
+
+
+def _file_caption(payload: dict) -> str:
+    caption = f"📎 {payload.get('ticket') or ''} · {payload.get('filename') or 'file'}"
+    if payload.get("received_at"):
+        caption += f" · {utc_time(payload['received_at'])}"
+    return caption[:CAPTION_LIMIT]
+
+
+def _stored_file(payload: dict, load_file: FileLoader | None) -> TelegramFile:
+    attachment_id = payload.get("attachment_id")
+    if load_file is None or not isinstance(attachment_id, int):
+        raise PermanentFailure(f"the file item names no attachment this sender can read ({attachment_id!r})")
+    found = load_file(attachment_id)
+    if found is None:
+        raise PermanentFailure(f"attachment #{attachment_id} is no longer stored")
+    filename, data = found
+    if len(data) > UPLOAD_LIMIT:
+        raise PermanentFailure(f"{filename} is {len(data) // (1024 * 1024)} MB; Telegram takes files up to 50 MB")
+    return TelegramFile(filename or f"attachment-{attachment_id}", data)
 
 
 def _customer_text(kind: str, payload: dict) -> str:
@@ -224,6 +267,11 @@ class TelegramSender:
                 for row in message.buttons
             ])
         try:
+            if message.document is not None:
+                await self.bot.send_document(
+                    chat_id=message.chat_id, caption=message.text[:CAPTION_LIMIT], parse_mode=None,
+                    document=BufferedInputFile(message.document.data, filename=message.document.filename))
+                return
             # parse_mode=None explicitly: a Bot built with a default parse mode must not apply it here.
             # No link previews: Telegram's servers would fetch every link we pass on (a customer's URL in
             # an agent's chat, a dashboard sign-in link) and show whatever they found.
