@@ -8,6 +8,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     Float,
     ForeignKey,
@@ -410,3 +411,23 @@ class LinkCode(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     attempts: Mapped[int] = mapped_column(Integer, default=0)  # wrong guesses; too many and it is spent
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class CannedReply(Base):
+    """A saved answer agents send by name (`!refund` in the console), in Chinese, English or both.
+
+    `name` is stored folded to lower case, so the unique constraint is also the case-insensitive look-up.
+    """
+
+    __tablename__ = "canned_replies"
+    __table_args__ = (CheckConstraint("text_zh <> '' OR text_en <> ''", name="some_text"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(32), unique=True)  # a short slug: refund, 退款, vip-sla
+    text_zh: Mapped[str] = mapped_column(Text, default="")
+    text_en: Mapped[str] = mapped_column(Text, default="")
+    category: Mapped[str | None] = mapped_column(String(32))  # which team's answer (technical, service, …)
+    created_by: Mapped[str] = mapped_column(String(120))  # "agent:Sue", "cli:alice"
+    updated_by: Mapped[str] = mapped_column(String(120))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -360,9 +360,11 @@ _add_classifier_commands()
 def _add_router_commands() -> None:
     from paidan.cli_customers import customers
     from paidan.cli_report import dashboard, report
+    from paidan.cli_replies import replies
     from paidan.cli_router import TICKET_COMMANDS, queue
 
     cli.add_command(customers)
+    cli.add_command(replies)
     cli.add_command(queue)
     cli.add_command(report)
     cli.add_command(dashboard)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, select
@@ -19,16 +19,18 @@ from sqlalchemy.orm import Session
 from connectors.telegram.console import ConsoleCommand, ConsoleHelp, ConsoleMistake, parse_console
 from connectors.telegram.send import Buttons
 from models.errors import ActionRefused, NotFound, PaidanError
-from models.tables import Agent, Message, SlaClock, Ticket
+from models.tables import Agent, CannedReply, Message, SlaClock, Ticket
 from paidan.cli_router import age_text
 from paidan.db import transaction
-from router import actions, states
+from router import actions, replies, states
 from router.config import RouterConfig
 from router.cursors import claim_once
 
 log = logging.getLogger(__name__)
 
 LIST_LIMIT = 20  # tickets in one /queue or /mine answer: a phone screen or two
+SAVED_REPLIES_LISTED = 40  # names in one /replies answer; `paidan replies list` has them all
+SAVED_REPLY_CHANGES = frozenset({"add_reply", "edit_reply", "remove_reply"})  # supervisors' /replies add|edit|remove
 SHOW_MESSAGES = 5  # the latest messages /show quotes
 QUOTE_CHARS = 160
 
@@ -71,10 +73,14 @@ def run_console(engine: Engine, config: RouterConfig, telegram_id: int, command:
                 return _READS[command.action](session, agent, command, now)
         with transaction(engine) as session:
             if once is not None and claim_once(session, once, now) is not None:
-                return ConsoleAnswer(f"already done: this {command.action} of {command.ticket} arrived twice "
-                                     f"and was carried out once (/show {command.ticket})")
+                return ConsoleAnswer(_already_done(command))
             agent = actions.agent_for_telegram(session, telegram_id)
+            if command.action in SAVED_REPLY_CHANGES:
+                return _change_saved_reply(session, agent, command, config, now)
             outcome = _act(session, agent, command, config, now)
+    except replies.UnknownReply as error:
+        guess = f" (did you mean !{' or !'.join(error.close)}?)" if error.close else ""
+        return ConsoleAnswer(f"no saved reply called {error.name!r}{guess}; /replies lists them (nothing was sent)")
     except PaidanError as error:
         return ConsoleAnswer(str(error))
     except OperationalError:
@@ -95,6 +101,8 @@ def _act(session: Session, agent: Agent, command: ConsoleCommand, config: Router
             return actions.accept(session, number, agent, config, now)
         case "decline":
             return actions.decline(session, number, agent, config, now, reason=command.text)
+        case "reply" if command.saved:
+            return _send_saved_reply(session, agent, command, config, now)
         case "reply" | "note":
             return actions.reply(session, number, agent, command.text, config, now, public=command.action == "reply")
         case "wait":
@@ -110,8 +118,25 @@ def _act(session: Session, agent: Agent, command: ConsoleCommand, config: Router
     raise ActionRefused(f"the console has no action {command.action!r}; send /help for the commands")
 
 
+def _send_saved_reply(session: Session, agent: Agent, command: ConsoleCommand, config: RouterConfig,
+                      now: datetime) -> actions.Outcome:
+    """`!name`: the saved reply, filled in for this ticket's customer, goes out as a typed reply would."""
+    rendered = replies.for_ticket(session, command.saved, command.ticket or "", agent.name, extra=command.text)
+    outcome = actions.reply(session, command.ticket or "", agent, rendered.text, config, now)
+    return replace(outcome, data={**outcome.data, "saved_reply": rendered.name, "language": rendered.language})
+
+
+def _already_done(command: ConsoleCommand) -> str:
+    if command.ticket:
+        return (f"already done: this {command.action} of {command.ticket} arrived twice and was carried out once "
+                f"(/show {command.ticket})")
+    return "already done: this message arrived twice and was carried out once (send /replies to see them)"
+
+
 def _outcome_answer(outcome: actions.Outcome) -> ConsoleAnswer:
     lines = [outcome.summary, f"state: {outcome.state}" + (f" · held by {outcome.agent}" if outcome.agent else "")]
+    if outcome.data.get("saved_reply"):
+        lines.append(f"sent the saved reply !{outcome.data['saved_reply']} ({outcome.data['language']})")
     if outcome.data.get("warning"):
         lines.append(f"note: {outcome.data['warning']}")
     if outcome.action == "accept":
@@ -212,8 +237,57 @@ def _author(message: Message) -> str:
     return f"→ {name}" if message.public else f"🔒 note by {name}"
 
 
+# ---------------------------------------------------------------- saved replies
+
+
+def _saved_replies(session: Session, agent: Agent, command: ConsoleCommand, now: datetime) -> ConsoleAnswer:
+    """`/replies`: each saved reply's name and first line; `/replies NAME`: that one in full."""
+    if command.saved:
+        return _saved_reply(replies.get_reply(session, command.saved))
+    rows = replies.list_replies(session)
+    if not rows:
+        return ConsoleAnswer("no saved replies yet; a supervisor adds one: /replies add refund 中文 || English "
+                             "(or `paidan replies add`)")
+    lines = [f"常用回复 · saved replies ({len(rows)}):"]
+    for reply in rows[:SAVED_REPLIES_LISTED]:
+        category = f" · {reply.category}" if reply.category else ""
+        lines.append(f"!{reply.name}{category} · {_clip(replies.first_line(reply), 40)}")
+    if len(rows) > SAVED_REPLIES_LISTED:
+        lines.append("… more in `paidan replies list`")
+    lines.append("send one: /reply GD… !name [your words], or answer a ticket's message with !name")
+    return ConsoleAnswer("\n".join(lines))
+
+
+def _saved_reply(reply: CannedReply) -> ConsoleAnswer:
+    about = " · ".join(part for part in (f"!{reply.name}", reply.category, f"updated by {reply.updated_by}") if part)
+    return ConsoleAnswer("\n".join([about, f"中文: {reply.text_zh or '(none: the English text is sent)'}",
+                                    f"English: {reply.text_en or '(none: the Chinese text is sent)'}"]))
+
+
+def _change_saved_reply(session: Session, agent: Agent, command: ConsoleCommand, config: RouterConfig,
+                        now: datetime) -> ConsoleAnswer:
+    """Supervisors keep the saved replies: `/replies add|edit NAME 中文 || English`, `/replies remove NAME`."""
+    if not actions.is_supervisor(agent):
+        # Raised, not answered: a refusal commits nothing, so a redelivery is judged afresh.
+        raise ActionRefused("常用回复由主管维护 · only supervisors and admins change the saved replies; "
+                            "ask one of them, or send /replies to see them")
+    by, categories = f"agent:{agent.name}", actions.label_sets(config)["category"]
+    if command.action == "remove_reply":
+        return ConsoleAnswer(f"removed !{replies.remove_reply(session, command.saved)}")
+    if command.action == "add_reply":
+        reply = replies.add_reply(session, command.saved, zh=command.zh, en=command.en, by=by, now=now,
+                                  categories=categories)
+        done = "saved"
+    else:  # edit: a text left out stays as it was
+        reply = replies.update_reply(session, command.saved, zh=command.zh or None, en=command.en or None, by=by,
+                                     now=now, categories=categories)
+        done = "changed"
+    languages = " and ".join(name for name, text in (("中文", reply.text_zh), ("English", reply.text_en)) if text)
+    return ConsoleAnswer(f"{done} !{reply.name} ({languages}); send it with /reply GD… !{reply.name}")
+
+
 _READS: dict[str, Callable[[Session, Agent, ConsoleCommand, datetime], ConsoleAnswer]] = {
-    "queue": _queue, "mine": _mine, "show": _show,
+    "queue": _queue, "mine": _mine, "show": _show, "replies": _saved_replies,
 }
 
 

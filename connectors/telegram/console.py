@@ -28,6 +28,12 @@ TICKET_COMMANDS: dict[str, str] = {
     "show": f"/show {EXAMPLE}",
 }
 LISTING_COMMANDS = frozenset({"queue", "mine", "dashboard"})  # commands that name no ticket
+# `/replies` lists the saved replies, `/replies NAME` shows one; supervisors keep them with these.
+SAVED_REPLY_COMMANDS: dict[str, str] = {
+    "add": "/replies add refund 您好，退款将在 3-5 个工作日内到账 || Hello, the refund arrives in 3-5 working days",
+    "edit": "/replies edit refund || Hello {name}, the refund arrives in 3-5 working days",
+    "remove": "/replies remove refund",
+}
 HELP_COMMANDS = frozenset({"help", "start"})
 # What must follow the ticket number, for the commands that need more than the number.
 _NEEDS = {"reply": "text", "note": "text", "reopen": "a reason", "relabel": "a head and a label"}
@@ -36,19 +42,20 @@ BUTTON_ACTIONS = frozenset({"accept", "decline"})
 HELP = "\n".join([
     "派单客服台 · paidan agent console",
     "",
-    "/queue 待分配工单 · tickets waiting for an agent",
-    "/mine 我的工单 · your tickets",
+    "/queue 待分配工单 · waiting tickets   /mine 我的工单 · your tickets",
     "/dashboard 看板 · a sign-in link to the reports (supervisors)",
     "/show GD… 查看工单 · show a ticket",
     "/accept GD… 接单 · accept   /decline GD… [原因 reason] 拒单 · decline",
     "/reply GD… 文字 回复客户 · reply to the customer",
-    "  直接回复工单通知即可回复客户 · or simply reply to the ticket's notification",
+    "  直接回复工单通知（文字或 !名称）即可 · or simply reply to the ticket's notification",
+    "/reply GD… !名称 [补充] 发送常用回复 · send a saved reply, your words after it",
     "/note GD… 文字 内部备注 · internal note (the customer never sees it)",
     "/wait GD… [说明] 等待客户 · wait for the customer (SLA paused)",
     "/resolve GD… [说明] 已解决 · resolve",
     "/reopen GD… 原因 重新打开 · reopen, with the reason",
     "/relabel GD… priority P1 更正标签 · correct a label (type, category, priority)",
     "/assign GD… [坐席] 转派 · hand on (to an agent, or the best available)",
+    "/replies 常用回复 · list them   /replies add|edit|remove 名称 中文 || English 主管 · supervisors",
 ])
 
 
@@ -56,13 +63,17 @@ HELP = "\n".join([
 class ConsoleCommand:
     """One thing an agent asked for. `ticket` is upper case; the other fields as the action needs."""
 
-    action: str  # a key of TICKET_COMMANDS, or one of LISTING_COMMANDS
+    # A key of TICKET_COMMANDS, one of LISTING_COMMANDS, "replies", or add_reply, edit_reply, remove_reply.
+    action: str
     ticket: str | None = None
     text: str = ""  # the reply or note; the reason or note of decline, wait, resolve and reopen
     head: str = ""  # relabel: type, category or priority (the action checks the label set)
     label: str = ""
     agent: str = ""  # assign: name or id; "" hands it to the best available agent
     via: str = "command"  # "command", "reply" (a Telegram reply to a ticket's message) or "button"
+    saved: str = ""  # the name of a saved reply: the one a reply sends (then `text` follows it), or /replies acts on
+    zh: str = ""  # /replies add and edit: the Chinese and English texts ("" in edit: keep that one)
+    en: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +91,10 @@ class ConsoleMistake:
 ConsoleInput = ConsoleCommand | ConsoleHelp | ConsoleMistake
 
 _COMMAND = re.compile(r"/(\w+)(?:@\w+)?(?:\s+(.*))?", re.DOTALL)
+# A reply that starts with `!name` (or `！name`, as a Chinese keyboard types it) sends the saved reply
+# called so; whatever follows the name is the agent's own words, sent after it. "!!!" is just text.
+_SAVED_REPLY = re.compile(r"[!！]([^\W_][\w-]*)(.*)", re.DOTALL)
+_HAN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 
 
 def parse_console(text: str | None, *, reply_to_text: str | None = None,
@@ -117,14 +132,20 @@ def _command(text: str, reply_to_text: str | None) -> ConsoleInput:
         return ConsoleHelp()
     if name in LISTING_COMMANDS:
         return ConsoleCommand(name)
+    if name == "replies":
+        return _saved_replies(rest)
     if name not in TICKET_COMMANDS:
         return ConsoleMistake(f"there is no command /{name}; send /help for the list")
 
     number, rest = _ticket_and_rest(rest, reply_to_text)
     if number is None:
         if rest:
-            return ConsoleMistake(f"{rest.split()[0]!r} is not a ticket number (GD, the date and a sequence "
-                                  f"number, e.g. {EXAMPLE}): {TICKET_COMMANDS[name]}")
+            first = rest.split()[0]
+            # `/reply !refund` sent on its own: show the form with that saved reply.
+            right = f"/reply {EXAMPLE} {first}" if name == "reply" and _SAVED_REPLY.fullmatch(first) \
+                else TICKET_COMMANDS[name]
+            return ConsoleMistake(f"{first!r} is not a ticket number (GD, the date and a sequence "
+                                  f"number, e.g. {EXAMPLE}): {right}")
         return _needs(name)
     if name in _NEEDS and not rest:
         return _needs(name)
@@ -137,7 +158,49 @@ def _command(text: str, reply_to_text: str | None) -> ConsoleInput:
         return ConsoleCommand(name, number, agent=rest)
     if name in ("accept", "show"):
         return ConsoleCommand(name, number)  # anything after the number says nothing more
+    if name == "reply":
+        return _reply(number, rest, via="command")
     return ConsoleCommand(name, number, text=rest)
+
+
+def _reply(number: str, text: str, *, via: str) -> ConsoleCommand:
+    """A reply to the customer: typed text, or `!name [more words]` for a saved reply."""
+    saved = _SAVED_REPLY.fullmatch(text)
+    if saved is None:
+        return ConsoleCommand("reply", number, text=text, via=via)
+    return ConsoleCommand("reply", number, text=saved.group(2).strip(), via=via, saved=saved.group(1))
+
+
+def _saved_replies(rest: str) -> ConsoleInput:
+    """`/replies`, `/replies NAME`; for supervisors `/replies add|edit NAME 中文 || English`, `/replies remove NAME`."""
+    words = rest.split(maxsplit=2)  # the texts keep their own lines
+    if not words:
+        return ConsoleCommand("replies")
+    verb = words[0].lower()
+    if verb not in SAVED_REPLY_COMMANDS:
+        if len(words) > 1:
+            return ConsoleMistake(f"/replies takes add, edit or remove, or one name to show: "
+                                  f"/replies refund or {SAVED_REPLY_COMMANDS['add']}")
+        return ConsoleCommand("replies", saved=words[0])
+    action = f"{verb}_reply"
+    if verb == "remove":
+        if len(words) != 2:
+            return ConsoleMistake(f"/replies remove needs the name of one saved reply: {SAVED_REPLY_COMMANDS[verb]}")
+        return ConsoleCommand(action, saved=words[1])
+    if len(words) < 3:
+        return ConsoleMistake(f"/replies {verb} needs a name and the text, Chinese || English: "
+                              f"{SAVED_REPLY_COMMANDS[verb]}")
+    zh, en = _texts(words[2])
+    return ConsoleCommand(action, saved=words[1], zh=zh, en=en)
+
+
+def _texts(text: str) -> tuple[str, str]:
+    """"中文 || English" as (zh, en); one text alone is Chinese if it has Chinese characters, else English."""
+    if "||" in text:
+        zh, _, en = text.partition("||")
+        return zh.strip(), en.strip()
+    text = text.strip()
+    return (text, "") if _HAN.search(text) else ("", text)
 
 
 def _ticket_and_rest(rest: str, reply_to_text: str | None) -> tuple[str | None, str]:
@@ -169,7 +232,7 @@ def _reply_to_ticket_message(text: str, reply_to_text: str | None) -> ConsoleInp
         listed = ", ".join(named[:3]) + (", …" if len(named) > 3 else "")
         return ConsoleMistake(f"the message you replied to names several tickets ({listed}); "
                               f"say which: /reply {named[0]} {_clip(text, 20)}")
-    return ConsoleCommand("reply", named[0], text=text, via="reply")
+    return _reply(named[0], text, via="reply")
 
 
 def _clip(text: str, limit: int) -> str:
