@@ -16,7 +16,13 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from connectors.telegram.console import ConsoleCommand, ConsoleHelp, ConsoleMistake, parse_console
+from connectors.telegram.console import (
+    AVAILABILITY_COMMANDS,
+    ConsoleCommand,
+    ConsoleHelp,
+    ConsoleMistake,
+    parse_console,
+)
 from connectors.telegram.send import Buttons
 from models.errors import ActionRefused, NotFound, PaidanError
 from models.tables import Agent, CannedReply, Message, SlaClock, Ticket
@@ -77,6 +83,9 @@ def run_console(engine: Engine, config: RouterConfig, telegram_id: int, command:
             agent = actions.agent_for_telegram(session, telegram_id)
             if command.action in SAVED_REPLY_CHANGES:
                 return _change_saved_reply(session, agent, command, config, now)
+            if command.action in AVAILABILITY_COMMANDS:
+                return ConsoleAnswer(actions.set_availability(session, agent, command.action == "online", config,
+                                                              now).summary)
             outcome = _act(session, agent, command, config, now)
     except replies.UnknownReply as error:
         guess = f" (did you mean !{' or !'.join(error.close)}?)" if error.close else ""
@@ -115,6 +124,10 @@ def _act(session: Session, agent: Agent, command: ConsoleCommand, config: Router
             return actions.relabel(session, number, agent, command.head, command.label, config, now)
         case "assign":
             return actions.reassign(session, number, agent, config, now, to=command.agent or None)
+        case "files":
+            return actions.send_files(session, number, agent, config, now)
+        case "merge":
+            return actions.merge(session, number, agent, config, now, into=command.into, reason=command.text)
     raise ActionRefused(f"the console has no action {command.action!r}; send /help for the commands")
 
 
@@ -130,7 +143,8 @@ def _already_done(command: ConsoleCommand) -> str:
     if command.ticket:
         return (f"already done: this {command.action} of {command.ticket} arrived twice and was carried out once "
                 f"(/show {command.ticket})")
-    return "already done: this message arrived twice and was carried out once (send /replies to see them)"
+    hint = " (send /replies to see them)" if command.action in SAVED_REPLY_CHANGES else ""
+    return f"already done: this message arrived twice and was carried out once{hint}"
 
 
 def _outcome_answer(outcome: actions.Outcome) -> ConsoleAnswer:

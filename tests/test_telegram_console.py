@@ -51,6 +51,11 @@ REFUND = "我要退款，订单 20261103884512"  # request/service for the keywo
     ("/queue", ConsoleCommand("queue")),
     ("/mine@paidan_bot", ConsoleCommand("mine")),
     ("/dashboard", ConsoleCommand("dashboard")),
+    ("/files gd20261123001", ConsoleCommand("files", NUMBER)),
+    ("/merge GD20261123002 gd20261123001 同一笔订单", ConsoleCommand("merge", "GD20261123002", into=NUMBER, text="同一笔订单")),
+    ("/merge GD20261123002 GD20261123001", ConsoleCommand("merge", "GD20261123002", into=NUMBER)),
+    ("/online", ConsoleCommand("online")),
+    ("/offline@paidan_bot", ConsoleCommand("offline")),
     ("  /help  ", ConsoleHelp()),
     ("/start", ConsoleHelp()),
 ])
@@ -92,6 +97,8 @@ def test_buttons():
     ("/relabel GD20261123001 priority", None, None,
      "/relabel needs a ticket number and a head and a label: /relabel GD20261123001 priority P1"),
     ("/relabel GD20261123001 priority P1 P2", None, None, "/relabel needs a ticket number and a head and a label"),
+    ("/merge GD20261123002", None, None, "/merge needs a ticket number and the ticket it repeats: /merge "),
+    ("/merge GD20261123002 the other one", None, None, "'the' is not a ticket number; name the ticket GD20261123002"),
     ("/frobnicate", None, None, "there is no command /frobnicate; send /help for the list"),
     ("/", None, None, "'/' is not a command; send /help for the list"),
     ("hello", None, None, "to answer a customer, reply to the ticket's message or send /reply GD20261123001 您好…"),
@@ -110,7 +117,7 @@ def test_mistakes_say_what_was_wrong_and_the_right_form(text, reply_to_text, cal
 
 def test_help_is_short_and_chinese_first():
     lines = HELP.splitlines()
-    assert len(lines) <= 16 and all(len(line) <= 90 for line in lines)
+    assert len(lines) <= 18 and all(len(line) <= 90 for line in lines)  # one screen of a phone
     assert lines[0].startswith("派单")
     for command in ("/queue", "/mine", "/show", "/accept", "/decline", "/reply", "/note", "/wait", "/resolve",
                     "/reopen", "/relabel", "/assign", "/dashboard"):
@@ -233,6 +240,39 @@ def test_refusals_are_answered_with_their_sentence(staff):
     assert ticket(staff, number).state == "assigned"  # nothing changed
     assert say(staff, holder, f"/relabel {number} mood grumpy").text.startswith("there is no label head 'mood'")
     assert say(staff, holder, "/accept GD20990101001").text.startswith("no ticket 'GD20990101001'")
+
+
+def test_an_agent_gets_the_customers_files_merges_a_duplicate_and_goes_offline_from_telegram(staff):
+    from models import Attachment
+
+    number = new_ticket(staff)
+    agent = holder_id(staff, number)
+    name = "Ann" if agent == ANN else "Bo"
+    say(staff, agent, None, button=f"accept:{number}")
+    assert say(staff, agent, f"/files {number}").text == f"the customer sent no files on {number}"
+    # The customer writes again on another topic with a screenshot: a second ticket, offered to the same agent.
+    shot = InboundMessage(channel=Channel.TELEGRAM, external_id="555:shot", text="另外发票也开错了",
+                          received_at=NOW, raw=b"{}", sender=Sender((Identity(IdentityKind.TELEGRAM, "555"),), "王"),
+                          attachments=(Attachment("发票.jpg", "image/jpeg", b"\xff\xd8 jpeg"),))
+    from router.intake import Intake
+
+    second = Intake(staff, clock=lambda: NOW).accept_now(shot).ticket_number
+    assert second != number
+
+    merged = say(staff, SUE, f"/merge {second} {number} 同一位客户")
+    assert merged.text.startswith(f"{second} merged into {number}: 1 message(s) moved")
+    assert ticket(staff, second).state == "merged"
+    files = say(staff, agent, f"/files {number}")
+    assert files.text.startswith(f"1 file(s) of {number} on their way: 发票.jpg")
+    with Session(staff) as session:
+        [item] = session.scalars(select(OutboxItem).where(OutboxItem.kind == "file")).all()
+    assert item.recipient == f"telegram:{agent}" and item.payload["filename"] == "发票.jpg"
+
+    gone = say(staff, agent, "/offline")
+    assert gone.text == f"{name} is offline: no new tickets are offered; still yours: {number} (hand them on " \
+                        f"with /assign or `paidan tickets assign`)"
+    back = say(staff, agent, "/online", at=NOW + timedelta(minutes=1))
+    assert back.text == f"{name} is online; no ticket is waiting"
 
 
 def test_someone_who_is_not_an_agent_learns_how_to_become_one(staff):

@@ -26,8 +26,11 @@ TICKET_COMMANDS: dict[str, str] = {
     "relabel": f"/relabel {EXAMPLE} priority P1",
     "assign": f"/assign {EXAMPLE} [agent]",
     "show": f"/show {EXAMPLE}",
+    "files": f"/files {EXAMPLE}",
+    "merge": "/merge GD20261123002 GD20261123001 [原因 reason]",
 }
 LISTING_COMMANDS = frozenset({"queue", "mine", "dashboard"})  # commands that name no ticket
+AVAILABILITY_COMMANDS = frozenset({"online", "offline"})  # an agent starts or ends their working time
 # `/replies` lists the saved replies, `/replies NAME` shows one; supervisors keep them with these.
 SAVED_REPLY_COMMANDS: dict[str, str] = {
     "add": "/replies add refund 您好，退款将在 3-5 个工作日内到账 || Hello, the refund arrives in 3-5 working days",
@@ -36,7 +39,8 @@ SAVED_REPLY_COMMANDS: dict[str, str] = {
 }
 HELP_COMMANDS = frozenset({"help", "start"})
 # What must follow the ticket number, for the commands that need more than the number.
-_NEEDS = {"reply": "text", "note": "text", "reopen": "a reason", "relabel": "a head and a label"}
+_NEEDS = {"reply": "text", "note": "text", "reopen": "a reason", "relabel": "a head and a label",
+          "merge": "the ticket it repeats"}
 BUTTON_ACTIONS = frozenset({"accept", "decline"})
 
 HELP = "\n".join([
@@ -44,7 +48,7 @@ HELP = "\n".join([
     "",
     "/queue 待分配工单 · waiting tickets   /mine 我的工单 · your tickets",
     "/dashboard 看板 · a sign-in link to the reports (supervisors)",
-    "/show GD… 查看工单 · show a ticket",
+    "/show GD… 查看工单 · show a ticket   /files GD… 客户附件 · the customer's files",
     "/accept GD… 接单 · accept   /decline GD… [原因 reason] 拒单 · decline",
     "/reply GD… 文字 回复客户 · reply to the customer",
     "  直接回复工单通知（文字或 !名称）即可 · or simply reply to the ticket's notification",
@@ -55,6 +59,8 @@ HELP = "\n".join([
     "/reopen GD… 原因 重新打开 · reopen, with the reason",
     "/relabel GD… priority P1 更正标签 · correct a label (type, category, priority)",
     "/assign GD… [坐席] 转派 · hand on (to an agent, or the best available)",
+    "/merge GD…2 GD…1 [原因] 合并工单 · merge the first into the second (one customer's)",
+    "/online /offline 上线 / 下线 · start or stop taking new tickets",
     "/replies 常用回复 · list them   /replies add|edit|remove 名称 中文 || English 主管 · supervisors",
 ])
 
@@ -71,6 +77,7 @@ class ConsoleCommand:
     label: str = ""
     agent: str = ""  # assign: name or id; "" hands it to the best available agent
     via: str = "command"  # "command", "reply" (a Telegram reply to a ticket's message) or "button"
+    into: str = ""  # merge: the ticket that carries on
     saved: str = ""  # the name of a saved reply: the one a reply sends (then `text` follows it), or /replies acts on
     zh: str = ""  # /replies add and edit: the Chinese and English texts ("" in edit: keep that one)
     en: str = ""
@@ -130,7 +137,7 @@ def _command(text: str, reply_to_text: str | None) -> ConsoleInput:
     name, rest = match.group(1).lower(), (match.group(2) or "").strip()
     if name in HELP_COMMANDS:
         return ConsoleHelp()
-    if name in LISTING_COMMANDS:
+    if name in LISTING_COMMANDS or name in AVAILABILITY_COMMANDS:
         return ConsoleCommand(name)
     if name == "replies":
         return _saved_replies(rest)
@@ -156,8 +163,14 @@ def _command(text: str, reply_to_text: str | None) -> ConsoleInput:
         return ConsoleCommand(name, number, head=words[0].lower(), label=words[1])
     if name == "assign":
         return ConsoleCommand(name, number, agent=rest)
-    if name in ("accept", "show"):
+    if name in ("accept", "show", "files"):
         return ConsoleCommand(name, number)  # anything after the number says nothing more
+    if name == "merge":
+        into, reason = (rest.split(maxsplit=1) + [""])[:2]
+        if not TICKET_NUMBER.fullmatch(into):
+            return ConsoleMistake(f"{into!r} is not a ticket number; name the ticket {number} repeats: "
+                                  f"{TICKET_COMMANDS[name]}")
+        return ConsoleCommand(name, number, into=into.upper(), text=reason.strip())
     if name == "reply":
         return _reply(number, rest, via="command")
     return ConsoleCommand(name, number, text=rest)
