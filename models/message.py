@@ -7,6 +7,7 @@ and compare them freely.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -16,6 +17,26 @@ from enum import StrEnum
 # stored (nothing is lost) but never open a ticket, reopen one or get an acknowledgement, so two
 # robots cannot answer each other forever (DESIGN.md, "No loops").
 MACHINE_FLAGS = frozenset({"auto_reply", "bounce"})
+
+# Han characters (CJK ideographs and their extensions A and compatibility forms) and Latin words.
+_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_LATIN_WORD = re.compile(r"[A-Za-z]{2,}")
+
+
+def written_language(text: str) -> str | None:
+    """"zh" or "en" by the script a message is written in, for channels that do not say (email, the
+    API); None when it shows neither. A Chinese writer mixes in English words (iPhone, error 502) far
+    more often than an English writer uses Chinese (a signature, 王芳), so a Han character counts as
+    much as two Latin words."""
+    sample = text[:4000]
+    han = len(_HAN.findall(sample))
+    words = len(_LATIN_WORD.findall(sample))
+    if han >= 2 and han * 2 >= words:
+        return "zh"
+    if words >= 2:
+        return "en"
+    return None
+
 
 # What an erased text reads (a person's data forgotten on request, or past retention): a fixed
 # marker, so a reader sees something was there, and so retraining can leave such texts out.

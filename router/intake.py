@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQL
 from sqlalchemy.orm import Session
 
 from models.errors import ActionRefused, PaidanError, StorageUnavailable
-from models.message import MACHINE_FLAGS, InboundMessage, Receipt
+from models.message import MACHINE_FLAGS, InboundMessage, Receipt, written_language
 from models.tables import (
     AttachmentRow,
     Customer,
@@ -131,7 +131,9 @@ def store_batch(
                     "channel": by_pos[pos].channel.value,
                     "subject": _subject(by_pos[pos]),
                     "state": states.CLOSED if pos in machine else states.NEW,
-                    "language": by_pos[pos].language,
+                    # The channel's word (Telegram's app language, the form's), else the script it is
+                    # written in: email says nothing, and a Chinese mail deserves a Chinese answer.
+                    "language": by_pos[pos].language or written_language(f"{by_pos[pos].subject}\n{by_pos[pos].text}"),
                     # identity conflicts and rejected references: for triage; auto_reply / bounce
                     "flags": [*flags_of[pos], *_machine_flags(by_pos[pos])],
                     "routed_at": now if pos in machine else None,  # the router leaves it alone

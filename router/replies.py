@@ -20,6 +20,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from models.errors import InvalidInput, NotFound
+from models.message import written_language
 from models.tables import CannedReply, Customer, Message, Ticket
 from router.actions import DEFAULT_LABELS
 from router.dialects import PerDialect
@@ -40,8 +41,6 @@ LANGUAGES = ("zh", "en")
 
 # {{ and }} are literal braces (as in str.format); {word} is a placeholder; a lone brace is a mistake.
 _TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
-_HAN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
-_LATIN = re.compile(r"[A-Za-z]")
 
 _INSERT = PerDialect(lambda insert: insert(CannedReply.__table__)
                      .on_conflict_do_nothing(index_elements=["name"]).returning(CannedReply.__table__.c.id))
@@ -205,19 +204,16 @@ def rendered_language(reply: CannedReply, language: str | None) -> str:
 
 
 def customer_language(session: Session, ticket: Ticket) -> str | None:
-    """The language to answer the ticket's customer in: the ticket's (the channel said so), else the
-    customer's, else the script of what they wrote (email says no language at all); None if unclear."""
+    """The language to answer the ticket's customer in: the ticket's (the channel said so, or intake
+    read it off the script), else the customer's, else the script of their first message (tickets
+    from before intake read it); None if unclear."""
     customer = session.get(Customer, ticket.customer_id)
     for tag in (ticket.language, customer.language if customer else None):
         if _primary(tag):
             return _primary(tag)
     written = session.scalar(select(Message.text).where(Message.ticket_id == ticket.id, Message.direction == "in")
                              .order_by(Message.id).limit(1)) or ""
-    if _HAN.search(f"{ticket.subject} {written}"):
-        return "zh"
-    if _LATIN.search(f"{ticket.subject} {written}"):
-        return "en"
-    return None
+    return written_language(f"{ticket.subject}\n{written}")
 
 
 def for_ticket(session: Session, name: str, ticket_number: str, agent_name: str, *, extra: str = "") -> Rendered:

@@ -700,3 +700,10 @@ def test_corpus_ordinary_mail_is_not_flagged_as_machine(corpus):
         # Beyond the manifest: a mail from MAILER-DAEMON, or any multipart/report, is a machine's.
         head = re.split(rb"\r?\n\r?\n", raw, maxsplit=1)[0]
         assert re.search(rb"(?im)^from:.*mailer-daemon|multipart/report", head), name
+
+
+@pytest.mark.parametrize("header, language", [
+    ("Content-Language: zh-CN", "zh"), ("Content-Language: en-US, zh", "en"), ("Content-Language: de", None), ("", None),
+])
+def test_content_language_names_the_language_when_the_mailer_says_it(header, language):
+    assert parse(mail("Subject: x", *([header] if header else []), body=b"hello there\r\n")).language == language

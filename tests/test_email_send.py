@@ -351,6 +351,21 @@ def test_items_not_yet_due_are_not_claimed(engine):
 # ---------------------------------------------------------------- building (pure)
 
 
+@pytest.mark.parametrize("subject, text, language, says, not_says", [
+    ("退款申请", "我要退款，订单 20261103884512", "zh", "工单号", "your ticket number"),
+    ("Refund", "Hi, I want a refund for order 20261103884512. Thanks, 王芳", "en", "your ticket number", "工单号"),
+    ("", "😀 20261103", None, "工单号", None),  # nothing to tell by: both languages
+])
+def test_an_email_is_acknowledged_in_the_language_it_was_written_in(engine, relay, subject, text, language, says,
+                                                                    not_says):
+    number = new_email_ticket(engine, subject=subject, text=text)
+    with Session(engine) as session:
+        assert session.scalar(select(Ticket.language).where(Ticket.number == number)) == language
+    assert deliver(engine, relay.port, NOW) == DeliveryReport(sent=1)
+    body = relay.accepted[0].get_content()
+    assert says in body and (not_says is None or not_says not in body)
+
+
 def test_an_acknowledgement_in_an_unknown_language_speaks_both():
     message = build_email("ack", CUSTOMER, {"ticket": "GD20261124007", "subject": "", "language": None,
                                             "first_response_due": "2026-11-24T05:00:00+00:00"},

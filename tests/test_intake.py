@@ -234,3 +234,16 @@ def test_an_email_address_is_one_identity_however_it_is_capitalised(engine):
     with Session(engine) as session:
         assert session.scalar(select(func.count()).select_from(Customer)) == 1
         assert session.scalars(select(Identity.value)).all() == ["zhang.wei@example.com"]
+
+
+@pytest.mark.parametrize("text, language", [
+    ("我的 iPhone 登录不了，一直报 error 502", "zh"),  # Chinese with English words is Chinese
+    ("您好，退款还没到账。\n\n--\nBest regards\nZhang Wei\nACME Trading Co., Ltd.", "zh"),
+    ("Hi, my order 20261103 is lost. Thanks, 王芳", "en"),  # a Chinese signature does not make it Chinese
+    ("在吗", "zh"),
+    ("hello?", None), ("😀😀 12345", None), ("", None),
+])
+def test_a_message_that_names_no_language_is_read_by_its_script(text, language):
+    from models.message import written_language
+
+    assert written_language(text) == language

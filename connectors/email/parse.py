@@ -803,9 +803,17 @@ def _parse(
         attachments=tuple(attachments),
         thread_refs=ThreadRefs(ticket_number(subject), in_reply_to, tuple(references)),
         message_id=message_id if message_id and len(message_id) <= MAX_EXTERNAL_ID else None,
-        language=None,
+        language=_content_language(msg),
         flags=tuple(f for f in FLAG_ORDER if f in flags),
     )
+
+
+def _content_language(msg: Message) -> str | None:
+    """Content-Language (RFC 3282), when the mailer says "zh-CN" or "en"; otherwise intake reads the
+    language off the text's script."""
+    tag = str(msg.get("Content-Language") or "").split(",")[0].strip().lower()
+    primary = tag.split("-")[0]
+    return primary if primary in ("zh", "en") else None
 
 
 def _external_id(message_id: str | None, digest: str) -> str:
