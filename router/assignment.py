@@ -38,7 +38,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
 from models.errors import ActionRefused, IllegalTransition, NotFound
-from models.tables import Agent, Assignment, Ticket, TicketEvent
+from models.tables import Agent, Assignment, AttachmentRow, Message, Ticket, TicketEvent
 from router import states
 from router.config import RouterConfig
 from router.outbox import enqueue_many, staff_item, supervisor_items, supervisors_of
@@ -943,6 +943,7 @@ def _write_offers(session: Session, offers: list[tuple[Ticket, AgentState, Choic
         offer_ids = {(r.ticket_id, r.agent_id): r.id
                      for r in session.execute(_OFFER_IDS, {"tickets": [t.id for t, _, _ in offers]})}
     session.execute(_TICKETS_OFFERED, [{"ticket_id": t.id, "agent_id": a.id, "now": now} for t, a, _ in offers])
+    files = _customer_files(session, [t.id for t, _, _ in offers])
     events, notices, results = [], [], []
     for ticket, agent, choice in offers:
         offer_id = offer_ids[(ticket.id, agent.id)]
@@ -961,11 +962,21 @@ def _write_offers(session: Session, offers: list[tuple[Ticket, AgentState, Choic
             text=f"{ticket.number}: {ticket.subject or '(no subject)'} — accept within {within}",
             expires_at=expires.isoformat(), reason=choice.reason,
             # What an agent decides on from the notice alone (the Telegram console shows them).
-            priority=ticket.priority, type=ticket.type, category=ticket.category))
+            priority=ticket.priority, type=ticket.type, category=ticket.category, files=files.get(ticket.id, 0)))
         results.append(AssignmentResult(agent.id, agent.name, choice.reason, queued=False, assignment_id=offer_id))
     session.execute(_NEW_EVENTS, events)
     enqueue_many(session, notices)
     return results
+
+
+def _customer_files(session: Session, ticket_ids: list[int]) -> dict[int, int]:
+    """How many files the customer sent on each ticket, so an offer can say so (one grouped query)."""
+    return dict(session.execute(
+        select(Message.ticket_id, func.count(AttachmentRow.id))
+        .join(AttachmentRow, AttachmentRow.message_id == Message.id)
+        .where(Message.ticket_id.in_(ticket_ids), Message.direction == "in")
+        .group_by(Message.ticket_id)
+    ).all())
 
 
 def _event_row(ticket: Ticket, at: datetime, actor: str, kind: str, reason: str, *, from_state: str | None = None,

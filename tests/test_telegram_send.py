@@ -108,7 +108,7 @@ def test_each_staff_notice_starts_with_the_ticket_and_keeps_the_routers_words(ki
 def test_an_offer_has_accept_and_decline_buttons_and_what_the_agent_needs_to_decide():
     payload = {"ticket": NUMBER, "text": f"{NUMBER}: 退款没到账 — accept within 10 min", "agent_id": 3,
                "reason": "least loaded of 2 with skill service", "priority": "P1", "type": "request",
-               "category": "service", "preview": "我要退款\n订单 20261103884512\n\n第三行\n第四行\n第五行"}
+               "category": "service", "preview": "我要退款\n订单 20261103884512\n\n第三行\n第四行\n第五行", "files": 2}
     message = build_telegram(Item("assigned", "telegram:7001", payload))
     assert message.buttons == ((("✅ Accept", f"accept:{NUMBER}"), ("❌ Decline", f"decline:{NUMBER}")),)
     lines = message.text.splitlines()
@@ -116,6 +116,7 @@ def test_an_offer_has_accept_and_decline_buttons_and_what_the_agent_needs_to_dec
     assert lines[1] == "退款没到账 — accept within 10 min"
     assert "› 我要退款" in lines and "› 订单 20261103884512" in lines and "› 第五行" not in message.text
     assert "why you: least loaded of 2 with skill service" in lines
+    assert f"📎 2 file(s) from the customer: /files {NUMBER}" in lines
     # Only offers have buttons.
     assert build_telegram(Item("triage", "telegram:9001", {"ticket": NUMBER, "text": "x"})).buttons == ()
 
@@ -405,6 +406,7 @@ def test_deliver_due_sends_every_kind_the_router_queued_and_records_what_became_
             for button in row} >= {f"accept:{tickets['late']}", f"decline:{tickets['late']}"}
     to_ann = "\n".join(call["text"] for call in sent if call["chat_id"] == 7001)
     assert f"💬 {tickets['refund']} · the customer wrote again" in to_ann
+    assert f"📎 1 file(s) from the customer: /files {tickets['refund']}" in to_ann  # the offer says so
     [document] = fake.requests("sendDocument")
     assert document["chat_id"] == 7001 and document["caption"].startswith(f"📎 {tickets['refund']} · 截图.png")
     assert document["document"] == {"filename": "截图.png", "size": len(SCREENSHOT.data),

@@ -191,6 +191,8 @@ def _staff_text(kind: str, payload: dict) -> str:
         lines.append(preview)
     if kind == "assigned" and payload.get("reason"):
         lines.append(f"why you: {payload['reason']}")
+    if payload.get("files") and number:
+        lines.append(f"📎 {payload['files']} file(s) from the customer: /files {number}")
     if hint and number:
         lines.append(hint.format(ticket=number))
     return "\n".join(lines)
