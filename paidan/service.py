@@ -117,6 +117,7 @@ def router_config(settings: Settings) -> RouterConfig:
         topic_threshold=defaults.topic_threshold if r.topic_threshold is None else r.topic_threshold,
         senior_level=r.senior_level,
         surveys=r.surveys,
+        close_resolved_after=timedelta(days=r.close_resolved_after_days),
     )
 
 

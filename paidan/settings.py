@@ -50,6 +50,9 @@ class RoutingSettings(BaseModel):
     # Ask the customer how we did (a 1-5 rating and a comment) when a ticket is resolved, by email or
     # Telegram, once per ticket.
     surveys: bool = True
+    # A resolved ticket is closed after this many days without a word from the customer; until then
+    # a message from them reopens it. 0: resolved tickets stay resolved.
+    close_resolved_after_days: float = Field(default=7, ge=0)
 
 
 class EmailSettings(BaseModel):

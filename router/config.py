@@ -63,6 +63,8 @@ class RouterConfig:
     second_contact_window: timedelta = timedelta(hours=24)
     # Ask the customer how we did when a ticket is resolved (router/surveys.py).
     surveys: bool = True
+    # A resolved ticket the customer has not written to again for this long is closed (0: never).
+    close_resolved_after: timedelta = timedelta(days=7)
 
     def sla_for(self, priority: str, channel: str) -> SlaTarget:
         by_channel = self.sla_by_channel.get(channel, {})

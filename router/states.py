@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models.errors import IllegalTransition
@@ -28,6 +29,25 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     REOPENED: frozenset({NEW, ASSIGNED, IN_PROGRESS, AWAITING_CUSTOMER, RESOLVED, MERGED}),
     MERGED: frozenset(),
 }
+
+
+CLOSE_BATCH = 500
+
+
+def close_resolved(session: Session, after: timedelta, now: datetime, *, limit: int = CLOSE_BATCH) -> int:
+    """Close the tickets resolved at least `after` ago (the customer did not write again, which would
+    have reopened them); returns how many. A zero `after` closes nothing."""
+    if after <= timedelta(0):
+        return 0
+    tickets = session.scalars(
+        select(Ticket).where(Ticket.state == RESOLVED, Ticket.resolved_at <= now - after)
+        .order_by(Ticket.resolved_at, Ticket.id).limit(limit).with_for_update(skip_locked=True)
+    ).all()
+    days = after.total_seconds() / 86400
+    for ticket in tickets:
+        transition(session, ticket, CLOSED, actor="router", at=now,
+                   reason=f"closed: resolved {days:g} day(s) ago and the customer did not write again")
+    return len(tickets)
 
 
 def allowed(from_state: str, to_state: str) -> bool:

@@ -73,3 +73,32 @@ def test_the_events_of_one_flush_are_written_with_one_statement(engine):
         finally:
             event.remove(engine, "before_cursor_execute", listener)
     assert len([s for s in inserts if s.startswith("INSERT INTO ticket_events")]) == 1
+
+
+def test_resolved_tickets_are_closed_after_the_quiet_period_by_the_schedulers_close_job(engine):
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from router.config import RouterConfig
+    from router.scheduler import Scheduler, router_jobs
+
+    now = datetime(2026, 12, 7, 2, 0, tzinfo=UTC)
+    numbers = [Intake(engine).accept_now(make_message(email=f"c{i}@example.com")).ticket_number for i in range(3)]
+    with Session(engine) as session, session.begin():
+        for number, days_ago in zip(numbers, (8, 6, None)):
+            ticket = session.scalar(select(Ticket).where(Ticket.number == number))
+            if days_ago is not None:
+                states.transition(session, ticket, states.RESOLVED, actor="agent:1", reason="done",
+                                  at=now - timedelta(days=days_ago))
+    scheduler = Scheduler(engine, router_jobs(lambda: None, RouterConfig(close_resolved_after=timedelta(days=7))))
+    assert scheduler.run_once(now, only={"close"}) == {"close": 1}
+    with Session(engine) as session:
+        state = {t.number: t.state for t in session.scalars(select(Ticket).where(Ticket.number.in_(numbers)))}
+        [event] = session.scalars(select(TicketEvent).join(Ticket).where(
+            Ticket.number == numbers[0], TicketEvent.to_state == states.CLOSED)).all()
+    assert [state[n] for n in numbers] == [states.CLOSED, states.RESOLVED, states.NEW]
+    assert event.actor == "router" and "resolved 7 day(s) ago" in event.reason
+    assert event.reason == "closed: resolved 7 day(s) ago and the customer did not write again"
+    never = Scheduler(engine, router_jobs(lambda: None, RouterConfig(close_resolved_after=timedelta(0))))
+    assert never.run_once(now + timedelta(days=30), only={"close"}) == {"close": 0}
