@@ -42,6 +42,11 @@ class PermanentFailure(DeliveryError):
     Telegram user who blocked the bot), or the item cannot become a message at all."""
 
 
+# Reads a stored attachment an item sends: (file name, bytes), or None when it is gone (erased on
+# request). Channels get it from paidan's wiring (router.delivery.attachment_file over the database).
+FileLoader = Callable[[int], "tuple[str, bytes] | None"]
+
+
 class OutboxItem(Protocol):
     """What a channel reads of a claimed outbox row (router.delivery.Claimed has it)."""
 

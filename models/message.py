@@ -163,6 +163,7 @@ class PublicMessage:
     text: str
     at: datetime
     author: str  # display name of the agent, or "" for the customer
+    files: tuple[str, ...] = ()  # the names of the files that came with it
 
 
 @dataclass(frozen=True, slots=True)

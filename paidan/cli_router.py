@@ -9,9 +9,11 @@ which prints them as one line with exit status 1.
 from __future__ import annotations
 
 import json
+import mimetypes
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -151,18 +153,25 @@ def decline(number: str, actor: str, reason: str, as_json: bool) -> None:
 @click.argument("text", required=False)
 @_as_option
 @click.option("--note", is_flag=True, help="An internal note: stored on the ticket, never sent to the customer.")
+@click.option("--file", "files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Attach this file (repeat for more; up to 10): attached to the mail, or sent on Telegram.")
 @_json_option
-def reply(number: str, text: str | None, actor: str, note: bool, as_json: bool) -> None:
+def reply(number: str, text: str | None, actor: str, note: bool, files: tuple[Path, ...], as_json: bool) -> None:
     """Reply to the customer of ticket NUMBER with TEXT (or read it from stdin with - or no TEXT).
 
     The reply goes through the outbox on the customer's channel; the first one stops the
     first-response SLA clock.
     """
+    from models.message import Attachment
     from router import actions
 
-    if text is None or text == "-":
+    if text is None and files:
+        text = ""  # the files alone
+    elif text is None or text == "-":
         text = sys.stdin.read()
-    _run(actions.reply, number, actor, as_json, text=text, public=not note)
+    attachments = tuple(Attachment(path.name, mimetypes.guess_type(path.name)[0] or "application/octet-stream",
+                                   path.read_bytes()) for path in files)
+    _run(actions.reply, number, actor, as_json, text=text, public=not note, attachments=attachments)
 
 
 @click.command("wait")

@@ -261,6 +261,7 @@ async def deliver_email_forever(settings: Settings, engine, stop: asyncio.Event)
     from paidan.linking import link_key
     from paidan.outbound import send_outbox_forever
     from paidan.surveys import survey_link
+    from router import delivery
 
     e = settings.email
     config = RelayConfig(host=e.relay_host, port=e.relay_port, from_address=e.from_address, from_name=e.from_name,
@@ -268,7 +269,8 @@ async def deliver_email_forever(settings: Settings, engine, stop: asyncio.Event)
                          password=e.relay_password.get_secret_value() if e.relay_password else None,
                          starttls=e.relay_starttls, code_key=link_key(settings))
     log.info("paidan sending email through %s:%s as %s", e.relay_host, e.relay_port, e.from_address)
-    build = partial(build_outbox_email, config=config, survey_link=survey_link(settings))
+    build = partial(build_outbox_email, config=config, survey_link=survey_link(settings),
+                    load_file=partial(delivery.attachment_file, engine))
     await send_outbox_forever(engine, "email", build, SmtpSender(config).send,
                               batch=EMAIL_BATCH, lease=EMAIL_LEASE, every=e.relay_poll_seconds, stop=stop)
 

@@ -135,10 +135,18 @@ class Dispatcher:
         await self._quietly(self.bot.send_message(incoming.chat_id, answer, parse_mode=None))
 
     async def _console(self, incoming: Incoming) -> None:
+        # An agent's screenshot or PDF goes to the customer with the reply it captions; downloaded
+        # first (a temporary failure raises, and the update comes again), as a customer's files are.
+        attachments = await download_files(self.bot, incoming) if incoming.files else ()
+        if len(attachments) < len(incoming.files):
+            await self._quietly(self.bot.send_message(
+                incoming.chat_id, "this file could not be fetched from Telegram (over 20 MB, or gone); nothing "
+                "was sent: send a smaller file", parse_mode=None))
+            return
         answer = await asyncio.to_thread(
             answer_agent, self.engine, self.config, incoming.from_id, incoming.text, incoming.reply_to_text,
             incoming.callback_data, now=datetime.now(UTC), once=f"telegram-update:{incoming.update_id}",
-            dashboard_link=self.dashboard_link)
+            dashboard_link=self.dashboard_link, attachments=attachments)
         if incoming.callback_id:
             await self._quietly(self.bot.answer_callback_query(incoming.callback_id))
         if answer.text:

@@ -8,7 +8,7 @@ as the CLI runs them; every refusal becomes its sentence, never a traceback.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -25,6 +25,7 @@ from connectors.telegram.console import (
 )
 from connectors.telegram.send import Buttons
 from models.errors import ActionRefused, NotFound, PaidanError
+from models.message import Attachment
 from models.tables import Agent, CannedReply, Message, SlaClock, Ticket
 from paidan.cli_router import age_text
 from paidan.db import transaction
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 LIST_LIMIT = 20  # tickets in one /queue or /mine answer: a phone screen or two
 SAVED_REPLIES_LISTED = 40  # names in one /replies answer; `paidan replies list` has them all
+FILE_CARRIERS = frozenset({"reply", "note"})  # the console actions a photo or document may come with
 SAVED_REPLY_CHANGES = frozenset({"add_reply", "edit_reply", "remove_reply"})  # supervisors' /replies add|edit|remove
 SHOW_MESSAGES = 5  # the latest messages /show quotes
 QUOTE_CHARS = 160
@@ -52,15 +54,23 @@ class ConsoleAnswer:
 def answer_agent(engine: Engine, config: RouterConfig, telegram_id: int, text: str | None,
                  reply_to_text: str | None = None, callback_data: str | None = None, *,
                  now: datetime, once: str | None = None,
-                 dashboard_link: Callable[[int], str] | None = None) -> ConsoleAnswer:
+                 dashboard_link: Callable[[int], str] | None = None,
+                 attachments: Sequence[Attachment] = ()) -> ConsoleAnswer:
     """Parse and run one agent message; help and mistakes are answered without the database.
     `once`: a key naming this message (its Telegram update), so a redelivered one acts only once.
-    `dashboard_link`: agent id → a sign-in link to the dashboard (None: /dashboard says it is not served)."""
-    parsed = parse_console(text, reply_to_text=reply_to_text, callback_data=callback_data)
+    `dashboard_link`: agent id → a sign-in link to the dashboard (None: /dashboard says it is not served).
+    `attachments`: the message's photo or document, which a reply or a note takes along."""
+    parsed = parse_console(text, reply_to_text=reply_to_text, callback_data=callback_data,
+                           has_files=bool(attachments))
     if isinstance(parsed, ConsoleHelp):
         return ConsoleAnswer(parsed.text)
     if isinstance(parsed, ConsoleMistake):
         return ConsoleAnswer(parsed.message)
+    if attachments and parsed.action not in FILE_CARRIERS:
+        return ConsoleAnswer(f"files go to a customer with /reply or as a reply to the ticket's message, or on "
+                             f"the ticket with /note; /{parsed.action} takes none, so nothing was done")
+    if attachments:
+        parsed = replace(parsed, attachments=tuple(attachments))
     return run_console(engine, config, telegram_id, parsed, now=now, once=once, dashboard_link=dashboard_link)
 
 
@@ -113,7 +123,8 @@ def _act(session: Session, agent: Agent, command: ConsoleCommand, config: Router
         case "reply" if command.saved:
             return _send_saved_reply(session, agent, command, config, now)
         case "reply" | "note":
-            return actions.reply(session, number, agent, command.text, config, now, public=command.action == "reply")
+            return actions.reply(session, number, agent, command.text, config, now, public=command.action == "reply",
+                                 attachments=command.attachments)
         case "wait":
             return actions.wait_for_customer(session, number, agent, config, now, note=command.text)
         case "resolve":
@@ -135,7 +146,8 @@ def _send_saved_reply(session: Session, agent: Agent, command: ConsoleCommand, c
                       now: datetime) -> actions.Outcome:
     """`!name`: the saved reply, filled in for this ticket's customer, goes out as a typed reply would."""
     rendered = replies.for_ticket(session, command.saved, command.ticket or "", agent.name, extra=command.text)
-    outcome = actions.reply(session, command.ticket or "", agent, rendered.text, config, now)
+    outcome = actions.reply(session, command.ticket or "", agent, rendered.text, config, now,
+                            attachments=command.attachments)
     return replace(outcome, data={**outcome.data, "saved_reply": rendered.name, "language": rendered.language})
 
 

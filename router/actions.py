@@ -21,8 +21,9 @@ Who may do what:
 from __future__ import annotations
 
 import functools
+import hashlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -32,7 +33,7 @@ from sqlalchemy.orm.util import identity_key
 from sqlalchemy.orm.attributes import set_committed_value
 
 from models.errors import ActionRefused, NotFound
-from models.message import ERASED
+from models.message import ERASED, Attachment
 from models.tables import Agent, Assignment, AttachmentRow, LabelCorrection, Message, Ticket, TicketEvent
 from router import states
 from router.config import PRIORITIES, SUPERVISOR_ROLES, RouterConfig
@@ -53,6 +54,12 @@ MAX_REPLY_CHARS = 100_000
 # Telegram takes 4,096 UTF-16 units a message; the reply's header line ("工单 / Ticket GD…") needs
 # the rest. A longer reply is refused before anything is stored, rather than cut on the way out.
 MAX_TELEGRAM_REPLY_UNITS = 4000
+# With files, the text is their caption: Telegram takes 1,024 units, less the header line.
+MAX_TELEGRAM_CAPTION_UNITS = 1000
+# Telegram sends at most 10 files as one message (a media group); one reply is one message.
+MAX_REPLY_FILES = 10
+# Mail providers refuse mail over about 25 MB, and base64 makes files a third bigger.
+MAX_REPLY_FILE_BYTES = 18_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,11 +322,13 @@ def decline(session: Session, ticket_number: str, actor: Agent | str | int, conf
 
 @_written_together
 def reply(session: Session, ticket_number: str, actor: Agent | str | int, text: str, config: RouterConfig,
-          now: datetime, *, public: bool = True) -> Outcome:
+          now: datetime, *, public: bool = True, attachments: Sequence[Attachment] = ()) -> Outcome:
     """Write to the customer (public) or leave an internal note (public=False).
 
     A public reply is stored as an outbound message and queued in the outbox for the customer's
     channel; the first one stops the first-response clock. A note is stored and sends nothing.
+    `attachments` (a screenshot, a PDF) go with it: attached to the mail, or sent in one Telegram
+    message with the text as their caption.
     """
     from router import sla
 
@@ -329,8 +338,14 @@ def reply(session: Session, ticket_number: str, actor: Agent | str | int, text: 
     action = "reply to" if public else "add a note to"
     _require_holder_or_supervisor(session, ticket, agent, action)
     body = (text or "").replace("\x00", "").strip()
-    if not body:
+    if not body and not attachments:
         raise ActionRefused("the reply is empty; write some text (nothing was sent)")
+    if len(attachments) > MAX_REPLY_FILES:
+        raise ActionRefused(f"{len(attachments)} files is more than one reply carries ({MAX_REPLY_FILES}); send "
+                            f"them in several replies (nothing was sent)")
+    if (total := sum(a.size for a in attachments)) > MAX_REPLY_FILE_BYTES:
+        raise ActionRefused(f"the files come to {total // 1_000_000} MB; a reply carries at most "
+                            f"{MAX_REPLY_FILE_BYTES // 1_000_000} MB (nothing was sent)")
     if len(body) > MAX_REPLY_CHARS:
         raise ActionRefused(f"the reply is {len(body)} characters long; keep it under {MAX_REPLY_CHARS} "
                             f"(nothing was sent)")
@@ -342,9 +357,14 @@ def reply(session: Session, ticket_number: str, actor: Agent | str | int, text: 
 
     address = customer_address(session, ticket, ticket.channel) if public else None
     out_channel = address[0] if address else ticket.channel
-    if address and out_channel == "telegram" and (units := len(body.encode("utf-16-le")) // 2) > MAX_TELEGRAM_REPLY_UNITS:
+    units = len(body.encode("utf-16-le")) // 2  # as Telegram counts
+    if address and out_channel == "telegram" and units > MAX_TELEGRAM_REPLY_UNITS:
         raise ActionRefused(f"the reply is {units} characters long and goes to the customer on Telegram, which takes "
                             f"{MAX_TELEGRAM_REPLY_UNITS} in one message: send it as shorter replies (nothing was sent)")
+    if address and out_channel == "telegram" and attachments and units > MAX_TELEGRAM_CAPTION_UNITS:
+        raise ActionRefused(f"with files, a reply on Telegram is their caption, at most {MAX_TELEGRAM_CAPTION_UNITS} "
+                            f"characters (this one is {units}): send the files with a short text, then the rest "
+                            f"as a reply of its own (nothing was sent)")
     token = uuid.uuid4().hex
     email_id = our_message_id(ticket.number, token) if public and out_channel == "email" else None
     in_reply_to, references = _email_thread(session, ticket) if email_id else (None, [])
@@ -356,8 +376,11 @@ def reply(session: Session, ticket_number: str, actor: Agent | str | int, text: 
         subject=subject, text=body, raw=b"", email_message_id=email_id,
         in_reply_to=in_reply_to, references=references, public=public, flags=[], received_at=now, created_at=now,
     )).scalar_one()
+    files = _store_files(session, message_id, attachments)
 
     data: dict = {"action": "reply" if public else "note", "message_id": message_id, "public": public}
+    if files:
+        data["attachments"] = files
     if not public:
         _event(session, ticket, agent, "note", f"internal note by {agent.name}", now, data)
         return _outcome(session, ticket, "note", f"note added to {ticket.number} (the customer does not see it)",
@@ -369,7 +392,7 @@ def reply(session: Session, ticket_number: str, actor: Agent | str | int, text: 
         sent = "stored; the customer has no address we can write to, so they will see it on the status page"
     else:
         payload = {"ticket": ticket.number, "text": body, "in_reply_to": in_reply_to, "agent": agent.name,
-                   "language": ticket.language}
+                   "language": ticket.language, **({"attachments": files} if files else {})}
         if email_id:
             payload |= {"message_id": email_id, "references": references, "subject": subject}
         item = enqueue(session, kind="reply", channel=address[0], recipient=address[1], ticket_id=ticket.id,
@@ -383,6 +406,20 @@ def reply(session: Session, ticket_number: str, actor: Agent | str | int, text: 
     ticket.updated_at = now
     _event(session, ticket, agent, "replied", f"{agent.name} replied to the customer: {sent}", now, data)
     return _outcome(session, ticket, "reply", f"reply to {ticket.number} {sent}", data)
+
+
+def _store_files(session: Session, message_id: int, attachments: Sequence[Attachment]) -> list[dict]:
+    """The reply's files as attachment rows; what the outbox item names of each (the sender reads the
+    bytes from the row when it sends, so the outbox holds no copy)."""
+    if not attachments:
+        return []
+    ids = session.execute(insert(AttachmentRow.__table__).returning(AttachmentRow.__table__.c.id,
+                                                                     sort_by_parameter_order=True), [
+        {"message_id": message_id, "filename": a.filename[:255], "content_type": a.content_type[:127], "size": a.size,
+         "sha256": hashlib.sha256(a.data).hexdigest(), "data": a.data} for a in attachments
+    ]).scalars().all()
+    return [{"id": i, "filename": a.filename[:255], "content_type": a.content_type[:127], "size": a.size}
+            for i, a in zip(ids, attachments)]
 
 
 def _email_thread(session: Session, ticket: Ticket) -> tuple[str | None, list[str]]:

@@ -10,7 +10,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from models.message import Identity, PublicMessage, TicketView
-from models.tables import Agent, Customer, Identity as IdentityRow, Message, OutboxItem, SlaClock, Ticket
+from models.tables import Agent, AttachmentRow, Customer, Identity as IdentityRow, Message, OutboxItem, SlaClock, Ticket
 from router import states
 
 
@@ -27,17 +27,24 @@ def ticket_view_sync(session: Session, number: str, identity: Identity) -> Ticke
     if owner is None or not same_customer(session, owner, ticket.customer_id):
         return None
     rows = session.execute(
-        select(Message.direction, Message.text, Message.received_at, Agent.name)
+        select(Message.id, Message.direction, Message.text, Message.received_at, Agent.name)
         .outerjoin(Agent, Agent.id == Message.author_agent_id)
         .where(Message.ticket_id == ticket.id, Message.public.is_(True))
         .order_by(Message.id)
     ).all()
+    files: dict[int, list[str]] = {}
+    for message_id, filename in session.execute(
+        select(AttachmentRow.message_id, AttachmentRow.filename)
+        .where(AttachmentRow.message_id.in_([r.id for r in rows])).order_by(AttachmentRow.id)
+    ):
+        files.setdefault(message_id, []).append(filename)
     return TicketView(
         number=ticket.number,
         state=ticket.state,
         subject=ticket.subject,
         created_at=ticket.created_at,
-        messages=tuple(PublicMessage(r.direction, r.text, r.received_at, r.name or "") for r in rows),
+        messages=tuple(PublicMessage(r.direction, r.text, r.received_at, r.name or "", tuple(files.get(r.id, ())))
+                       for r in rows),
     )
 
 

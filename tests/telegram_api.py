@@ -260,11 +260,16 @@ class FakeBotAPI:
                                     "sha256": hashlib.sha256(data).hexdigest()}
                     else:
                         raw[key] = value
-        # aiogram uploads a file as its own form field and names it in the parameter ("attach://x").
+        # aiogram uploads a file as its own form field and names it in the parameter ("attach://x"),
+        # or inside sendMediaGroup's list of media.
         for key, value in list(raw.items()):
             if isinstance(value, str) and value.startswith("attach://") and value[9:] in raw:
                 raw[key] = raw.pop(value[9:])
-        return {key: _decode_value(key, value) for key, value in raw.items()}
+        params = {key: _decode_value(key, value) for key, value in raw.items()}
+        for item in params.get("media") or []:
+            if isinstance(item, dict) and str(item.get("media", "")).startswith("attach://"):
+                item["media"] = params.pop(item["media"][9:], item["media"])
+        return params
 
     def _take_failure(self, method: str) -> web.Response | None:
         with self._lock:
@@ -356,6 +361,11 @@ class FakeBotAPI:
         if params.get("caption"):
             message["caption"] = str(params["caption"])
         return message
+
+    def _api_sendmediagroup(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        return [self._api_senddocument({"chat_id": params.get("chat_id"), "document": item.get("media"),
+                                        "caption": item.get("caption")})
+                for item in params.get("media") or [] if isinstance(item, dict)]
 
     def _api_answercallbackquery(self, params: dict[str, Any]) -> bool:
         return True

@@ -836,6 +836,19 @@ def test_the_cli_works_a_ticket_from_offer_to_resolution(staff, run):
     assert texts == ["您好，已为您提交退款。", "客户很着急"]
 
 
+def test_the_cli_replies_with_files(staff, run, tmp_path):
+    number, name = accepted(staff, channel=Channel.EMAIL)
+    (tmp_path / "步骤.pdf").write_bytes(b"%PDF steps")
+    out = run("tickets", "reply", number, "请看附件", "--file", str(tmp_path / "步骤.pdf"), "--as", name).output
+    assert "queued to the customer on email" in out
+    with Session(staff) as session:
+        [item] = session.scalars(select(OutboxItem).where(OutboxItem.kind == "reply")).all()
+    assert item.payload["attachments"][0] | {"id": 0} == {"id": 0, "filename": "步骤.pdf",
+                                                          "content_type": "application/pdf", "size": 10}
+    missing = run("tickets", "reply", number, "x", "--file", str(tmp_path / "nope.pdf"), "--as", name, ok=False)
+    assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
 def test_the_cli_merges_one_customers_tickets(staff, run):
     keep, dup = two_tickets_of_one_customer(staff)
     out = run("tickets", "merge", dup, keep, "--as", "Sue", "--reason", "same order").output

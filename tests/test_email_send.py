@@ -24,13 +24,14 @@ from sqlalchemy.orm import Session
 from connectors.email.send import RelayConfig, SmtpSender, build_email, build_outbox_email
 from connectors.outbox import DeliveryReport, PermanentFailure, TemporaryFailure, deliver_due
 from factories import KeywordClassifier, make_message
-from models import Channel
+from models import Attachment, Channel
+from models.errors import ActionRefused
 from models.tables import OutboxItem, Ticket, TicketEvent
 from paidan.db import transaction
 from router import actions
 from router.agents import add_agent
 from router.config import RouterConfig
-from router.delivery import claim_due, mark_failed, mark_sent, retry_delay
+from router.delivery import attachment_file, claim_due, mark_failed, mark_sent, retry_delay
 from router.intake import Intake
 from router.outbox import enqueue
 from router.routing import route_pending
@@ -106,7 +107,8 @@ def deliver(engine, port: int, at: datetime) -> DeliveryReport:
     """One pass of the email sender, wired as the service wires it."""
     config = relay_config(port)
     return deliver_due(claim=partial(claim_due, engine, "email", lease=LEASE),
-                       build=partial(build_outbox_email, config=config), send=SmtpSender(config).send,
+                       build=partial(build_outbox_email, config=config, load_file=partial(attachment_file, engine)),
+                       send=SmtpSender(config).send,
                        mark_sent=partial(mark_sent, engine), mark_failed=partial(mark_failed, engine), now=at)
 
 
@@ -181,6 +183,27 @@ def test_an_agents_reply_reaches_the_relay_threaded_with_its_chinese_subject_and
     sent = row(engine, item.id)
     assert (sent.status, sent.sent_at, sent.attempts, sent.last_error) == ("sent", NOW + timedelta(minutes=21), 1, None)
     assert deliver(engine, relay.port, NOW + timedelta(hours=2)) == DeliveryReport()  # nothing twice
+
+
+def test_an_agents_files_reach_the_customer_attached_to_the_reply_and_a_file_alone_says_so(engine, relay):
+    with transaction(engine) as session:
+        add_agent(session, "Ann", skills=["service", "transaction"], capacity=5).online = True
+    number = new_email_ticket(engine)
+    guide = Attachment("退款步骤.pdf", "application/pdf", b"%PDF-1.4 steps" * 100)
+    shot = Attachment("screen.png", "image/png", b"\x89PNG\r\n\x1a\n" + bytes(300))
+    with transaction(engine) as session:
+        actions.reply(session, number, "Ann", "请按附件操作。", CONFIG, NOW, attachments=(guide, shot))
+        actions.reply(session, number, "Ann", "", CONFIG, NOW, attachments=(shot,))
+        with pytest.raises(ActionRefused, match="the reply is empty"):
+            actions.reply(session, number, "Ann", " ", CONFIG, NOW)
+    assert deliver(engine, relay.port, NOW + timedelta(minutes=1)) == DeliveryReport(sent=3)
+
+    with_text, alone = [m for m in relay.accepted if m["Auto-Submitted"] is None]
+    assert with_text.get_body(("plain",)).get_content().strip() == "请按附件操作。"
+    files = [(a.get_filename(), a.get_content_type(), a.get_content()) for a in with_text.iter_attachments()]
+    assert files == [("退款步骤.pdf", "application/pdf", guide.data), ("screen.png", "image/png", shot.data)]
+    assert alone.get_body(("plain",)).get_content().strip() == "请查看附件。"  # a Chinese ticket: Chinese
+    assert [a.get_filename() for a in alone.iter_attachments()] == ["screen.png"]
 
 
 def test_an_acknowledgement_is_auto_submitted_and_names_the_ticket_in_its_subject(engine, relay):

@@ -115,6 +115,16 @@ def test_mistakes_say_what_was_wrong_and_the_right_form(text, reply_to_text, cal
     assert parsed.message.startswith(says)
 
 
+def test_a_photo_or_document_goes_with_a_reply_or_a_note():
+    assert parse_console("", reply_to_text=NOTICE, has_files=True) == ConsoleCommand("reply", NUMBER, via="reply")
+    assert parse_console(f"/reply {NUMBER}", has_files=True) == ConsoleCommand("reply", NUMBER)
+    assert parse_console(f"/note {NUMBER}", has_files=True) == ConsoleCommand("note", NUMBER)
+    assert parse_console(f"/reply {NUMBER}") == ConsoleMistake(f"/reply needs a ticket number and text: "
+                                                               f"/reply {NUMBER} 您好…")
+    lost = parse_console(None, has_files=True)
+    assert isinstance(lost, ConsoleMistake) and lost.message.startswith("to send files to a customer, send them as")
+
+
 def test_help_is_short_and_chinese_first():
     lines = HELP.splitlines()
     assert len(lines) <= 18 and all(len(line) <= 90 for line in lines)  # one screen of a phone
@@ -273,6 +283,24 @@ def test_an_agent_gets_the_customers_files_merges_a_duplicate_and_goes_offline_f
                         f"with /assign or `paidan tickets assign`)"
     back = say(staff, agent, "/online", at=NOW + timedelta(minutes=1))
     assert back.text == f"{name} is online; no ticket is waiting"
+
+
+def test_files_with_a_command_that_takes_none_do_nothing_and_say_so(staff):
+    from models import Attachment
+
+    number = new_ticket(staff)
+    agent = holder_id(staff, number)
+    shot = (Attachment("a.png", "image/png", b"png"),)
+    from router.config import RouterConfig
+
+    answer = answer_agent(staff, RouterConfig(), agent, f"/accept {number}", attachments=shot, now=NOW)
+    assert answer.text.startswith("files go to a customer with /reply") and "nothing was done" in answer.text
+    assert ticket(staff, number).state == "assigned"
+    sent = answer_agent(staff, RouterConfig(), agent, "", reply_to_text=NOTICE.replace(NUMBER, number),
+                        attachments=shot, now=NOW)
+    assert sent.text.startswith(f"reply to {number} queued to the customer on telegram"), sent.text
+    [item] = replies_to_customers(staff)
+    assert [f["filename"] for f in item.payload["attachments"]] == ["a.png"] and item.payload["text"] == ""
 
 
 def test_someone_who_is_not_an_agent_learns_how_to_become_one(staff):

@@ -34,6 +34,7 @@ from connectors.telegram.send import (
 )
 from factories import KeywordClassifier
 from models import Attachment, Channel, Identity, IdentityKind, InboundMessage, Sender, ThreadRefs
+from models.errors import ActionRefused
 from models.tables import OutboxItem, TicketEvent
 from telegram_api import FakeBotAPI
 
@@ -190,7 +191,7 @@ def test_a_file_item_becomes_a_document_captioned_with_its_ticket_unless_the_fil
                                           "received_at": "2026-11-24T03:00:00+00:00"})
     stored = {5: ("log.txt", b"ERROR 502 at checkout")}
     message = build_telegram(item, load_file=stored.get)
-    assert message.chat_id == 7001 and message.document.data == b"ERROR 502 at checkout"
+    assert message.chat_id == 7001 and message.documents[0].data == b"ERROR 502 at checkout"
     assert message.text == f"📎 {NUMBER} · log.txt · 2026-11-24 03:00 UTC"
     with pytest.raises(PermanentFailure, match="attachment #5 is no longer stored"):
         build_telegram(item, load_file={}.get)
@@ -263,6 +264,44 @@ def test_the_text_and_the_buttons_arrive_as_plain_text(fake, send):
     ]]
     send(TelegramSend(555, "您好"))
     assert "reply_markup" not in fake.requests("sendMessage")[1]
+
+
+def test_an_agents_files_reach_a_telegram_customer_as_one_message_captioned_with_the_reply(fake, send):
+    stored = {1: ("步骤.pdf", b"%PDF steps"), 2: ("screen.png", b"\x89PNG shot")}
+    files = [{"id": 1, "filename": "步骤.pdf", "size": 10}, {"id": 2, "filename": "screen.png", "size": 9}]
+    two = build_telegram(Item("reply", "555", {"ticket": NUMBER, "text": "请按附件操作", "language": "zh",
+                                               "attachments": files}), load_file=stored.get)
+    send(two)
+    [first, second] = fake.requests("sendMediaGroup")[0]["media"]
+    assert first["caption"] == f"工单 {NUMBER}\n\n请按附件操作" and "caption" not in second
+    assert [first["media"]["filename"], second["media"]["filename"]] == ["步骤.pdf", "screen.png"]
+    assert first["media"]["sha256"] == hashlib.sha256(b"%PDF steps").hexdigest()
+    one = build_telegram(Item("reply", "555", {"ticket": NUMBER, "text": "", "language": "en",
+                                               "attachments": files[1:]}), load_file=stored.get)
+    send(one)
+    [document] = fake.requests("sendDocument")
+    assert (document["caption"], document["document"]["filename"]) == (f"Ticket {NUMBER}", "screen.png")
+    assert fake.requests("sendMessage") == []
+
+
+def test_a_telegram_reply_with_files_keeps_its_text_within_a_caption(engine):
+    from paidan.db import transaction
+    from router import actions
+    from router.agents import add_agent
+    from router.config import RouterConfig
+    from router.intake import Intake
+
+    with transaction(engine) as session:
+        add_agent(session, "Sue", skills=[], role="supervisor", telegram_id=9001)
+    number = Intake(engine, clock=lambda: NOW).accept_now(telegram_message(555, "退款")).ticket_number
+    shot = Attachment("screen.png", "image/png", b"\x89PNG")
+    with transaction(engine) as session, pytest.raises(ActionRefused, match="at most 1000 characters"):
+        actions.reply(session, number, "Sue", "长" * 1001, RouterConfig(), NOW, attachments=(shot,))
+    with transaction(engine) as session, pytest.raises(ActionRefused, match="11 files is more than one reply"):
+        actions.reply(session, number, "Sue", "x", RouterConfig(), NOW, attachments=(shot,) * 11)
+    with transaction(engine) as session:
+        outcome = actions.reply(session, number, "Sue", "长" * 1000, RouterConfig(), NOW, attachments=(shot,))
+    assert [f["filename"] for f in outcome.data["attachments"]] == ["screen.png"]
 
 
 @pytest.mark.parametrize("code, description, retry_after, failure, says", [

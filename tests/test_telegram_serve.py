@@ -4,6 +4,7 @@ and the answer reaches the customer's chat."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import signal
@@ -19,6 +20,7 @@ from serving import wait_for
 from telegram_api import FakeBotAPI
 
 CUSTOMER, SUPERVISOR = 555001, 777001
+RECEIPT = b"\xff\xd8\xff\xe0 a refund receipt, as a jpeg" * 50
 
 
 def private_message(update_id: int, user_id: int, message_id: int, text: str, name: str = "王芳",
@@ -61,14 +63,27 @@ def test_a_customer_on_telegram_is_answered_from_the_agent_console(database_url,
             # …and answers from the console; the reply reaches the customer's chat.
             fake.push_update(private_message(3, SUPERVISOR, 20, f"/reply {number} 您好，退款今天会到账。", name="李雷"))
             wait_for(lambda: [t for t in sent_to(fake, CUSTOMER) if "退款今天会到账" in t], "the reply", lines)
-            fake.push_update(private_message(4, SUPERVISOR, 21, f"/resolve {number}", name="李雷"))
+            # A photo from the console, captioned as a reply, reaches the customer as one message.
+            fake.add_file("receipt", RECEIPT)
+            photo = private_message(4, SUPERVISOR, 22, "", name="李雷")
+            del photo["message"]["text"]
+            photo["message"] |= {"caption": f"/reply {number} 这是退款凭证",
+                                 "photo": [{"file_id": "receipt", "file_unique_id": "r", "width": 800, "height": 600,
+                                            "file_size": len(RECEIPT)}]}
+            fake.push_update(photo)
+            [document] = wait_for(lambda: [r for r in fake.requests("sendDocument") if r.get("chat_id") == CUSTOMER],
+                                  "the photo to the customer", lines)
+            assert "这是退款凭证" in document["caption"] and number in document["caption"]
+            assert document["document"] == {"filename": "photo.jpg", "size": len(RECEIPT),
+                                            "sha256": hashlib.sha256(RECEIPT).hexdigest()}
+            fake.push_update(private_message(5, SUPERVISOR, 21, f"/resolve {number}", name="李雷"))
             wait_for(lambda: [t for t in sent_to(fake, SUPERVISOR) if "resolved" in t.lower() or "已解决" in t],
                      "the console's answer to /resolve", lines)
             # A customer's reply to the acknowledgement continues the same ticket.
-            fake.push_update(private_message(5, CUSTOMER, 12, "谢谢，收到了",
+            fake.push_update(private_message(6, CUSTOMER, 12, "谢谢，收到了",
                                              reply_to={"message_id": 1, "date": 1_796_000_001, "text": ack[0],
                                                        "chat": {"id": CUSTOMER, "type": "private"}}))
-            wait_for(lambda: fake.confirmed_offset and fake.confirmed_offset > 5, "update 5 confirmed", lines)
+            wait_for(lambda: fake.confirmed_offset and fake.confirmed_offset > 6, "update 6 confirmed", lines)
         finally:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=30) == 0, "".join(lines)
@@ -78,6 +93,6 @@ def test_a_customer_on_telegram_is_answered_from_the_agent_console(database_url,
         texts = session.scalars(select(Message.text).order_by(Message.id)).all()
     engine.dispose()
     assert [t.number for t in tickets] == [number], texts
-    assert texts == ["上周申请的退款还没到账，订单号 20261130-7781", "您好，退款今天会到账。", "谢谢，收到了"]
+    assert texts == ["上周申请的退款还没到账，订单号 20261130-7781", "您好，退款今天会到账。", "这是退款凭证", "谢谢，收到了"]
     assert "paidan stopped" in "".join(lines) and "Traceback" not in "".join(lines)
 

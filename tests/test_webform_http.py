@@ -407,6 +407,8 @@ def test_a_message_added_on_the_status_page_can_carry_attachments(live_app, form
     attachments = rows(live_app.engine, AttachmentRow, AttachmentRow.message_id == added.id)
     assert {(a.filename, bytes(a.data)) for a in attachments} == {("报错.png", PNG_1X1), ("步骤.txt", "1. 登录\n".encode())}
     assert {f["filename"] for f in json.loads(added.raw.decode("utf-8"))["files"]} == {"报错.png", "步骤.txt"}
+    shown = form_client.lookup(number, email).text  # the status page names them under the message
+    assert "📎 报错.png" in shown and "📎 步骤.txt" in shown
 
     before = count(live_app.engine, Message)
     token = csrf_in(sent.text)

@@ -15,7 +15,15 @@ from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
 
-from connectors.outbox import DeliveryError, OutboxItem, PermanentFailure, TemporaryFailure, by_language, utc_time
+from connectors.outbox import (
+    DeliveryError,
+    FileLoader,
+    OutboxItem,
+    PermanentFailure,
+    TemporaryFailure,
+    by_language,
+    utc_time,
+)
 from models.sealing import SealError, unseal
 
 # Mail a machine sends on its own carries RFC 3834's Auto-Submitted, so that other robots (vacation
@@ -49,17 +57,28 @@ class RelayConfig:
 # ---------------------------------------------------------------- building (pure)
 
 
-def build_outbox_email(item: OutboxItem, config: RelayConfig, survey_link: SurveyLink | None = None) -> EmailMessage:
-    """`build_email` for a claimed outbox row: the same row always gives the same message."""
+def build_outbox_email(item: OutboxItem, config: RelayConfig, survey_link: SurveyLink | None = None,
+                       load_file: FileLoader | None = None) -> EmailMessage:
+    """`build_email` for a claimed outbox row: the same row always gives the same message. `load_file`
+    reads the files an agent's reply carries (paidan's wiring passes the database's)."""
     payload = _with_link_code(item.payload, config.code_key) if item.kind in SEALED_KINDS else item.payload
     if item.kind == "survey":
         payload = {**payload, "link": _survey_url(payload, survey_link)}
-    return build_email(
+    message = build_email(
         item.kind, item.recipient, payload, from_address=config.from_address, from_name=config.from_name,
         fallback_message_id=outbox_message_id(item.id, item.dedupe_key, item.created_at, config.from_address),
         # RFC 5322's Date is when the message was ready to go, i.e. when it was queued, not this try.
         date=item.created_at,
     )
+    for described in payload.get("attachments") or ():
+        found = load_file(described.get("id")) if load_file is not None else None
+        if found is None:
+            raise PermanentFailure(f"the reply's file {described.get('filename')!r} is no longer stored")
+        filename, data = found
+        maintype, _, subtype = (described.get("content_type") or "application/octet-stream").partition("/")
+        message.add_attachment(data, maintype=maintype or "application", subtype=subtype or "octet-stream",
+                               filename=filename)
+    return message
 
 
 def outbox_message_id(item_id: int, dedupe_key: str | None, created_at: datetime, from_address: str) -> str:
@@ -125,6 +144,9 @@ def _body(kind: str, payload: dict) -> str:
     if kind == "survey":
         return _survey_text(payload)
     text = payload.get("text")
+    if not text and payload.get("attachments"):  # an agent sent only files
+        return by_language(payload.get("language"), zh="请查看附件。", en="Please see the attached file(s).",
+                           joiner="\n")
     if not text:
         raise PermanentFailure(f"the {kind} has no text to send")
     return text

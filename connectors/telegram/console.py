@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from models.message import Attachment
+
 # GD + the date (8 digits) + a per-day sequence of at least three digits. Not \b: Chinese text is
 # made of word characters too, and "工单GD20261123001" must still name the ticket.
 TICKET_NUMBER = re.compile(r"(?<![A-Za-z0-9])GD\d{11,}(?!\d)", re.IGNORECASE)
@@ -81,6 +83,7 @@ class ConsoleCommand:
     saved: str = ""  # the name of a saved reply: the one a reply sends (then `text` follows it), or /replies acts on
     zh: str = ""  # /replies add and edit: the Chinese and English texts ("" in edit: keep that one)
     en: str = ""
+    attachments: tuple[Attachment, ...] = ()  # reply and note: the photo or document the message carried
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,16 +108,22 @@ _HAN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 
 
 def parse_console(text: str | None, *, reply_to_text: str | None = None,
-                  callback_data: str | None = None) -> ConsoleInput:
+                  callback_data: str | None = None, has_files: bool = False) -> ConsoleInput:
     """Read a command, a button tap (`callback_data`) or a Telegram reply to a message that names a
-    ticket (`reply_to_text`, the text of the message replied to)."""
+    ticket (`reply_to_text`, the text of the message replied to). `has_files`: the message carries a
+    photo or document (its caption is `text`), which a reply or a note takes along."""
     if callback_data is not None:
         return _button(callback_data)
     text = (text or "").strip()
+    if not text and has_files:  # a screenshot without a caption, answering a ticket's message
+        if len(ticket_numbers(reply_to_text)) == 1:
+            return ConsoleCommand("reply", ticket_numbers(reply_to_text)[0], via="reply")
+        return ConsoleMistake(f"to send files to a customer, send them as a reply to the ticket's message, or "
+                              f"with the caption /reply {EXAMPLE} (and your text)")
     if not text:
         return ConsoleMistake("this message has no text; send /help for the commands")
     if text.startswith("/"):
-        return _command(text, reply_to_text)
+        return _command(text, reply_to_text, has_files)
     return _reply_to_ticket_message(text, reply_to_text)
 
 
@@ -130,7 +139,7 @@ def _button(data: str) -> ConsoleInput:
     return ConsoleMistake(f"this button is not understood ({data!r}); use /accept {EXAMPLE} or /decline {EXAMPLE}")
 
 
-def _command(text: str, reply_to_text: str | None) -> ConsoleInput:
+def _command(text: str, reply_to_text: str | None, has_files: bool = False) -> ConsoleInput:
     match = _COMMAND.fullmatch(text)
     if match is None:
         return ConsoleMistake(f"{text.split()[0]!r} is not a command; send /help for the list")
@@ -154,7 +163,7 @@ def _command(text: str, reply_to_text: str | None) -> ConsoleInput:
             return ConsoleMistake(f"{first!r} is not a ticket number (GD, the date and a sequence "
                                   f"number, e.g. {EXAMPLE}): {right}")
         return _needs(name)
-    if name in _NEEDS and not rest:
+    if name in _NEEDS and not rest and not (has_files and name in ("reply", "note")):
         return _needs(name)
     if name == "relabel":
         words = rest.split()

@@ -20,9 +20,15 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiogram import Bot
 from aiogram import exceptions as tg
-from aiogram.types import BufferedInputFile, InlineKeyboardButton, InlineKeyboardMarkup, LinkPreviewOptions
+from aiogram.types import (
+    BufferedInputFile,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    InputMediaDocument,
+    LinkPreviewOptions,
+)
 
-from connectors.outbox import OutboxItem, PermanentFailure, TemporaryFailure, by_language, utc_time
+from connectors.outbox import FileLoader, OutboxItem, PermanentFailure, TemporaryFailure, by_language, utc_time
 from connectors.telegram.survey import survey_question
 
 TEXT_LIMIT = 4096  # Telegram's limit for one message, counted in UTF-16 code units
@@ -41,21 +47,19 @@ class TelegramFile:
 
 @dataclass(frozen=True, slots=True)
 class TelegramSend:
-    """One message to send. Always plain text: `parse_mode` stays None on purpose. With `document`,
-    the text is the document's caption."""
+    """One message to send. Always plain text: `parse_mode` stays None on purpose. With `documents`,
+    the text is their caption (one message: a document, or a group of up to 10)."""
 
     chat_id: int
     text: str
     buttons: Buttons = ()
     parse_mode: None = None
-    document: TelegramFile | None = None
+    documents: tuple[TelegramFile, ...] = ()
 
 
 # Bots may upload up to 50 MB a file; a caption holds 1,024 characters.
 UPLOAD_LIMIT = 50 * 1024 * 1024
 CAPTION_LIMIT = 1024
-# Reads a stored attachment: (file name, bytes), or None when it is gone (erased on request).
-FileLoader = Callable[[int], "tuple[str, bytes] | None"]
 
 
 # ---------------------------------------------------------------- building (pure)
@@ -95,9 +99,12 @@ def build_telegram(item: OutboxItem, load_file: FileLoader | None = None) -> Tel
     chat_id = chat_id_of(item.recipient)
     payload = item.payload or {}
     if item.kind == FILE_KIND:
-        return TelegramSend(chat_id, _file_caption(payload), document=_stored_file(payload, load_file))
+        return TelegramSend(chat_id, _file_caption(payload), documents=(_stored_file(payload, load_file),))
     if item.kind == "survey":  # the question, with its five rating buttons
         return TelegramSend(chat_id, *survey_question(payload))
+    if item.kind == "reply" and payload.get("attachments"):  # the agent's files, the text their caption
+        files = tuple(_stored_file({"attachment_id": f.get("id")}, load_file) for f in payload["attachments"])
+        return TelegramSend(chat_id, _customer_text(item.kind, payload, caption=True)[:CAPTION_LIMIT], documents=files)
     if item.kind in CUSTOMER_KINDS:
         text = _customer_text(item.kind, payload)
         return TelegramSend(chat_id, _fit(text, _customer_cut_note(payload.get("language"))))
@@ -149,7 +156,7 @@ def _stored_file(payload: dict, load_file: FileLoader | None) -> TelegramFile:
     return TelegramFile(filename or f"attachment-{attachment_id}", data)
 
 
-def _customer_text(kind: str, payload: dict) -> str:
+def _customer_text(kind: str, payload: dict, *, caption: bool = False) -> str:
     number = payload.get("ticket") or "?"
     language = payload.get("language")
     if kind == "ack":
@@ -162,10 +169,10 @@ def _customer_text(kind: str, payload: dict) -> str:
                         "To add details, reply to this message."])
         return by_language(language, zh=zh, en=en, joiner="\n\n")
     text = (payload.get("text") or "").strip()
-    if not text:
+    if not text and not caption:
         raise PermanentFailure(f"the {kind} has no text to send")
     header = by_language(language, zh="工单", en="Ticket") + f" {number}"
-    return f"{header}\n\n{text}"
+    return f"{header}\n\n{text}" if text else header
 
 
 def _customer_cut_note(language: str | None) -> str:
@@ -269,10 +276,16 @@ class TelegramSender:
                 for row in message.buttons
             ])
         try:
-            if message.document is not None:
-                await self.bot.send_document(
-                    chat_id=message.chat_id, caption=message.text[:CAPTION_LIMIT], parse_mode=None,
-                    document=BufferedInputFile(message.document.data, filename=message.document.filename))
+            if len(message.documents) == 1:
+                [document] = message.documents
+                await self.bot.send_document(chat_id=message.chat_id, caption=message.text[:CAPTION_LIMIT],
+                                             parse_mode=None, document=_upload(document))
+                return
+            if message.documents:  # one message all the same: the caption rides on the first
+                await self.bot.send_media_group(chat_id=message.chat_id, media=[
+                    InputMediaDocument(media=_upload(document), caption=message.text[:CAPTION_LIMIT] if n == 0 else None,
+                                       parse_mode=None)
+                    for n, document in enumerate(message.documents)])
                 return
             # parse_mode=None explicitly: a Bot built with a default parse mode must not apply it here.
             # No link previews: Telegram's servers would fetch every link we pass on (a customer's URL in
@@ -281,6 +294,10 @@ class TelegramSender:
                                         reply_markup=markup, link_preview_options=NO_PREVIEW)
         except _PEER_ERRORS as error:
             raise delivery_failure(error, message.chat_id) from error
+
+
+def _upload(document: TelegramFile) -> BufferedInputFile:
+    return BufferedInputFile(document.data, filename=document.filename)
 
 
 def delivery_failure(error: BaseException, chat_id: int) -> TemporaryFailure | PermanentFailure:
