@@ -194,8 +194,10 @@ def agents_list(as_json: bool) -> None:
 @click.option("--role", type=click.Choice(ROLES))
 @click.option("--telegram-id", type=int)
 @click.option("--email")
-@click.option("--online/--offline", default=None, help="Mark the agent available or not.")
-def agents_set(agent, skills, capacity, seniority, role, telegram_id, email, online) -> None:
+@click.option("--online/--offline", default=None,
+              help="Mark the agent available or not; going offline hands on the offers they have not accepted.")
+@click.option("--hand-on", is_flag=True, help="With --offline: hand on the tickets they hold too (gone for the day).")
+def agents_set(agent, skills, capacity, seniority, role, telegram_id, email, online, hand_on) -> None:
     """Change AGENT (name or id)."""
     from paidan.db import transaction
     from router.actions import set_availability
@@ -207,7 +209,7 @@ def agents_set(agent, skills, capacity, seniority, role, telegram_id, email, onl
         config = _router_config()
         availability = None
         if online is not None:  # offers handed on when going offline, the queue drained when coming online
-            availability = set_availability(session, row, online, config, _now())
+            availability = set_availability(session, row, online, config, _now(), hand_on=hand_on)
         console.print(f"{row.name}: role={row.role} skills={','.join(row.skills) or '-'} capacity={row.capacity} "
                       f"seniority={row.seniority} online={'yes' if row.online else 'no'}")
         if skills is not None:

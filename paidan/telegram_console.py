@@ -94,8 +94,10 @@ def run_console(engine: Engine, config: RouterConfig, telegram_id: int, command:
             if command.action in SAVED_REPLY_CHANGES:
                 return _change_saved_reply(session, agent, command, config, now)
             if command.action in AVAILABILITY_COMMANDS:
-                return ConsoleAnswer(actions.set_availability(session, agent, command.action == "online", config,
-                                                              now).summary)
+                # Naming someone else (supervisors): sent offline, everything they hold is handed on.
+                other = command.agent or None
+                return ConsoleAnswer(actions.set_availability(session, agent, command.action == "online", config, now,
+                                                              agent=other, hand_on=other is not None).summary)
             outcome = _act(session, agent, command, config, now)
     except replies.UnknownReply as error:
         guess = f" (did you mean !{' or !'.join(error.close)}?)" if error.close else ""

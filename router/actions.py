@@ -711,7 +711,7 @@ class Availability:
 
     agent: str
     online: bool
-    handed_on: tuple[str, ...] = ()  # offers not yet accepted, given to others (or the queue)
+    handed_on: tuple[str, ...] = ()  # given to others (or the queue): offers not yet accepted, or all with hand_on
     kept: tuple[str, ...] = ()  # accepted tickets the agent still holds
     assigned: int = 0  # queued tickets assigned once the agent came online (to anyone with room)
 
@@ -722,7 +722,7 @@ class Availability:
                                                 if self.assigned else "; no ticket is waiting")
         said = f"{self.agent} is offline: no new tickets are offered"
         if self.handed_on:
-            said += f"; offers handed on: {', '.join(self.handed_on)}"
+            said += f"; handed on to others: {', '.join(self.handed_on)}"
         if self.kept:
             said += (f"; still yours: {', '.join(self.kept)} (hand them on with /assign or "
                      f"`paidan tickets assign`)")
@@ -731,35 +731,43 @@ class Availability:
 
 @_written_together
 def set_availability(session: Session, actor: Agent | str | int, online: bool, config: RouterConfig,
-                     now: datetime) -> Availability:
-    """An agent starts or ends their working time. Going offline hands on at once the offers they
-    have not accepted (rather than letting each wait out the accept timeout while the customer
-    waits too); tickets they accepted stay theirs, and they are told which. Coming online gives
-    the queue to whoever has room, them included."""
+                     now: datetime, *, agent: Agent | str | int | None = None, hand_on: bool = False) -> Availability:
+    """An agent starts or ends their working time (`agent`, default the actor; another's only by a
+    supervisor). Going offline hands on at once the offers not yet accepted (rather than letting each
+    wait out the accept timeout while the customer waits too); the tickets they accepted stay theirs,
+    and they are told which, unless `hand_on` (someone gone home ill: a supervisor hands on all of
+    it). Coming online gives the queue to whoever has room, them included."""
     from router import assignment
 
-    agent = resolve_agent(session, actor)
-    agent.online = online
+    acting = resolve_agent(session, actor)
+    who = resolve_agent(session, agent) if agent is not None else acting
+    if who.id != acting.id and not is_supervisor(acting):
+        raise ActionRefused(f"only a supervisor can set another agent online or offline; {acting.name} is an "
+                            f"{acting.role}")
+    who.online = online
     session.flush()  # assignment reads who is online in SQL
     if online:
-        return Availability(agent.name, True, assigned=assignment.drain_queue(session, config, now))
-    offered = session.scalars(
-        select(Ticket).join(Assignment, Assignment.ticket_id == Ticket.id)
-        .where(Assignment.agent_id == agent.id, Assignment.ended_at.is_(None), Assignment.accepted_at.is_(None))
-        .order_by(Ticket.id).with_for_update()
-    ).all()
-    for ticket in offered:
-        _event(session, ticket, agent, "agent_offline", f"{agent.name} went offline before accepting it", now)
-        assignment.release(session, ticket, now, why="agent offline", actor=_actor(agent))
-    if offered:
+        return Availability(who.name, True, assigned=assignment.drain_queue(session, config, now))
+    held = select(Ticket, Assignment.accepted_at).join(Assignment, Assignment.ticket_id == Ticket.id).where(
+        Assignment.agent_id == who.id, Assignment.ended_at.is_(None), Ticket.state.in_(sorted(states.OPEN_STATES)))
+    if not hand_on:
+        held = held.where(Assignment.accepted_at.is_(None))
+    rows = session.execute(held.order_by(Ticket.id).with_for_update()).all()
+    by = "" if who.id == acting.id else f" (set offline by {acting.name})"
+    for ticket, accepted_at in rows:
+        what = f"{by}; handed on with their other tickets" if accepted_at else f" before accepting it{by}"
+        _event(session, ticket, acting, "agent_offline", f"{who.name} went offline{what}", now)
+        assignment.release(session, ticket, now, why="agent offline", actor=_actor(acting))
+    leaving = [ticket for ticket, _ in rows]
+    if leaving:
         session.flush()  # the releases, before assignment looks for someone with room
-        assignment.assign_many(session, [t for t in offered if t.state in states.OPEN_STATES], config, now)
+        assignment.assign_many(session, leaving, config, now)
     kept = session.scalars(
-        select(Ticket.number).where(Ticket.assigned_agent_id == agent.id, Ticket.queue.is_(None),
+        select(Ticket.number).where(Ticket.assigned_agent_id == who.id, Ticket.queue.is_(None),
                                     Ticket.state.in_(sorted(states.OPEN_STATES)))
         .order_by(Ticket.id)
     ).all()
-    return Availability(agent.name, False, tuple(t.number for t in offered), tuple(kept))
+    return Availability(who.name, False, tuple(t.number for t in leaving), tuple(kept))
 
 
 # ---------------------------------------------------------------- merge

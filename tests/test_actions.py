@@ -527,7 +527,7 @@ def test_going_offline_hands_on_unaccepted_offers_at_once_and_names_the_tickets_
 
     gone = act_availability(staff, name, False)
     assert gone.handed_on == (offered,) and gone.kept == (mine,)
-    assert f"offers handed on: {offered}" in gone.summary and f"still yours: {mine}" in gone.summary
+    assert f"handed on to others: {offered}" in gone.summary and f"still yours: {mine}" in gone.summary
     assert holder(staff, offered) == other  # not after the accept timeout: now
     assert holder(staff, mine) == name
     assert not agent(staff, name).online
@@ -546,9 +546,23 @@ def test_going_offline_hands_on_unaccepted_offers_at_once_and_names_the_tickets_
     assert holder(staff, waiting) == holder(staff, offered) == name
 
 
-def act_availability(engine, name, online, *, at=NOW):
+def test_a_supervisor_sends_an_agent_home_and_hands_on_everything_they_held(staff):
+    mine, name = accepted(staff)
+    other = other_service_agent(name)
+    with pytest.raises(ActionRefused, match="only a supervisor can set another agent"):
+        act_availability(staff, other, False, agent=name)
+    gone = act_availability(staff, "Sue", False, agent=name, hand_on=True)
+    assert (gone.agent, gone.handed_on, gone.kept) == (name, (mine,), ())
+    assert holder(staff, mine) == other and not agent(staff, name).online
+    with Session(staff) as session:
+        [event] = session.scalars(select(TicketEvent).where(TicketEvent.ticket_id == ticket(staff, mine).id,
+                                                            TicketEvent.kind == "agent_offline")).all()
+    assert event.reason == f"{name} went offline (set offline by Sue); handed on with their other tickets"
+
+
+def act_availability(engine, name, online, *, at=NOW, **kwargs):
     with transaction(engine) as session:
-        return actions.set_availability(session, name, online, CONFIG, at)
+        return actions.set_availability(session, name, online, CONFIG, at, **kwargs)
 
 
 # ---------------------------------------------------------------- merge

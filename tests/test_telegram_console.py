@@ -56,6 +56,7 @@ REFUND = "我要退款，订单 20261103884512"  # request/service for the keywo
     ("/merge GD20261123002 GD20261123001", ConsoleCommand("merge", "GD20261123002", into=NUMBER)),
     ("/online", ConsoleCommand("online")),
     ("/offline@paidan_bot", ConsoleCommand("offline")),
+    ("/offline Ann Lee", ConsoleCommand("offline", agent="Ann Lee")),
     ("  /help  ", ConsoleHelp()),
     ("/start", ConsoleHelp()),
 ])
@@ -283,6 +284,13 @@ def test_an_agent_gets_the_customers_files_merges_a_duplicate_and_goes_offline_f
                         f"with /assign or `paidan tickets assign`)"
     back = say(staff, agent, "/online", at=NOW + timedelta(minutes=1))
     assert back.text == f"{name} is online; no ticket is waiting"
+    # A supervisor sends them home: what they still held goes to the colleague.
+    colleague = BO if agent == ANN else ANN
+    say(staff, colleague, "/online")
+    assert say(staff, colleague, f"/offline {name}").text.startswith("only a supervisor can set another agent")
+    home = say(staff, SUE, f"/offline {name}", at=NOW + timedelta(minutes=2))
+    assert home.text.startswith(f"{name} is offline: no new tickets are offered; handed on to others: {number}")
+    assert holder_id(staff, number) != agent
 
 
 def test_files_with_a_command_that_takes_none_do_nothing_and_say_so(staff):

@@ -62,7 +62,7 @@ HELP = "\n".join([
     "/relabel GD… priority P1 更正标签 · correct a label (type, category, priority)",
     "/assign GD… [坐席] 转派 · hand on (to an agent, or the best available)",
     "/merge GD…2 GD…1 [原因] 合并工单 · merge the first into the second (one customer's)",
-    "/online /offline 上线 / 下线 · start or stop taking new tickets",
+    "/online /offline 上线 / 下线 · start or stop taking tickets (主管 /offline 坐席: hands on all)",
     "/replies 常用回复 · list them   /replies add|edit|remove 名称 中文 || English 主管 · supervisors",
 ])
 
@@ -146,8 +146,10 @@ def _command(text: str, reply_to_text: str | None, has_files: bool = False) -> C
     name, rest = match.group(1).lower(), (match.group(2) or "").strip()
     if name in HELP_COMMANDS:
         return ConsoleHelp()
-    if name in LISTING_COMMANDS or name in AVAILABILITY_COMMANDS:
+    if name in LISTING_COMMANDS:
         return ConsoleCommand(name)
+    if name in AVAILABILITY_COMMANDS:  # `/offline NAME`: a supervisor sends someone home
+        return ConsoleCommand(name, agent=rest)
     if name == "replies":
         return _saved_replies(rest)
     if name not in TICKET_COMMANDS:
