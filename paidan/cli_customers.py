@@ -7,11 +7,8 @@ the click context object when it is a ``Settings`` (the main group), else from `
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,8 +17,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from models.errors import PaidanError
-from paidan.console import make_console
+from paidan.console import cli_actor, clear_errors, make_console
 from paidan.settings import Settings
 
 
@@ -35,24 +31,6 @@ def _engine():
     from paidan.db import make_engine
 
     return make_engine(_settings().database_url)
-
-
-def _actor(actor: str | None) -> str:
-    if actor:
-        return actor
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):  # no user name in a bare container
-        return "cli"
-
-
-@contextmanager
-def _clear_errors() -> Iterator[None]:
-    """Refusals and unknown customers become one line and exit status 1, never a traceback."""
-    try:
-        yield
-    except PaidanError as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 def _console() -> Console:
@@ -81,7 +59,7 @@ def show(customer: str, as_json: bool) -> None:
     from models.tables import ReviewItem
     from router.identity import customer_view, find_customer
 
-    with _clear_errors(), Session(_engine()) as session:
+    with clear_errors(), Session(_engine()) as session:
         row = find_customer(session, customer, default_region=_settings().phone_region)
         view = customer_view(session, row.id)
         reviews = session.scalars(
@@ -138,10 +116,10 @@ def merge(source: str, target: str, evidence: str, force: bool, actor: str | Non
     from router.identity import find_customer, merge_customers
 
     region = _settings().phone_region
-    with _clear_errors(), transaction(_engine()) as session:
+    with clear_errors(), transaction(_engine()) as session:
         src = find_customer(session, source, default_region=region)
         dst = find_customer(session, target, default_region=region)
-        done = merge_customers(session, src.id, dst.id, actor=_actor(actor), evidence=evidence,
+        done = merge_customers(session, src.id, dst.id, actor=cli_actor(actor), evidence=evidence,
                                now=datetime.now(UTC), force=force)
         message = (f"merge #{done.id}: customer #{done.source_id} merged into #{done.target_id} "
                    f"({len(done.identity_ids)} identities, {len(done.ticket_ids)} tickets moved)"
@@ -157,8 +135,8 @@ def unmerge(merge_id: int, actor: str | None) -> None:
     from paidan.db import transaction
     from router.identity import unmerge as undo
 
-    with _clear_errors(), transaction(_engine()) as session:
-        done = undo(session, merge_id, actor=_actor(actor), now=datetime.now(UTC))
+    with clear_errors(), transaction(_engine()) as session:
+        done = undo(session, merge_id, actor=cli_actor(actor), now=datetime.now(UTC))
         message = (f"merge #{done.id} undone: customer #{done.source_id} has its {len(done.identity_ids)} "
                    f"identities and {len(done.ticket_ids)} tickets back from #{done.target_id}")
     _console().print(message, markup=False)
@@ -181,7 +159,7 @@ def export(customer: str, out_file: str | None) -> None:
     from router.identity import find_customer
     from router.privacy import export_customer
 
-    with _clear_errors(), Session(_engine()) as session:
+    with clear_errors(), Session(_engine()) as session:
         row = find_customer(session, customer, default_region=_settings().phone_region)
         data = export_customer(session, row.id, now=datetime.now(UTC))
     text = json.dumps(data, ensure_ascii=False, indent=2)
@@ -224,15 +202,15 @@ def forget(customer: str, reason: str, force: bool, yes: bool, actor: str | None
     engine = _engine()
     region = _settings().phone_region
     if not yes:
-        with _clear_errors(), Session(engine) as session:
+        with clear_errors(), Session(engine) as session:
             row = find_customer(session, customer, default_region=region)
             person = same_person(session, row.id)
             data = _summary(session, person)
         click.confirm(f"Erase the personal data of customer #{person[0]} ({data}) for good? This cannot be undone",
                       abort=True)
-    with _clear_errors(), transaction(engine) as session:
+    with clear_errors(), transaction(engine) as session:
         row = find_customer(session, customer, default_region=region)
-        done = forget_customer(session, row.id, actor=_actor(actor), reason=reason, now=datetime.now(UTC), force=force)
+        done = forget_customer(session, row.id, actor=cli_actor(actor), reason=reason, now=datetime.now(UTC), force=force)
     out = _console()
     if not done.changed:
         out.print(f"customer #{done.customer_id}: nothing left to erase (forgotten before)", markup=False)

@@ -7,37 +7,16 @@ become one readable line and exit status 1.
 
 from __future__ import annotations
 
-import getpass
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import click
 from rich.table import Table
 
-from models.errors import PaidanError
 from paidan.cli_router import _engine, _now, _router_config
-from paidan.console import make_console
+from paidan.console import cli_actor, clear_errors, make_console
 
 PLACEHOLDER_HELP = ("Placeholders: {ticket} (the ticket number), {name} (the customer's name, or 客户 / customer) "
                     "and {agent} (who sends it); {{ and }} are literal braces.")
-
-
-@contextmanager
-def _clear_errors() -> Iterator[None]:
-    try:
-        yield
-    except PaidanError as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
-def _actor(actor: str | None) -> str:
-    if actor:
-        return actor
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):  # no user name in a bare container
-        return "cli"
 
 
 def _categories() -> tuple[str, ...]:
@@ -77,8 +56,8 @@ def add(name: str, zh: str, en: str, category: str | None, actor: str | None) ->
     from paidan.db import transaction
     from router.replies import add_reply
 
-    with _clear_errors(), transaction(_engine()) as session:
-        reply = add_reply(session, name, zh=zh, en=en, category=category, by=_actor(actor), now=_now(),
+    with clear_errors(), transaction(_engine()) as session:
+        reply = add_reply(session, name, zh=zh, en=en, category=category, by=cli_actor(actor), now=_now(),
                           categories=_categories())
         languages = " and ".join(lang for lang, text in (("Chinese", reply.text_zh), ("English", reply.text_en))
                                  if text)
@@ -98,8 +77,8 @@ def edit(name: str, zh: str | None, en: str | None, category: str | None, actor:
 
     if zh is None and en is None and category is None:
         raise click.UsageError("say what to change: --zh, --en and/or --category")
-    with _clear_errors(), transaction(_engine()) as session:
-        reply = update_reply(session, name, zh=zh, en=en, category=category, by=_actor(actor), now=_now(),
+    with clear_errors(), transaction(_engine()) as session:
+        reply = update_reply(session, name, zh=zh, en=en, category=category, by=cli_actor(actor), now=_now(),
                              categories=_categories())
         click.echo(f"changed !{reply.name}")
 
@@ -137,7 +116,7 @@ def show(name: str, as_json: bool) -> None:
 
     from router.replies import get_reply
 
-    with _clear_errors(), Session(_engine()) as session:
+    with clear_errors(), Session(_engine()) as session:
         data = _as_dict(get_reply(session, name))
     if as_json:
         click.echo(json.dumps(data, ensure_ascii=False, indent=2))
@@ -156,7 +135,7 @@ def remove(name: str) -> None:
     from paidan.db import transaction
     from router.replies import get_reply, remove_reply
 
-    with _clear_errors(), transaction(_engine()) as session:
+    with clear_errors(), transaction(_engine()) as session:
         gone = _as_dict(get_reply(session, name))
         remove_reply(session, name)
     # Printed, so a removal by mistake can be undone by hand with `replies add`.
