@@ -49,8 +49,9 @@ RETENTION_ACTOR = "retention"
 CANCELLED = "cancelled"
 # Outbox kinds that go to the customer (the rest go to staff, about the customer's tickets).
 CUSTOMER_KINDS = frozenset({"ack", "reply", "survey", "link_code"})
-# Outbox payload fields that quote what the customer wrote (a staff notice's text names the subject).
-QUOTING_FIELDS = ("text", "subject", "preview", "comment")
+# Outbox payload fields that quote what the customer wrote or sent (a staff notice's text names the
+# subject; a file sent to an agent, its name).
+QUOTING_FIELDS = ("text", "subject", "preview", "comment", "filename")
 # Shorter values are not searched for in audit text: "12" would erase every number in it. Two Chinese
 # characters are a whole name (张三), and erasing them by mistake in the person's own records costs little.
 SHORTEST_NEEDLE = 3
