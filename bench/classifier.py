@@ -605,6 +605,14 @@ LinearSVC C=1, no calibration; test figures only for the adopted default):
   multilingual static model (tokenlearn-static-model, no licence declared) 0.918-0.923 / 0.885-0.904. No
   wheel with usable Chinese vectors was found. kNN votes blended into the SVC scores (k 5-20) and a
   pairwise re-rank of the top two classes did not help: best Banking77 0.917, COCC 0.908 (+3 messages).
+- Nearest neighbours again (2026-12-07, chosen by CV on the training parts, test read once per final
+  candidate): cosine kNN on the pipeline's own TF-IDF (all blocks, word+pair, word only), per class
+  max / top-k sum / softmax vote over the top 30, and Rocchio centroids; as stacker inputs (Banking77
+  CV -0.2 to -1.6 points), or blended after the stacked scores with a CV weight: best CV 0.9175 / 0.8766
+  against 0.9152 / 0.8724; on test 0.9256 / 0.9146 (all blocks, vote) and 0.9256 / 0.9062 (word+pair,
+  max) against 0.9247 / 0.9062: +3 / +4 messages, where 0.930 / 0.920 need about 17 / 7. Costs rule it
+  out anyway: the stored training matrix is 3.8-14 MB (the Banking77 model directory is already 19.6 MB)
+  and it adds 0.3-4 ms p50 and 1-11 ms p99 a message. A TF-IDF neighbour knows what the linear model knows.
 - Earlier (2026-11-23, test set): LinearSVC C in {0.3, 0.5, 0.6, 1, 2} with word 1-2/1-3 grams and char_wb
   1-4..2-6 (min_df 1 or 2): 0.912-0.917; LogisticRegression C=30 0.920 but 16-20 s to fit; SVC+LR blends
   0.913-0.920; SGD 0.908-0.913; SVC + MultinomialNB/ComplementNB blends within noise.
