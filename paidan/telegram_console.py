@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -26,7 +26,7 @@ from connectors.telegram.console import (
 from connectors.telegram.send import Buttons
 from models.errors import ActionRefused, NotFound, PaidanError
 from models.message import Attachment
-from models.tables import Agent, CannedReply, Message, SlaClock, Ticket
+from models.tables import Agent, AttachmentRow, CannedReply, Message, SlaClock, Ticket
 from paidan.cli_router import age_text
 from paidan.db import transaction
 from router import actions, replies, states
@@ -226,8 +226,14 @@ def _show(session: Session, agent: Agent, command: ConsoleCommand, now: datetime
     messages = session.scalars(
         select(Message).where(Message.ticket_id == ticket.id).order_by(Message.id.desc()).limit(SHOW_MESSAGES)
     ).all()
+    files = dict(session.execute(
+        select(AttachmentRow.message_id, func.count()).where(AttachmentRow.message_id.in_([m.id for m in messages]))
+        .group_by(AttachmentRow.message_id)).all())
     for m in reversed(messages):
-        lines.append(f"{_author(m)}, {_age(now - m.received_at)} ago: {_clip(m.text, QUOTE_CHARS)}")
+        attached = f" 📎{files[m.id]}" if files.get(m.id) else ""
+        lines.append(f"{_author(m)}, {_age(now - m.received_at)} ago{attached}: {_clip(m.text, QUOTE_CHARS)}")
+    if any(files.get(m.id) and m.direction == "in" for m in messages):
+        lines.append(f"📎 the customer's files: /files {ticket.number}")
     offered_to_you = holder is not None and holder.id == agent.id and ticket.accepted_at is None \
         and ticket.state == states.ASSIGNED
     buttons: Buttons = ((("✅ Accept", f"accept:{ticket.number}"), ("❌ Decline", f"decline:{ticket.number}")),) \

@@ -273,6 +273,8 @@ def test_an_agent_gets_the_customers_files_merges_a_duplicate_and_goes_offline_f
     merged = say(staff, SUE, f"/merge {second} {number} 同一位客户")
     assert merged.text.startswith(f"{second} merged into {number}: 1 message(s) moved")
     assert ticket(staff, second).state == "merged"
+    shown = say(staff, agent, f"/show {number}").text
+    assert "📎1: 另外发票也开错了" in shown and f"📎 the customer's files: /files {number}" in shown
     files = say(staff, agent, f"/files {number}")
     assert files.text.startswith(f"1 file(s) of {number} on their way: 发票.jpg")
     with Session(staff) as session:
