@@ -970,8 +970,10 @@ def _write_offers(session: Session, offers: list[tuple[Ticket, AgentState, Choic
 
 
 def _customer_files(session: Session, ticket_ids: list[int]) -> dict[int, int]:
-    """How many files the customer sent on each ticket, so an offer can say so (one grouped query)."""
-    return dict(session.execute(
+    """How many files the customer sent on each ticket, so an offer can say so (one grouped query).
+    On the connection, not through the session: the customer's messages were committed by intake,
+    and an autoflush here would write the batch's pending rows one statement at a time."""
+    return dict(session.connection().execute(
         select(Message.ticket_id, func.count(AttachmentRow.id))
         .join(AttachmentRow, AttachmentRow.message_id == Message.id)
         .where(Message.ticket_id.in_(ticket_ids), Message.direction == "in")
