@@ -19,7 +19,7 @@ from enum import StrEnum
 MACHINE_FLAGS = frozenset({"auto_reply", "bounce"})
 
 # Han characters (CJK ideographs and their extensions A and compatibility forms) and Latin words.
-_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _LATIN_WORD = re.compile(r"[A-Za-z]{2,}")
 
 
@@ -29,7 +29,7 @@ def written_language(text: str) -> str | None:
     more often than an English writer uses Chinese (a signature, 王芳), so a Han character counts as
     much as two Latin words."""
     sample = text[:4000]
-    han = len(_HAN.findall(sample))
+    han = len(HAN.findall(sample))
     words = len(_LATIN_WORD.findall(sample))
     if han >= 2 and han * 2 >= words:
         return "zh"

@@ -21,7 +21,6 @@ Who may do what:
 from __future__ import annotations
 
 import functools
-import hashlib
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from models.message import ERASED, Attachment
 from models.tables import Agent, Assignment, AttachmentRow, LabelCorrection, Message, Ticket, TicketEvent
 from router import states
 from router.config import PRIORITIES, SUPERVISOR_ROLES, RouterConfig
-from router.intake import our_message_id
+from router.intake import attachment_rows, our_message_id
 from router import outbox
 from router.outbox import STAFF_CHANNEL, agent_address, customer_address, enqueue, enqueue_many, notify_agent
 
@@ -413,13 +412,11 @@ def _store_files(session: Session, message_id: int, attachments: Sequence[Attach
     bytes from the row when it sends, so the outbox holds no copy)."""
     if not attachments:
         return []
+    rows = attachment_rows(message_id, attachments)
     ids = session.execute(insert(AttachmentRow.__table__).returning(AttachmentRow.__table__.c.id,
-                                                                     sort_by_parameter_order=True), [
-        {"message_id": message_id, "filename": a.filename[:255], "content_type": a.content_type[:127], "size": a.size,
-         "sha256": hashlib.sha256(a.data).hexdigest(), "data": a.data} for a in attachments
-    ]).scalars().all()
-    return [{"id": i, "filename": a.filename[:255], "content_type": a.content_type[:127], "size": a.size}
-            for i, a in zip(ids, attachments)]
+                                                                     sort_by_parameter_order=True), rows).scalars().all()
+    return [{"id": i, "filename": r["filename"], "content_type": r["content_type"], "size": r["size"]}
+            for i, r in zip(ids, rows)]
 
 
 def _email_thread(session: Session, ticket: Ticket) -> tuple[str | None, list[str]]:
@@ -837,8 +834,7 @@ def merge(session: Session, ticket_number: str, actor: Agent | str | int, config
 
 
 def _more_urgent(priority: str | None, than: str | None) -> bool:
-    order = {p: i for i, p in enumerate(PRIORITIES)}
-    return priority in order and (than not in order or order[priority] < order[than])
+    return priority in PRIORITIES and (than not in PRIORITIES or PRIORITIES.index(priority) < PRIORITIES.index(than))
 
 
 def _known_label(value: str, allowed: tuple[str, ...]) -> str | None:

@@ -14,7 +14,7 @@ import queue
 import re
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQL
 from sqlalchemy.orm import Session
 
 from models.errors import ActionRefused, PaidanError, StorageUnavailable
-from models.message import MACHINE_FLAGS, InboundMessage, Receipt, written_language
+from models.message import MACHINE_FLAGS, Attachment, InboundMessage, Receipt, written_language
 from models.tables import (
     AttachmentRow,
     Customer,
@@ -213,14 +213,8 @@ def store_batch(
             for pos, msg in originals
         ],
     ).scalars().all() if originals else []
-    attachments = [
-        {
-            "message_id": message_id, "filename": a.filename[:255], "content_type": a.content_type[:127],
-            "size": a.size, "sha256": a.sha256, "data": a.data,
-        }
-        for (pos, msg), message_id in zip(originals, message_ids)
-        for a in msg.attachments
-    ]
+    attachments = [row for (pos, msg), message_id in zip(originals, message_ids)
+                   for row in attachment_rows(message_id, msg.attachments)]
     if attachments:
         session.execute(insert(AttachmentRow.__table__), attachments)
 
@@ -602,6 +596,12 @@ def _explicit_thread(session: Session, sender: _Sender, msg: InboundMessage) -> 
             return _Thread(row.id, reason=f"{label} {ref}", flags=thread.flags,
                            data={"how": how, "ticket": row.number})
     return thread
+
+
+def attachment_rows(message_id: int, attachments: Sequence[Attachment]) -> list[dict]:
+    """The attachments rows of one message's files (a customer's at intake, an agent's reply)."""
+    return [{"message_id": message_id, "filename": a.filename[:255], "content_type": a.content_type[:127],
+             "size": a.size, "sha256": a.sha256, "data": a.data} for a in attachments]
 
 
 def our_message_id(ticket_number: str, token: str | None = None) -> str:

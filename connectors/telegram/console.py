@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from models.message import Attachment
+from models.message import HAN, Attachment
 
 # GD + the date (8 digits) + a per-day sequence of at least three digits. Not \b: Chinese text is
 # made of word characters too, and "工单GD20261123001" must still name the ticket.
@@ -104,7 +104,6 @@ _COMMAND = re.compile(r"/(\w+)(?:@\w+)?(?:\s+(.*))?", re.DOTALL)
 # A reply that starts with `!name` (or `！name`, as a Chinese keyboard types it) sends the saved reply
 # called so; whatever follows the name is the agent's own words, sent after it. "!!!" is just text.
 _SAVED_REPLY = re.compile(r"[!！]([^\W_][\w-]*)(.*)", re.DOTALL)
-_HAN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 
 
 def parse_console(text: str | None, *, reply_to_text: str | None = None,
@@ -224,7 +223,7 @@ def _texts(text: str) -> tuple[str, str]:
         zh, _, en = text.partition("||")
         return zh.strip(), en.strip()
     text = text.strip()
-    return (text, "") if _HAN.search(text) else ("", text)
+    return (text, "") if HAN.search(text) else ("", text)
 
 
 def _ticket_and_rest(rest: str, reply_to_text: str | None) -> tuple[str | None, str]:

@@ -59,7 +59,7 @@ class TelegramSend:
 
 # Bots may upload up to 50 MB a file; a caption holds 1,024 characters.
 UPLOAD_LIMIT = 50 * 1024 * 1024
-CAPTION_LIMIT = 1024
+CAPTION_LIMIT = 1024  # cut by the sender: the Bot API refuses a longer caption
 
 
 # ---------------------------------------------------------------- building (pure)
@@ -99,12 +99,13 @@ def build_telegram(item: OutboxItem, load_file: FileLoader | None = None) -> Tel
     chat_id = chat_id_of(item.recipient)
     payload = item.payload or {}
     if item.kind == FILE_KIND:
-        return TelegramSend(chat_id, _file_caption(payload), documents=(_stored_file(payload, load_file),))
+        return TelegramSend(chat_id, _file_caption(payload),
+                            documents=(_stored_file(payload.get("attachment_id"), load_file),))
     if item.kind == "survey":  # the question, with its five rating buttons
         return TelegramSend(chat_id, *survey_question(payload))
     if item.kind == "reply" and payload.get("attachments"):  # the agent's files, the text their caption
-        files = tuple(_stored_file({"attachment_id": f.get("id")}, load_file) for f in payload["attachments"])
-        return TelegramSend(chat_id, _customer_text(item.kind, payload, caption=True)[:CAPTION_LIMIT], documents=files)
+        files = tuple(_stored_file(f.get("id"), load_file) for f in payload["attachments"])
+        return TelegramSend(chat_id, _customer_text(item.kind, payload, caption=True), documents=files)
     if item.kind in CUSTOMER_KINDS:
         text = _customer_text(item.kind, payload)
         return TelegramSend(chat_id, _fit(text, _customer_cut_note(payload.get("language"))))
@@ -140,11 +141,10 @@ def _file_caption(payload: dict) -> str:
     caption = f"📎 {payload.get('ticket') or ''} · {payload.get('filename') or 'file'}"
     if payload.get("received_at"):
         caption += f" · {utc_time(payload['received_at'])}"
-    return caption[:CAPTION_LIMIT]
+    return caption
 
 
-def _stored_file(payload: dict, load_file: FileLoader | None) -> TelegramFile:
-    attachment_id = payload.get("attachment_id")
+def _stored_file(attachment_id: object, load_file: FileLoader | None) -> TelegramFile:
     if load_file is None or not isinstance(attachment_id, int):
         raise PermanentFailure(f"the file item names no attachment this sender can read ({attachment_id!r})")
     found = load_file(attachment_id)
