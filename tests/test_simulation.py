@@ -99,6 +99,12 @@ def the_days_messages(rng: random.Random) -> tuple[list[tuple[int, InboundMessag
                            [Identity(IdentityKind.TELEGRAM, tg), Identity(IdentityKind.PHONE, phone)],
                            "还有：" + detail.format(n=n)))
         travellers.append({"email": email, "phone": phone, "telegram": tg})
+    # An outage at 10:30: 30 customers write within three minutes, more than the technical agents
+    # on shift can hold (capacity 15), so some first responses miss P0's 15 minutes by construction
+    # and the breach path is exercised every run, not only when the dice fall that way.
+    for i in range(30):
+        out.append(message(150 + i % 3, Channel.TELEGRAM, [Identity(IdentityKind.TELEGRAM, str(70_000 + i))],
+                           TOPICS[7][0].format(n=rng.randint(10**9, 10**10))))
     out.sort(key=lambda pair: pair[1].received_at)
     return out, travellers
 
@@ -152,7 +158,7 @@ def work_the_tickets(session: Session, now: datetime, diligent: dict[str, bool],
     offers = session.execute(
         select(Assignment, Agent.name, Ticket.number).join(Agent, Agent.id == Assignment.agent_id)
         .join(Ticket, Ticket.id == Assignment.ticket_id)
-        .where(Assignment.accepted_at.is_(None), Assignment.ended_at.is_(None))
+        .where(Assignment.accepted_at.is_(None), Assignment.ended_at.is_(None)).order_by(Assignment.id)
     ).all()
     for offer, name, number in offers:
         if diligent.get(name) and now - offer.offered_at >= timedelta(minutes=rng.randint(1, 4)):
@@ -162,6 +168,7 @@ def work_the_tickets(session: Session, now: datetime, diligent: dict[str, bool],
         select(Ticket.number, Ticket.accepted_at, Ticket.first_response_at, Agent.name)
         .join(Agent, Agent.id == Ticket.assigned_agent_id)
         .where(Ticket.state.in_((states.IN_PROGRESS, states.REOPENED)), Ticket.accepted_at.is_not(None))
+        .order_by(Ticket.id)
     ).all()
     for number, accepted_at, first_response_at, name in held:
         _, reply_after, resolve_after = plans.setdefault(number, (0, 10, 60))
