@@ -70,6 +70,11 @@ class Customer(Base):
     # Set when this customer was merged into another; kept so a merge can be undone.
     merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("customers.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Set while the customer is blocked as a spammer or abuser (router/blocking.py): their messages
+    # are still stored, on closed tickets, but nobody is assigned and nothing is sent back.
+    blocked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    blocked_by: Mapped[str | None] = mapped_column(String(200))
+    blocked_reason: Mapped[str | None] = mapped_column(Text)
 
     identities: Mapped[list[Identity]] = relationship(back_populates="customer")
 

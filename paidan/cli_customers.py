@@ -1,5 +1,5 @@
-"""`paidan customers show | merge | unmerge | export | forget`: one person across channels, as a supervisor
-sees it, and their personal data on request (PIPL / GDPR).
+"""`paidan customers show | merge | unmerge | block | unblock | export | forget`: one person across
+channels, as a supervisor sees it; spammers blocked; their personal data on request (PIPL / GDPR).
 
 The lead's `paidan.cli` registers the group with ``cli.add_command(customers)``. Settings come from
 the click context object when it is a ``Settings`` (the main group), else from ``Settings()``.
@@ -40,7 +40,7 @@ def _console() -> Console:
 @click.group()
 def customers() -> None:
     """Customers: who wrote from which address, phone or Telegram account; merge and unmerge them;
-    export or erase their personal data on request.
+    block spammers; export or erase their personal data on request.
 
     A CUSTOMER is given by id (12 or #12) or by any of their identities: an email address,
     a phone number (+8613800138000, or a local number read in the configured phone region),
@@ -80,6 +80,8 @@ def show(customer: str, as_json: bool) -> None:
     out = _console()
     vip = "  VIP" if data["vip"] else ""
     out.print(f"[bold]customer #{data['id']}[/bold] {data['display_name']}{vip}  since {data['created_at'][:10]}")
+    if data["blocked"]:
+        out.print(f"🚫 {data['blocked']} (`paidan customers unblock {data['id']}` lifts it)", markup=False)
     if data["merged_into_id"]:
         out.print(f"merged into customer #{data['merged_into_id']}: its identities and tickets are there now")
     out.print("identities: " + (", ".join(data["identities"]) or "-"), markup=False)
@@ -140,6 +142,63 @@ def unmerge(merge_id: int, actor: str | None) -> None:
         message = (f"merge #{done.id} undone: customer #{done.source_id} has its {len(done.identity_ids)} "
                    f"identities and {len(done.ticket_ids)} tickets back from #{done.target_id}")
     _console().print(message, markup=False)
+
+
+@customers.command("block")
+@click.argument("customer")
+@click.option("--reason", required=True, help="Why, for the audit trail: e.g. 'sends advertising every hour'.")
+@click.option("--as", "--actor", "actor", help="Who decided (default: cli:<your user name>).")
+def block(customer: str, reason: str, actor: str | None) -> None:
+    """Block CUSTOMER as a spammer or abuser.
+
+    What they send afterwards, on any channel, is still stored, on closed tickets, but nobody is
+    assigned and nothing is sent back. Their open tickets that nobody has answered close as spam.
+    `paidan customers unblock` undoes it.
+    """
+    from paidan.db import transaction
+    from router import blocking
+    from router.identity import find_customer
+
+    who = cli_actor(actor)
+    with clear_errors(), transaction(_engine()) as session:
+        row = find_customer(session, customer, default_region=_settings().phone_region)
+        if not blocking.block(session, row, by=who, reason=reason, now=datetime.now(UTC)):
+            raise click.ClickException(f"customer #{row.id} is already blocked")
+        closed = blocking.close_unanswered(session, row, first=None, actor=who, reason=f"{who} blocked the customer: "
+                                           f"{reason}", config=_router_config(), now=datetime.now(UTC))
+        message = (f"customer #{row.id} blocked: what they send now is kept closed and never answered"
+                   + (f"; closed {', '.join(t.number for t in closed)} (nobody had answered them)" if closed else ""))
+    _console().print(message, markup=False)
+
+
+@customers.command("unblock")
+@click.argument("customer")
+@click.option("--reason", default="", help="Why, for the audit trail.")
+@click.option("--as", "--actor", "actor", help="Who decided (default: cli:<your user name>).")
+def unblock(customer: str, reason: str, actor: str | None) -> None:
+    """Lift CUSTOMER's block: what was kept while they were blocked goes to the router, which labels,
+    acknowledges and assigns it as if it had just arrived."""
+    from paidan.db import transaction
+    from router import blocking
+    from router.identity import find_customer
+
+    who = cli_actor(actor)
+    with clear_errors(), transaction(_engine()) as session:
+        row = find_customer(session, customer, default_region=_settings().phone_region)
+        if not blocking.unblock(session, row):
+            raise click.ClickException(f"customer #{row.id} is not blocked")
+        reopened, rerouted = blocking.release_kept(session, row, actor=who, now=datetime.now(UTC),
+                                                   reason=f"{who} unblocked the customer" + (f": {reason}" if reason else ""))
+        message = (f"customer #{row.id} unblocked"
+                   + (f"; reopened {', '.join(reopened)} for the router to assign" if reopened else "")
+                   + (f"; messages kept meanwhile on {', '.join(rerouted)} go to their agents" if rerouted else ""))
+    _console().print(message, markup=False)
+
+
+def _router_config():
+    from paidan.service import router_config
+
+    return router_config(_settings())
 
 
 @customers.command("export")

@@ -26,11 +26,12 @@ from connectors.telegram.console import (
 from connectors.telegram.send import Buttons
 from models.errors import ActionRefused, NotFound, PaidanError
 from models.message import Attachment
-from models.tables import Agent, AttachmentRow, CannedReply, Message, SlaClock, Ticket
+from models.tables import Agent, AttachmentRow, CannedReply, Customer, Message, SlaClock, Ticket
 from paidan.cli_router import age_text
 from paidan.db import transaction
 from router import actions, replies, states
 from router.config import RouterConfig
+from router.identity import describe_block, root_customer
 from router.cursors import claim_once
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,10 @@ def _act(session: Session, agent: Agent, command: ConsoleCommand, config: Router
             return actions.send_files(session, number, agent, config, now)
         case "merge":
             return actions.merge(session, number, agent, config, now, into=command.into, reason=command.text)
+        case "spam":
+            return actions.mark_spam(session, number, agent, config, now, reason=command.text)
+        case "notspam":
+            return actions.not_spam(session, number, agent, config, now, reason=command.text)
     raise ActionRefused(f"the console has no action {command.action!r}; send /help for the commands")
 
 
@@ -222,6 +227,9 @@ def _show(session: Session, agent: Agent, command: ConsoleCommand, now: datetime
     ]
     if ticket.subject:
         lines.append(f"subject: {_clip(ticket.subject, QUOTE_CHARS)}")
+    customer = session.get(Customer, root_customer(session, ticket.customer_id))
+    if customer.blocked_at is not None:
+        lines.append(f"🚫 customer {describe_block(customer)} (/notspam {ticket.number} lifts it)")
     lines += _clock_lines(session, ticket, now)
     messages = session.scalars(
         select(Message).where(Message.ticket_id == ticket.id).order_by(Message.id.desc()).limit(SHOW_MESSAGES)

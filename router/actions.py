@@ -16,6 +16,8 @@ Who may do what:
 - reassign: a supervisor or the holder; only a supervisor may `force` past the skills check.
   Capacity is never forced: raise the agent's capacity first (`paidan agents set`).
 - merge: a supervisor or the holder of either ticket; only one customer's open tickets.
+- spam: a supervisor, or an agent for a ticket that is theirs or nobody's; not spam: a supervisor or
+  the agent who marked it.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from models.errors import ActionRefused, NotFound
 from models.message import ERASED, Attachment
-from models.tables import Agent, Assignment, AttachmentRow, LabelCorrection, Message, Ticket, TicketEvent
+from models.tables import Agent, Assignment, AttachmentRow, Customer, LabelCorrection, Message, Ticket, TicketEvent
 from router import states
 from router.config import PRIORITIES, SUPERVISOR_ROLES, RouterConfig
 from router.intake import attachment_rows, our_message_id
@@ -831,6 +833,75 @@ def merge(session: Session, ticket_number: str, actor: Agent | str | int, config
     drained = assignment.drain_queue(session, config, now, freed_by=freed) if freed is not None else 0
     return _outcome(session, target, "merge", f"{source.number} merged into {target.number}: {moved} message(s) moved{raised}",
                     {"merged": source.number, "messages_moved": moved, "priority_from": raised_from, "drained": drained})
+
+
+# ---------------------------------------------------------------- spam
+
+
+@_written_together
+def mark_spam(session: Session, ticket_number: str, actor: Agent | str | int, config: RouterConfig,
+              now: datetime, *, reason: str = "") -> Outcome:
+    """The ticket is spam or abuse: its sender is blocked (router/blocking.py: what they send later is
+    kept, closed, and never routed or answered), and the ticket closes, with every other open ticket of
+    theirs that nobody has answered yet; agents get their capacity back. `not_spam` undoes all of it.
+    """
+    from router import blocking
+    from router.identity import root_customer
+
+    agent = resolve_agent(session, actor)
+    ticket = _ticket(session, ticket_number)
+    if ticket.state == states.MERGED:
+        _refuse_if_finished(session, ticket, "mark as spam")
+    if blocking.SPAM_FLAG in ticket.flags:
+        raise ActionRefused(f"ticket {ticket.number} is already marked as spam; /notspam {ticket.number} undoes it")
+    if _holder_id(ticket) not in (None, agent.id) and not is_supervisor(agent):
+        raise _not_yours(session, ticket, agent, "mark as spam")
+    why = reason.strip()
+    customer = session.get(Customer, root_customer(session, ticket.customer_id))
+    newly_blocked = blocking.block(session, customer, by=agent.name, reason=why or f"{ticket.number} marked as spam",
+                                   now=now)
+    closed = blocking.close_unanswered(session, customer, first=ticket, actor=_actor(agent), config=config, now=now,
+                                       reason=f"marked by {agent.name}" + (f": {why}" if why else ""))
+    others = [t.number for t in closed[1:]]
+    also = f"; also closed {', '.join(others)} (nobody had answered them)" if others else ""
+    blocked = (f"customer #{customer.id} blocked: what they send now is kept closed and never answered"
+               if newly_blocked else f"customer #{customer.id} was already blocked")
+    return _outcome(session, ticket, "spam", f"{ticket.number} closed as spam; {blocked}{also} "
+                    f"(/notspam {ticket.number} undoes it)",
+                    {"customer_id": customer.id, "closed": [t.number for t in closed], "newly_blocked": newly_blocked})
+
+
+@_written_together
+def not_spam(session: Session, ticket_number: str, actor: Agent | str | int, config: RouterConfig,
+             now: datetime, *, reason: str = "") -> Outcome:
+    """Marked as spam by mistake: the customer is unblocked, and everything kept while they were
+    blocked goes back to the router (`blocking.release_kept`)."""
+    from router import blocking
+    from router.identity import root_customer
+
+    agent = resolve_agent(session, actor)
+    ticket = _ticket(session, ticket_number)
+    customer = session.get(Customer, root_customer(session, ticket.customer_id))
+    if blocking.SPAM_FLAG not in ticket.flags and customer.blocked_at is None:
+        raise ActionRefused(f"ticket {ticket.number} is not marked as spam and its customer is not blocked; "
+                            f"nothing to undo")
+    marked_by = session.scalar(
+        select(TicketEvent.actor).where(TicketEvent.ticket_id == ticket.id, TicketEvent.kind == "transition",
+                                        TicketEvent.to_state == states.CLOSED)
+        .order_by(TicketEvent.id.desc()).limit(1))
+    if not is_supervisor(agent) and marked_by != _actor(agent):
+        raise ActionRefused(f"only a supervisor or the agent who marked {ticket.number} as spam can undo it")
+    why = reason.strip()
+    blocking.unblock(session, customer)
+    reopened, rerouted = blocking.release_kept(session, customer, actor=_actor(agent), now=now,
+                                               reason=f"said {agent.name}" + (f": {why}" if why else ""))
+    parts = [f"customer #{customer.id} unblocked"]
+    if reopened:
+        parts.append(f"reopened {', '.join(reopened)} for the router to assign")
+    if rerouted:
+        parts.append(f"messages kept meanwhile on {', '.join(rerouted)} go to their agents")
+    return _outcome(session, ticket, "not_spam", "; ".join(parts),
+                    {"customer_id": customer.id, "reopened": reopened, "rerouted": rerouted})
 
 
 def _more_urgent(priority: str | None, than: str | None) -> bool:

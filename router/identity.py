@@ -179,6 +179,11 @@ def merge_customers(
     for ticket in tickets:
         _move_ticket(ticket, target_id)
     source.merged_into_id = target_id
+    if source.blocked_at is not None and target.blocked_at is None:
+        # The block belongs to the person (router/blocking.py): writing from a new address that also
+        # names a blocked one does not shed it. Unmerging leaves it on the target: lift it there.
+        target.blocked_at, target.blocked_by = source.blocked_at, source.blocked_by
+        target.blocked_reason = f"merged with blocked customer #{source_id}: {source.blocked_reason or ''}".rstrip(": ")
     merge = CustomerMerge(
         source_id=source_id, target_id=target_id, identity_ids=[i.id for i in identities],
         ticket_ids=[t.id for t in tickets], evidence=evidence.strip(), actor=actor, at=now,
@@ -257,6 +262,7 @@ class CustomerView:
     identities: tuple[tuple[str, str], ...]
     tickets: tuple[tuple[str, str, str], ...]  # number, state, subject
     merges: tuple[dict, ...]  # merges this customer took part in, oldest first
+    blocked: str | None = None  # who blocked them as a spammer, when and why (router/blocking.py)
 
 
 def find_customer(session: Session, ref: str, *, default_region: str = DEFAULT_REGION) -> Customer:
@@ -276,6 +282,12 @@ def find_customer(session: Session, ref: str, *, default_region: str = DEFAULT_R
     if owner is None:
         raise NotFound(f"no customer is known by {identity}")
     return session.get(Customer, root_customer(session, owner))
+
+
+def describe_block(customer: Customer) -> str:
+    """One line: who blocked the customer as a spammer, when and why."""
+    why = f": {customer.blocked_reason}" if customer.blocked_reason else ""
+    return f"blocked by {customer.blocked_by} at {customer.blocked_at:%Y-%m-%d %H:%M} UTC{why}"
 
 
 def customer_view(session: Session, customer_id: int) -> CustomerView:
@@ -300,4 +312,5 @@ def customer_view(session: Session, customer_id: int) -> CustomerView:
              "undone_at": m.undone_at.isoformat() if m.undone_at else None, "undone_by": m.undone_by}
             for m in merges
         ),
+        blocked=describe_block(customer) if customer.blocked_at else None,
     )

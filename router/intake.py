@@ -35,7 +35,7 @@ from models.tables import (
     TicketCounter,
     TicketEvent,
 )
-from router import states
+from router import blocking, states
 from router.config import RouterConfig
 from router.dialects import PerDialect
 from router.identity import conflicts, describe_conflicts, identities_of, merge_customers, root_customer
@@ -112,12 +112,16 @@ def store_batch(
     threads = _find_threads(session, originals, senders, config, now)
 
     new_ticket_positions = [pos for pos, _ in originals if threads[pos].opens_ticket]
-    # An auto-reply or bounce that names no ticket of ours is kept on a ticket that is closed from the
-    # start: stored and visible, but nobody is assigned and nothing is sent back (DESIGN.md: no loops).
-    machine = {pos for pos, msg in originals if msg.machine_generated}
     numbers = _next_ticket_numbers(session, now.astimezone(tz).strftime("%Y%m%d"), len(new_ticket_positions))
     by_pos = dict(originals)
     customer_of = {pos: s.customer_id for (pos, _), s in zip(originals, senders)}
+    # Held back, with what each is: an auto-reply or bounce that names no ticket of ours (DESIGN.md:
+    # no loops), or anything a blocked customer sends (router/blocking.py). Either is stored on a
+    # ticket closed from the start, or on its own ticket without touching it: kept and visible, but
+    # nobody is assigned, no clock starts and nothing is sent back.
+    blocked = blocking.blocked_among(session, set(customer_of.values()))
+    held_back = {pos: "message from a blocked customer" if customer_of[pos] in blocked else _machine_kind(msg)
+                 for pos, msg in originals if msg.machine_generated or customer_of[pos] in blocked}
     flags_of = {pos: [*s.flags, *threads[pos].flags] for (pos, _), s in zip(originals, senders)}
 
     ticket_ids: dict[int, int] = {}
@@ -130,14 +134,15 @@ def store_batch(
                     "customer_id": customer_of[pos],
                     "channel": by_pos[pos].channel.value,
                     "subject": _subject(by_pos[pos]),
-                    "state": states.CLOSED if pos in machine else states.NEW,
+                    "state": states.CLOSED if pos in held_back else states.NEW,
                     # The channel's word (Telegram's app language, the form's), else the script it is
                     # written in: email says nothing, and a Chinese mail deserves a Chinese answer.
                     "language": by_pos[pos].language or written_language(f"{by_pos[pos].subject}\n{by_pos[pos].text}"),
-                    # identity conflicts and rejected references: for triage; auto_reply / bounce
-                    "flags": [*flags_of[pos], *_machine_flags(by_pos[pos])],
-                    "routed_at": now if pos in machine else None,  # the router leaves it alone
-                    "closed_at": now if pos in machine else None,
+                    # identity conflicts and rejected references: for triage; auto_reply / bounce; spam
+                    "flags": [*flags_of[pos], *_machine_flags(by_pos[pos]),
+                              *([blocking.SPAM_FLAG] if customer_of[pos] in blocked else [])],
+                    "routed_at": now if pos in held_back else None,  # the router leaves it alone
+                    "closed_at": now if pos in held_back else None,
                     "created_at": now,
                     "updated_at": now,
                 }
@@ -148,9 +153,10 @@ def store_batch(
         session.execute(insert(TicketEvent.__table__), [
             {
                 "ticket_id": ticket_ids[pos], "at": now, "actor": "customer", "kind": "created",
-                "to_state": states.CLOSED if pos in machine else states.NEW,
-                "reason": (f"{_machine_kind(by_pos[pos])} on {by_pos[pos].channel.value} that names no open ticket: "
-                           f"kept closed, nothing sent" if pos in machine else
+                "to_state": states.CLOSED if pos in held_back else states.NEW,
+                "reason": (f"{held_back[pos]} on {by_pos[pos].channel.value}"
+                           f"{'' if customer_of[pos] in blocked else ' that names no open ticket'}: "
+                           f"kept closed, nothing sent" if pos in held_back else
                            f"first message on {by_pos[pos].channel.value}; {threads[pos].reason}"),
                 "data": {"external_id": by_pos[pos].external_id, "flags": flags_of[pos], "thread": threads[pos].data},
             }
@@ -166,7 +172,7 @@ def store_batch(
         thread = threads[pos]
         if thread.ticket_id is not None:
             row = current[thread.ticket_id]
-            if pos not in machine:  # an auto-reply neither reopens a ticket nor ends a wait on the customer
+            if pos not in held_back:  # an auto-reply neither reopens a ticket nor ends a wait on the customer
                 first_message.setdefault(row.id, msg)
             if "identity_conflict" in flags_of[pos] and "identity_conflict" not in row.flags:
                 conflicted.add(row.id)
@@ -175,7 +181,7 @@ def store_batch(
             ticket_ids[pos], number_of[pos] = ticket_ids[thread.join_pos], number_of[thread.join_pos]
         else:
             continue
-        what = f"{_machine_kind(msg)} (the ticket's state is unchanged)" if pos in machine else "message"
+        what = f"{held_back[pos]} (the ticket's state is unchanged)" if pos in held_back else "message"
         message_events.append({"ticket_id": ticket_ids[pos], "at": now, "actor": "customer", "kind": "message",
                                "reason": f"{what} on {msg.channel.value}; {thread.reason}",
                                "data": {"external_id": msg.external_id, "thread": thread.data}})
@@ -206,7 +212,7 @@ def store_batch(
                 "in_reply_to": msg.thread_refs.in_reply_to,
                 "references": list(msg.thread_refs.references),
                 "public": not msg.machine_generated,  # an auto-reply or bounce is for agents, not the status page
-                "flags": [*msg.flags, *flags_of[pos]],
+                "flags": [*msg.flags, *flags_of[pos], *([blocking.BLOCKED_FLAG] if customer_of[pos] in blocked else [])],
                 "received_at": msg.received_at,
                 "created_at": now,
             }
@@ -222,7 +228,7 @@ def store_batch(
     for (pos, msg), message_id in zip(originals, message_ids):
         new = pos in new_positions
         receipts[pos] = Receipt(number_of[pos], ticket_ids[pos], message_id, duplicate=False, new_ticket=new,
-                                first_response_due=first_response if new and pos not in machine else None)
+                                first_response_due=first_response if new and pos not in held_back else None)
     for pos, msg in fresh:
         first = seen_keys[(msg.channel.value, msg.external_id)]
         if first != pos:

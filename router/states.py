@@ -18,15 +18,16 @@ STATES = (NEW, ASSIGNED, IN_PROGRESS, AWAITING_CUSTOMER, RESOLVED, CLOSED, REOPE
 OPEN_STATES = frozenset({NEW, ASSIGNED, IN_PROGRESS, AWAITING_CUSTOMER, REOPENED})
 
 # Forward along the happy path; back to `new` when an assignment is declined or times out;
-# `reopened` when the customer says it is not solved; `merged` is final.
+# `reopened` when the customer says it is not solved; `merged` is final. Any open ticket can close
+# at once: that is what marking it spam does (router/blocking.py), with nothing to resolve.
 TRANSITIONS: dict[str, frozenset[str]] = {
     NEW: frozenset({ASSIGNED, IN_PROGRESS, AWAITING_CUSTOMER, RESOLVED, CLOSED, MERGED}),
-    ASSIGNED: frozenset({NEW, ASSIGNED, IN_PROGRESS, AWAITING_CUSTOMER, RESOLVED, MERGED}),
-    IN_PROGRESS: frozenset({NEW, ASSIGNED, AWAITING_CUSTOMER, RESOLVED, MERGED}),
+    ASSIGNED: frozenset({NEW, ASSIGNED, IN_PROGRESS, AWAITING_CUSTOMER, RESOLVED, CLOSED, MERGED}),
+    IN_PROGRESS: frozenset({NEW, ASSIGNED, AWAITING_CUSTOMER, RESOLVED, CLOSED, MERGED}),
     AWAITING_CUSTOMER: frozenset({NEW, ASSIGNED, IN_PROGRESS, RESOLVED, CLOSED, MERGED}),
     RESOLVED: frozenset({CLOSED, REOPENED}),
     CLOSED: frozenset({REOPENED}),
-    REOPENED: frozenset({NEW, ASSIGNED, IN_PROGRESS, AWAITING_CUSTOMER, RESOLVED, MERGED}),
+    REOPENED: frozenset({NEW, ASSIGNED, IN_PROGRESS, AWAITING_CUSTOMER, RESOLVED, CLOSED, MERGED}),
     MERGED: frozenset(),
 }
 

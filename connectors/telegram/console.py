@@ -30,6 +30,8 @@ TICKET_COMMANDS: dict[str, str] = {
     "show": f"/show {EXAMPLE}",
     "files": f"/files {EXAMPLE}",
     "merge": "/merge GD20261123002 GD20261123001 [原因 reason]",
+    "spam": f"/spam {EXAMPLE} [原因 reason]",
+    "notspam": f"/notspam {EXAMPLE} [原因 reason]",
 }
 LISTING_COMMANDS = frozenset({"queue", "mine", "dashboard"})  # commands that name no ticket
 AVAILABILITY_COMMANDS = frozenset({"online", "offline"})  # an agent starts or ends their working time
@@ -57,11 +59,11 @@ HELP = "\n".join([
     "/reply GD… !名称 [补充] 发送常用回复 · send a saved reply, your words after it",
     "/note GD… 文字 内部备注 · internal note (the customer never sees it)",
     "/wait GD… [说明] 等待客户 · wait for the customer (SLA paused)",
-    "/resolve GD… [说明] 已解决 · resolve",
-    "/reopen GD… 原因 重新打开 · reopen, with the reason",
+    "/resolve GD… [说明] 已解决 · resolve   /reopen GD… 原因 重新打开 · reopen, with the reason",
     "/relabel GD… priority P1 更正标签 · correct a label (type, category, priority)",
     "/assign GD… [坐席] 转派 · hand on (to an agent, or the best available)",
     "/merge GD…2 GD…1 [原因] 合并工单 · merge the first into the second (one customer's)",
+    "/spam GD… [原因] 垃圾信息 · close it and block the sender   /notspam GD… 撤销 · undo",
     "/online /offline 上线 / 下线 · start or stop taking tickets (主管 /offline 坐席: hands on all)",
     "/replies 常用回复 · list them   /replies add|edit|remove 名称 中文 || English 主管 · supervisors",
 ])
