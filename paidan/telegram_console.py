@@ -102,7 +102,8 @@ def run_console(engine: Engine, config: RouterConfig, telegram_id: int, command:
             outcome = _act(session, agent, command, config, now)
     except replies.UnknownReply as error:
         guess = f" (did you mean !{' or !'.join(error.close)}?)" if error.close else ""
-        return ConsoleAnswer(f"no saved reply called {error.name!r}{guess}; /replies lists them (nothing was sent)")
+        return ConsoleAnswer(f"no saved reply called {error.name!r}{guess}; /replies lists them (nothing was sent). "
+                             f"To send text that starts with !, start it with !! instead")
     except PaidanError as error:
         return ConsoleAnswer(str(error))
     except OperationalError:
@@ -154,8 +155,8 @@ def _send_saved_reply(session: Session, agent: Agent, command: ConsoleCommand, c
     """`!name`: the saved reply, filled in for this ticket's customer, goes out as a typed reply would."""
     rendered = replies.for_ticket(session, command.saved, command.ticket or "", agent.name, extra=command.text)
     outcome = actions.reply(session, command.ticket or "", agent, rendered.text, config, now,
-                            attachments=command.attachments)
-    return replace(outcome, data={**outcome.data, "saved_reply": rendered.name, "language": rendered.language})
+                            attachments=command.attachments, saved_reply=rendered.name)
+    return replace(outcome, data={**outcome.data, "language": rendered.language})
 
 
 def _already_done(command: ConsoleCommand) -> str:

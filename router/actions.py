@@ -323,13 +323,15 @@ def decline(session: Session, ticket_number: str, actor: Agent | str | int, conf
 
 @_written_together
 def reply(session: Session, ticket_number: str, actor: Agent | str | int, text: str, config: RouterConfig,
-          now: datetime, *, public: bool = True, attachments: Sequence[Attachment] = ()) -> Outcome:
+          now: datetime, *, public: bool = True, attachments: Sequence[Attachment] = (),
+          saved_reply: str | None = None) -> Outcome:
     """Write to the customer (public) or leave an internal note (public=False).
 
     A public reply is stored as an outbound message and queued in the outbox for the customer's
     channel; the first one stops the first-response clock. A note is stored and sends nothing.
     `attachments` (a screenshot, a PDF) go with it: attached to the mail, or sent in one Telegram
-    message with the text as their caption.
+    message with the text as their caption. `saved_reply`: the name of the saved reply `text` was
+    rendered from, kept in the audit event (router/replies.py).
     """
     from router import sla
 
@@ -380,6 +382,8 @@ def reply(session: Session, ticket_number: str, actor: Agent | str | int, text: 
     files = _store_files(session, message_id, attachments)
 
     data: dict = {"action": "reply" if public else "note", "message_id": message_id, "public": public}
+    if saved_reply:
+        data["saved_reply"] = saved_reply
     if files:
         data["attachments"] = files
     if not public:

@@ -18,7 +18,7 @@ from connectors.telegram.send import build_telegram
 from factories import KeywordClassifier
 from models import Channel, Identity, IdentityKind, InboundMessage, Sender
 from models.errors import InvalidInput
-from models.tables import Agent, CannedReply, Customer, Message, OutboxItem, Ticket
+from models.tables import Agent, CannedReply, Customer, Message, OutboxItem, Ticket, TicketEvent
 from paidan.cli import cli
 from paidan.db import transaction
 from paidan.telegram_console import ConsoleAnswer, answer_agent
@@ -273,6 +273,9 @@ def test_the_cli_says_when_there_are_none(run):
     ("!refund 稍等", f"🆕 {NUMBER} · new ticket", ConsoleCommand("reply", NUMBER, text="稍等", via="reply", saved="refund")),
     # Not a saved reply: no name right after the mark.
     (f"/reply {NUMBER} !!! 好的", None, ConsoleCommand("reply", NUMBER, text="!!! 好的")),
+    # `!!word`: text that really starts with "!word", one mark dropped.
+    (f"/reply {NUMBER} !!Important: 请今天处理", None, ConsoleCommand("reply", NUMBER, text="!Important: 请今天处理")),
+    ("！！退款 已到账", f"{NUMBER}", ConsoleCommand("reply", NUMBER, text="！退款 已到账", via="reply")),
     ("! 好的", f"{NUMBER}", ConsoleCommand("reply", NUMBER, text="! 好的", via="reply")),
     ("/replies", None, ConsoleCommand("replies")),
     ("/replies@paidan_bot 退款", None, ConsoleCommand("replies", saved="退款")),
@@ -354,6 +357,8 @@ def test_a_saved_reply_reaches_a_telegram_customer_in_their_language(staff):
         assert [(m.text, m.public, m.author_agent_id is not None) for m in sent] == [(expected, True, True)]
         ticket = session.scalar(select(Ticket).where(Ticket.number == number))
         assert ticket.state == "in_progress" and ticket.first_response_at == NOW  # it counts as the first response
+        [replied] = session.scalars(select(TicketEvent).where(TicketEvent.kind == "replied")).all()
+        assert replied.data["saved_reply"] == "refund"  # the audit trail says which saved reply went out
 
 
 def test_a_saved_reply_reaches_an_email_customer_in_the_language_they_wrote(staff):
@@ -394,9 +399,10 @@ def test_an_unknown_name_gets_an_answer_the_agent_can_act_on(staff):
     number = ticket_from(staff, Channel.TELEGRAM, "我要退款", language="zh")
     agent, _ = holder(staff, number)
     assert say(staff, agent, f"/reply {number} !refnd", once="telegram-update:78").text == \
-        "no saved reply called 'refnd' (did you mean !refund?); /replies lists them (nothing was sent)"
-    assert say(staff, agent, f"/reply {number} !shipping").text == \
-        "no saved reply called 'shipping'; /replies lists them (nothing was sent)"
+        ("no saved reply called 'refnd' (did you mean !refund?); /replies lists them (nothing was sent). "
+         "To send text that starts with !, start it with !! instead")
+    assert say(staff, agent, f"/reply {number} !shipping").text.startswith(
+        "no saved reply called 'shipping'; /replies lists them (nothing was sent).")
     assert customer_replies(staff) == []
     # Nothing was committed, the update's key included: the same update, once the name exists, acts.
     with transaction(staff) as session:

@@ -104,7 +104,8 @@ ConsoleInput = ConsoleCommand | ConsoleHelp | ConsoleMistake
 
 _COMMAND = re.compile(r"/(\w+)(?:@\w+)?(?:\s+(.*))?", re.DOTALL)
 # A reply that starts with `!name` (or `！name`, as a Chinese keyboard types it) sends the saved reply
-# called so; whatever follows the name is the agent's own words, sent after it. "!!!" is just text.
+# called so; whatever follows the name is the agent's own words, sent after it. "!!!" is just text,
+# and `!!word` is the way to send text that really starts with "!word" (one "!" is dropped).
 _SAVED_REPLY = re.compile(r"[!！]([^\W_][\w-]*)(.*)", re.DOTALL)
 
 
@@ -190,6 +191,8 @@ def _command(text: str, reply_to_text: str | None, has_files: bool = False) -> C
 
 def _reply(number: str, text: str, *, via: str) -> ConsoleCommand:
     """A reply to the customer: typed text, or `!name [more words]` for a saved reply."""
+    if text[:1] in "!！" and text[1:2] in "!！" and _SAVED_REPLY.fullmatch(text[1:]):
+        return ConsoleCommand("reply", number, text=text[1:], via=via)  # `!!word`: the text "!word"
     saved = _SAVED_REPLY.fullmatch(text)
     if saved is None:
         return ConsoleCommand("reply", number, text=text, via=via)
