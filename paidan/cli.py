@@ -240,7 +240,7 @@ def _warn_unknown_skills(skills: list[str], config) -> None:
 
 @cli.group()
 def tickets() -> None:
-    """Tickets: list them, show one with its messages and audit trail."""
+    """Tickets: list, find and show them; the agent actions on one (accept, reply, resolve, merge, spam …)."""
 
 
 @tickets.command("list")

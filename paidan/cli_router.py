@@ -1,4 +1,4 @@
-"""`paidan queue` and the agent actions `paidan tickets accept|decline|reply|wait|resolve|reopen|assign|relabel|merge|explain`.
+"""`paidan queue`, `paidan tickets find` and the agent actions `paidan tickets accept|decline|reply|wait|resolve|reopen|assign|relabel|merge|explain`.
 
 The lead's `paidan.cli` adds them: ``cli.add_command(queue)`` and ``tickets.add_command(...)`` for
 each of `TICKET_COMMANDS`. Every action runs in one transaction through `router.actions`, the same
@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
@@ -21,6 +22,9 @@ from rich.table import Table
 
 from paidan.console import make_console
 from paidan.settings import Settings
+
+if TYPE_CHECKING:
+    from router.search import Found
 
 AS_HELP = "The agent acting (name or id); defaults to $PAIDAN_AGENT."
 
@@ -120,6 +124,66 @@ def age_text(seconds: int) -> str:
     if seconds < 86400:
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
     return f"{seconds // 86400}d{seconds % 86400 // 3600}h"
+
+
+# ---------------------------------------------------------------- find
+
+
+@click.command("find")
+@click.argument("query", nargs=-1, required=True)
+@click.option("--limit", type=click.IntRange(1, 100), default=10, show_default=True,
+              help="Show at most this many tickets.")
+@_json_option
+def find(query: tuple[str, ...], limit: int, as_json: bool) -> None:
+    """Find tickets by QUERY (several words are one phrase; case does not matter).
+
+    QUERY is looked for as a ticket number (GD…, or its date part for that day's tickets), a customer's
+    email address, phone number or Telegram id, part of a customer's name, and words in the subject or
+    in any message: customers' messages, agents' replies and internal notes. Customers merged into one
+    count as one person. Open tickets come first, then the most recently active; each ticket is listed
+    once, with the strongest reason it matched.
+    """
+    from sqlalchemy.orm import Session
+
+    from paidan.logs import mask
+    from router.search import find_tickets
+
+    text = " ".join(query)
+    engine = _engine()
+    try:
+        with Session(engine) as session:
+            found = find_tickets(session, text, limit=limit, default_region=_settings().phone_region)
+    finally:
+        engine.dispose()
+    if as_json:
+        click.echo(json.dumps([f.as_dict() for f in found], ensure_ascii=False, indent=2))
+        return
+    if not found:
+        click.echo(f'no tickets match "{text.strip()}" (searched ticket numbers, customers\' emails, phones, '
+                   f"Telegram ids and names, subjects and messages)")
+        return
+    now = _now()
+    for f in found:
+        click.echo(format_found(f, now, mask=mask))
+
+
+def format_found(found: Found, now: datetime, *, mask: Callable[[str], str] = lambda s: s) -> str:
+    """One search result as two plain-text lines (a terminal, a Telegram chat): the ticket, then why it
+    matched. `mask` hides contact details where a nameless customer is shown by their address."""
+    age = age_text(max(0, int((now - found.last_activity).total_seconds())))
+    subject = _clip(found.subject, 40) or "(no subject)"
+    holder = f"  ({found.agent})" if found.agent else ""
+    ticket = (f"{found.number}  {found.state}  {found.priority or '-'}  {age}  "
+              f"{mask(found.customer) or '(no name)'}  {subject}{holder}")
+    why = f"matched {found.matched}" + (f": {found.snippet}" if found.snippet else "")
+    if found.merged_into:
+        why = f"merged into {found.merged_into}; {why}"
+    return f"{ticket}\n  {why}"
+
+
+def _clip(text: str, width: int) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[:width - 1] + "…"
 
 
 # ---------------------------------------------------------------- actions
@@ -259,6 +323,40 @@ def merge(number: str, into: str, actor: str, reason: str, as_json: bool) -> Non
     _run(actions.merge, number, actor, as_json, into=into, reason=reason)
 
 
+@click.command("spam")
+@click.argument("number")
+@_as_option
+@click.option("--reason", default="", help="What makes it spam or abuse (kept in the audit trail).")
+@_json_option
+def spam(number: str, actor: str, reason: str, as_json: bool) -> None:
+    """Close ticket NUMBER as spam and block its sender.
+
+    What the sender writes afterwards, on any channel, is still stored, on closed tickets, but nobody
+    is assigned and nothing is sent back. Their other open tickets that nobody has answered close too.
+    `paidan tickets not-spam NUMBER` undoes all of it. A supervisor, or an agent for a ticket that is
+    theirs or nobody's.
+    """
+    from router import actions
+
+    _run(actions.mark_spam, number, actor, as_json, reason=reason)
+
+
+@click.command("not-spam")
+@click.argument("number")
+@_as_option
+@click.option("--reason", default="", help="Why it is not spam after all (kept in the audit trail).")
+@_json_option
+def not_spam(number: str, actor: str, reason: str, as_json: bool) -> None:
+    """Undo `spam` for ticket NUMBER: unblock its sender and hand what was kept to the router.
+
+    Tickets closed as spam, and those opened while the sender was blocked, reopen and are labelled,
+    acknowledged and assigned as if they had just arrived. A supervisor, or the agent who marked it.
+    """
+    from router import actions
+
+    _run(actions.not_spam, number, actor, as_json, reason=reason)
+
+
 @click.command("explain")
 @click.argument("number")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
@@ -313,4 +411,4 @@ def _label_cues(session, data: dict) -> dict | str:
     return {head: reason.as_dict() for head, reason in reasons.items()}
 
 
-TICKET_COMMANDS = (accept, decline, reply, wait, resolve, reopen, assign, relabel, merge, explain)
+TICKET_COMMANDS = (find, accept, decline, reply, wait, resolve, reopen, assign, relabel, merge, spam, not_spam, explain)

@@ -27,16 +27,19 @@ from connectors.telegram.send import Buttons
 from models.errors import ActionRefused, NotFound, PaidanError
 from models.message import Attachment
 from models.tables import Agent, AttachmentRow, CannedReply, Customer, Message, SlaClock, Ticket
-from paidan.cli_router import age_text
+from paidan.cli_router import age_text, format_found
 from paidan.db import transaction
+from paidan.logs import mask
 from router import actions, replies, states
 from router.config import RouterConfig
 from router.identity import describe_block, root_customer
+from router.search import find_tickets
 from router.cursors import claim_once
 
 log = logging.getLogger(__name__)
 
 LIST_LIMIT = 20  # tickets in one /queue or /mine answer: a phone screen or two
+FIND_LIMIT = 8  # /find results, two lines each
 SAVED_REPLIES_LISTED = 40  # names in one /replies answer; `paidan replies list` has them all
 FILE_CARRIERS = frozenset({"reply", "note"})  # the console actions a photo or document may come with
 SAVED_REPLY_CHANGES = frozenset({"add_reply", "edit_reply", "remove_reply"})  # supervisors' /replies add|edit|remove
@@ -329,8 +332,21 @@ def _change_saved_reply(session: Session, agent: Agent, command: ConsoleCommand,
     return ConsoleAnswer(f"{done} !{reply.name} ({languages}); send it with /reply GD… !{reply.name}")
 
 
+def _find(session: Session, agent: Agent, command: ConsoleCommand, now: datetime) -> ConsoleAnswer:
+    found = find_tickets(session, command.text, limit=FIND_LIMIT)
+    if not found:
+        return ConsoleAnswer(f"no tickets match {command.text!r} (ticket numbers, customers' emails, phones, "
+                             f"Telegram ids and names, subjects and messages were searched)")
+    lines = [f"{len(found)} ticket(s) for {command.text!r}, open ones first:"]
+    lines += [format_found(f, now, mask=mask) for f in found]
+    if len(found) == FIND_LIMIT:
+        lines.append(f"… there may be more: `paidan tickets find {command.text} --limit 100`")
+    lines.append("/show GD… for one of them")
+    return ConsoleAnswer("\n".join(lines))
+
+
 _READS: dict[str, Callable[[Session, Agent, ConsoleCommand, datetime], ConsoleAnswer]] = {
-    "queue": _queue, "mine": _mine, "show": _show, "replies": _saved_replies,
+    "queue": _queue, "mine": _mine, "show": _show, "replies": _saved_replies, "find": _find,
 }
 
 

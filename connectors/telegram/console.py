@@ -42,6 +42,7 @@ SAVED_REPLY_COMMANDS: dict[str, str] = {
     "remove": "/replies remove refund",
 }
 HELP_COMMANDS = frozenset({"help", "start"})
+FIND_NEEDS = "/find needs what to look for: /find 1234567890, /find kehu@example.com, /find 张三 or /find 发票"
 # What must follow the ticket number, for the commands that need more than the number.
 _NEEDS = {"reply": "text", "note": "text", "reopen": "a reason", "relabel": "a head and a label",
           "merge": "the ticket it repeats"}
@@ -51,7 +52,7 @@ HELP = "\n".join([
     "派单客服台 · paidan agent console",
     "",
     "/queue 待分配工单 · waiting tickets   /mine 我的工单 · your tickets",
-    "/dashboard 看板 · a sign-in link to the reports (supervisors)",
+    "/find 订单号/邮箱/电话/文字 查找工单 · find tickets   /dashboard 看板 · reports (supervisors)",
     "/show GD… 查看工单 · show a ticket   /files GD… 客户附件 · the customer's files",
     "/accept GD… 接单 · accept   /decline GD… [原因 reason] 拒单 · decline",
     "/reply GD… 文字 回复客户 · reply to the customer",
@@ -73,7 +74,7 @@ HELP = "\n".join([
 class ConsoleCommand:
     """One thing an agent asked for. `ticket` is upper case; the other fields as the action needs."""
 
-    # A key of TICKET_COMMANDS, one of LISTING_COMMANDS, "replies", or add_reply, edit_reply, remove_reply.
+    # A key of TICKET_COMMANDS, one of LISTING_COMMANDS, "find", "replies", or add_reply, edit_reply, remove_reply.
     action: str
     ticket: str | None = None
     text: str = ""  # the reply or note; the reason or note of decline, wait, resolve and reopen
@@ -154,6 +155,8 @@ def _command(text: str, reply_to_text: str | None, has_files: bool = False) -> C
         return ConsoleCommand(name, agent=rest)
     if name == "replies":
         return _saved_replies(rest)
+    if name == "find":  # anything after it is the query, a ticket number included
+        return ConsoleCommand(name, text=rest) if rest else ConsoleMistake(FIND_NEEDS)
     if name not in TICKET_COMMANDS:
         return ConsoleMistake(f"there is no command /{name}; send /help for the list")
 
