@@ -3,7 +3,7 @@
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from models.tables import Base, UTCDateTime
+from models.tables import Base, UTCDateTime, declared
 
 config = context.config
 target_metadata = Base.metadata
@@ -45,6 +45,7 @@ def _run(connection) -> None:
         render_as_batch=True,
         compare_type=True,
         render_item=render_item,
+        include_object=declared,
     )
     with context.begin_transaction():
         context.run_migrations()
