@@ -33,6 +33,7 @@ from paidan.logs import mask
 from router import actions, replies, states
 from router.config import RouterConfig
 from router.identity import describe_block, root_customer
+from router.privacy import same_person
 from router.search import find_tickets
 from router.cursors import claim_once
 
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 LIST_LIMIT = 20  # tickets in one /queue or /mine answer: a phone screen or two
 FIND_LIMIT = 8  # /find results, two lines each
+HISTORY_SHOWN = 3  # the customer's other tickets /show names
 SAVED_REPLIES_LISTED = 40  # names in one /replies answer; `paidan replies list` has them all
 FILE_CARRIERS = frozenset({"reply", "note"})  # the console actions a photo or document may come with
 SAVED_REPLY_CHANGES = frozenset({"add_reply", "edit_reply", "remove_reply"})  # supervisors' /replies add|edit|remove
@@ -234,6 +236,7 @@ def _show(session: Session, agent: Agent, command: ConsoleCommand, now: datetime
     customer = session.get(Customer, root_customer(session, ticket.customer_id))
     if customer.blocked_at is not None:
         lines.append(f"🚫 customer {describe_block(customer)} (/notspam {ticket.number} lifts it)")
+    lines += _history_lines(session, ticket, customer, now)
     lines += _clock_lines(session, ticket, now)
     messages = session.scalars(
         select(Message).where(Message.ticket_id == ticket.id).order_by(Message.id.desc()).limit(SHOW_MESSAGES)
@@ -259,6 +262,22 @@ def _where(ticket: Ticket, holder: Agent | None) -> str:
     if holder is None:
         return "not assigned yet"
     return f"held by {holder.name}" if ticket.state in states.OPEN_STATES else f"last held by {holder.name}"
+
+
+def _history_lines(session: Session, ticket: Ticket, customer: Customer, now: datetime) -> list[str]:
+    """The customer's other tickets, newest first (everyone merged into them counts): "they wrote last
+    week too" changes how an agent answers, and their numbers lead to /show."""
+    others = session.execute(
+        select(Ticket.number, Ticket.state, Ticket.updated_at, func.count().over())
+        .where(Ticket.customer_id.in_(same_person(session, customer.id)), Ticket.id != ticket.id,
+               Ticket.state != states.MERGED)
+        .order_by(Ticket.updated_at.desc(), Ticket.id.desc()).limit(HISTORY_SHOWN)
+    ).all()
+    if not others:
+        return [f"first ticket of this customer{' (VIP)' if customer.vip else ''}"]
+    shown = " · ".join(f"{n} {state} {_age(now - at)} ago" for n, state, at, _ in others)
+    more = f" · and {others[0][3] - len(others)} older" if others[0][3] > len(others) else ""
+    return [f"{'VIP · ' if customer.vip else ''}{others[0][3]} other ticket(s): {shown}{more}"]
 
 
 def _clock_lines(session: Session, ticket: Ticket, now: datetime) -> list[str]:

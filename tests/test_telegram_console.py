@@ -350,9 +350,24 @@ def test_listings_are_compact(staff):
     assert lines[0].startswith(f"{ann_has[0]} · ") and lines[0].endswith(" · assigned") and "held by Ann" in lines
     assert any(line.startswith("← customer, 0m ago: 我要退款") for line in lines)
     assert any(line.startswith("SLA first response: due in ") for line in lines) and len(lines) <= 20
+    assert "first ticket of this customer" in lines
     # Offered to Ann and not yet accepted: she can answer right there.
     assert shown.buttons == ((("✅ Accept", f"accept:{ann_has[0]}"), ("❌ Decline", f"decline:{ann_has[0]}")),)
     assert say(staff, SUE, f"/show {ann_has[0]}").buttons == ()
+
+
+def test_show_names_the_customers_other_tickets_newest_first(staff):
+    texts = ["发票抬头写错了", "快递 SF1234567890 三天没更新", "登录提示错误 E1023", "想换一个收货地址"]
+    earlier = [new_ticket(staff, text, customer=777) for text in texts]
+    assert len(set(earlier)) == 4  # four topics, four tickets
+    with Session(staff) as session, session.begin():
+        for n, number in enumerate(earlier):  # the first is the oldest activity, the last the newest
+            session.scalar(select(Ticket).where(Ticket.number == number)).updated_at = NOW - timedelta(days=9 - n)
+    number = new_ticket(staff, customer=777)
+    lines = say(staff, SUE, f"/show {number}").text.splitlines()
+    [history] = [line for line in lines if "other ticket(s)" in line]
+    assert history == (f"4 other ticket(s): {earlier[3]} assigned 6d0h ago · {earlier[2]} assigned 7d0h ago · "
+                       f"{earlier[1]} assigned 8d0h ago · and 1 older"), history
 
 
 def test_help_and_mistakes_are_answered_without_the_database():
