@@ -177,6 +177,32 @@ class TicketView:
     messages: tuple[PublicMessage, ...]
 
 
+# A ticket's state in the customer's words (Chinese, English), wherever they see it: the status page,
+# Telegram's /status.
+STATE_WORDS: dict[str, tuple[str, str]] = {
+    "new": ("已受理", "Received"),
+    "assigned": ("已分派", "Assigned"),
+    "in_progress": ("处理中", "In progress"),
+    "awaiting_customer": ("等待您的回复", "Waiting for your reply"),
+    "resolved": ("已解决", "Resolved"),
+    "closed": ("已关闭", "Closed"),
+    "reopened": ("已重新打开", "Reopened"),
+    "merged": ("已合并到其他工单", "Merged into another ticket"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TicketSummary:
+    """One of a customer's tickets as they may see it in a list (Telegram's /status)."""
+
+    number: str
+    state: str
+    subject: str
+    created_at: datetime
+    last_reply_at: datetime | None  # our latest public answer, if any
+    answer_due: datetime | None  # when our first answer is due, while it is owed and the clock runs
+
+
 @dataclass(frozen=True, slots=True)
 class SurveyView:
     """What the customer sees of a satisfaction survey: the ticket it asks about and their answer."""

@@ -36,13 +36,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from connectors.telegram.poller import TelegramPoller, download_files
-from connectors.telegram.send import TelegramSend, TelegramSender, build_telegram, sync_send
+from connectors.telegram.send import TelegramSend, TelegramSender, build_telegram, customer_status_text, sync_send
 from connectors.telegram.survey import is_survey_button
 from connectors.telegram.updates import Incoming, is_command, is_private, read_update, to_inbound
 from connectors.telegram.updates import language_of, link_argument
 from connectors.webform.api import error
 from models.errors import StorageUnavailable
-from models.message import InboundMessage, Receipt
+from models.message import Identity, IdentityKind, InboundMessage, Receipt, TicketSummary
 from models.tables import Agent
 from paidan.linking import answer_link, link_key
 from paidan.outbound import pause, send_outbox_forever
@@ -51,6 +51,7 @@ from paidan.settings import Settings
 from paidan.telegram_console import answer_agent
 from router import delivery
 from router.config import RouterConfig
+from router.queries import customer_tickets_sync
 from router.cursors import load_cursor, save_cursor
 
 log = logging.getLogger("paidan.telegram")
@@ -58,9 +59,11 @@ log = logging.getLogger("paidan.telegram")
 # What a customer sees on /start or /help: how to write in, in both languages.
 WELCOME = ("您好！这里是客服。请直接描述您的问题（可附图片或文件），我们会回复工单号并尽快处理。\n"
            "回复我们的消息即可补充说明同一工单。\n"
+           "发送 /status 查看您的工单进度。\n"
            "也给我们写过邮件？发送 /link 您的邮箱（或「绑定邮箱 您的邮箱」），按邮件中的验证码绑定，两边的记录就会合在一起。\n\n"
            "Hello! This is customer support. Describe your issue here (photos and files are welcome); we will "
            "answer with a ticket number and get back to you. Reply to our messages to add to the same ticket.\n"
+           "Send /status to see where your tickets stand.\n"
            "Also wrote to us by email? Send /link you@example.com and then the code we email you: your email and "
            "Telegram conversations become one.")
 TELEGRAM_BATCH = 30  # Telegram allows ~30 messages a second per bot
@@ -68,6 +71,7 @@ TELEGRAM_LEASE = timedelta(minutes=5)  # longer than a round of TELEGRAM_BATCH s
 # The update kinds `Dispatcher.handle` acts on; Telegram sends no others. It keeps the list it was
 # last given for getUpdates too, so the same list holds after a switch back to polling.
 HANDLED_UPDATES = ["message", "edited_message", "callback_query"]
+STATUS_COMMANDS = frozenset({"/status", "/tickets"})  # a customer asking where their tickets stand
 # One connection: Telegram then sends the next update only once we answered the last, so a customer's
 # "my order is lost" and "never mind, it came" are stored in the order they were written (with its
 # default of 40, they race through our processes and can land the other way round). One connection
@@ -108,13 +112,23 @@ class Dispatcher:
         elif incoming.kind == "callback_query":  # a customer pressing an old staff button: say nothing happened
             await self._quietly(self.bot.answer_callback_query(incoming.callback_id or "", text="—"))
 
+    def _tickets_of(self, telegram_id: int) -> list[TicketSummary]:
+        with Session(self.engine) as session:
+            return customer_tickets_sync(session, Identity(IdentityKind.TELEGRAM, str(telegram_id)), datetime.now(UTC))
+
     def _is_agent(self, telegram_id: int) -> bool:
         with Session(self.engine) as session:
             return session.scalar(select(Agent.id).where(Agent.telegram_id == telegram_id)) is not None
 
     async def _customer(self, incoming: Incoming) -> None:
-        if is_command(incoming, self.bot_username) in ("/start", "/help"):
+        command = is_command(incoming, self.bot_username)
+        if command in ("/start", "/help"):
             await self._quietly(self.bot.send_message(incoming.chat_id, WELCOME, parse_mode=None))
+            return
+        if command in STATUS_COMMANDS:  # "where is my ticket?" answered at once, never a ticket message
+            tickets = await asyncio.to_thread(self._tickets_of, incoming.from_id)
+            answer = customer_status_text(tickets, language_of(incoming.language_code))
+            await self._quietly(self.bot.send_message(incoming.chat_id, answer, parse_mode=None))
             return
         if (argument := link_argument(incoming, self.bot_username)) is not None:
             await self._link(incoming, argument)  # never a ticket message

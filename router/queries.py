@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from models.message import Identity, PublicMessage, TicketView
+from models.message import Identity, PublicMessage, TicketSummary, TicketView
 from models.tables import Agent, AttachmentRow, Customer, Identity as IdentityRow, Message, OutboxItem, SlaClock, Ticket
 from router import states
 
@@ -46,6 +46,40 @@ def ticket_view_sync(session: Session, number: str, identity: Identity) -> Ticke
         messages=tuple(PublicMessage(r.direction, r.text, r.received_at, r.name or "", tuple(files.get(r.id, ())))
                        for r in rows),
     )
+
+
+STATUS_TICKETS = 5  # a phone screen
+RECENTLY_FINISHED = timedelta(days=30)  # resolved or closed tickets a customer still asks about
+
+
+def customer_tickets_sync(session: Session, identity: Identity, now: datetime,
+                          limit: int = STATUS_TICKETS) -> list[TicketSummary]:
+    """The tickets of the person behind `identity` (everyone merged into them counts): open ones, then
+    those finished in the last 30 days, newest activity first. Empty for someone we do not know."""
+    from router.privacy import same_person
+
+    owner = session.scalar(select(IdentityRow.customer_id).where(
+        IdentityRow.kind == identity.kind.value, IdentityRow.value == identity.value))
+    if owner is None:
+        return []
+    # Finished and never labelled: an auto-reply or bounce kept closed (router/intake.py), nothing they asked.
+    finished = (Ticket.state.in_((states.RESOLVED, states.CLOSED)) & (Ticket.updated_at >= now - RECENTLY_FINISHED)
+                & Ticket.priority.is_not(None))
+    last_reply = (select(func.max(Message.received_at))
+                  .where(Message.ticket_id == Ticket.id, Message.direction == "out", Message.public.is_(True))
+                  .correlate(Ticket).scalar_subquery())
+    due = (select(SlaClock.due_at)
+           .where(SlaClock.ticket_id == Ticket.id, SlaClock.kind == "first_response", SlaClock.stopped_at.is_(None),
+                  SlaClock.paused_since.is_(None))
+           .correlate(Ticket).limit(1).scalar_subquery())
+    rows = session.execute(
+        select(Ticket.number, Ticket.state, Ticket.subject, Ticket.created_at, last_reply, due)
+        .where(Ticket.customer_id.in_(same_person(session, owner)),
+               Ticket.state.in_(sorted(states.OPEN_STATES)) | finished)
+        .order_by(Ticket.state.in_(sorted(states.OPEN_STATES)).desc(), Ticket.updated_at.desc(), Ticket.id.desc())
+        .limit(limit)
+    ).all()
+    return [TicketSummary(*row) for row in rows]
 
 
 def same_customer(session: Session, customer_id: int, ticket_customer_id: int) -> bool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -30,6 +30,7 @@ from aiogram.types import (
 
 from connectors.outbox import FileLoader, OutboxItem, PermanentFailure, TemporaryFailure, by_language, utc_time
 from connectors.telegram.survey import survey_question
+from models.message import STATE_WORDS, TicketSummary
 
 TEXT_LIMIT = 4096  # Telegram's limit for one message, counted in UTF-16 code units
 SEND_TIMEOUT = 60.0  # seconds `sync_send` waits for the Bot API before calling it a temporary failure
@@ -173,6 +174,28 @@ def _customer_text(kind: str, payload: dict, *, caption: bool = False) -> str:
         raise PermanentFailure(f"the {kind} has no text to send")
     header = by_language(language, zh="工单", en="Ticket") + f" {number}"
     return f"{header}\n\n{text}" if text else header
+
+
+def customer_status_text(tickets: Sequence[TicketSummary], language: str | None) -> str:
+    """A customer's answer to /status: each ticket's number, state and subject, and when we answered
+    last or will answer first (times in UTC, as acknowledgements give them); in their language, or in
+    both, Chinese first, when we do not know it."""
+    if not tickets:
+        return by_language(language, zh="您目前没有进行中的工单。请直接发送您的问题，我们会回复工单号。",
+                           en="You have no open tickets. Describe your issue here and we will answer with a ticket "
+                              "number.", joiner="\n\n")
+    zh, en = [], []
+    for t in tickets:
+        zh_state, en_state = STATE_WORDS.get(t.state, (t.state, t.state))
+        subject = [t.subject[:60]] if t.subject else []
+        replied, due = (utc_time(x.isoformat()) if x else None for x in (t.last_reply_at, t.answer_due))
+        zh.append("\n".join([f"{t.number} · {zh_state}", *subject, *([f"最近答复：{replied}"] if replied else []),
+                             *([f"首次答复不晚于：{due}"] if due else [])]))
+        en.append("\n".join([f"{t.number} · {en_state}", *subject, *([f"Last answered: {replied}"] if replied else []),
+                             *([f"First answer by: {due}"] if due else [])]))
+    zh.append("回复我们关于某个工单的消息，即可补充说明。")
+    en.append("To add to a ticket, reply to our message about it.")
+    return by_language(language, zh="\n\n".join(zh), en="\n\n".join(en), joiner="\n\n———\n\n")
 
 
 def _customer_cut_note(language: str | None) -> str:

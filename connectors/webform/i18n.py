@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import timedelta
 
+from models.message import STATE_WORDS
+
 LANGUAGES = ("zh", "en")
 
 # key -> (zh, en). Placeholders use str.format names.
@@ -65,14 +67,7 @@ TEXTS: dict[str, tuple[str, str]] = {
     "send_message": ("发送", "Send"),
     "message_added": ("您的补充说明已收到。", "Your message was added to the ticket."),
     "no_messages": ("暂无记录。", "Nothing here yet."),
-    "state_new": ("已受理", "Received"),
-    "state_assigned": ("已分派", "Assigned"),
-    "state_in_progress": ("处理中", "In progress"),
-    "state_awaiting_customer": ("等待您的回复", "Waiting for your reply"),
-    "state_resolved": ("已解决", "Resolved"),
-    "state_closed": ("已关闭", "Closed"),
-    "state_reopened": ("已重新打开", "Reopened"),
-    "state_merged": ("已合并到其他工单", "Merged into another ticket"),
+    **{f"state_{state}": words for state, words in STATE_WORDS.items()},
     "error_title": ("出错了", "Something went wrong"),
     "back_to_form": ("返回表单", "Back to the form"),
     "csrf_failed": (
