@@ -131,6 +131,19 @@ def by_language(language: str | None, *, zh: str, en: str, joiner: str = " / ") 
     return zh + joiner + en
 
 
+def waiting_reminder_text(payload: dict) -> tuple[str, str]:
+    """(Chinese, English): a ticket waits for the customer's answer, and when it will be resolved without
+    one (router/waiting.py); every channel says the same."""
+    number = payload.get("ticket") or "?"
+    until = utc_time(payload.get("resolve_by"))
+    zh = (f"您好！工单 {number} 正在等待您的回复。如果问题已经解决，无需回复"
+          + (f"；若 {until} 前未收到您的消息，我们会把工单标记为已解决（之后回复仍可重新打开）。" if until else "。"))
+    en = (f"Hello! Ticket {number} is waiting for your reply. If the issue is solved, there is nothing to do"
+          + (f"; if we do not hear from you by {until}, we will mark it resolved (a reply after that reopens it)."
+             if until else "."))
+    return zh, en
+
+
 def utc_time(iso: str | None) -> str | None:
     """An outbox payload's ISO time for a customer to read. The payload gives UTC and no business time
     zone, so the time is shown in UTC and says so."""

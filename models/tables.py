@@ -447,3 +447,24 @@ class CannedReply(Base):
     updated_by: Mapped[str] = mapped_column(String(120))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class DashboardSession(Base):
+    """A supervisor's sign-in to the web dashboard: the one-time link it used and the session it opened.
+
+    Only SHA-256 hashes are kept (of the link's nonce, of the session id in the cookie), so reading the
+    table gives no way in. The unique link hash is what makes a link work once, even when two requests
+    use it at the same moment: the second insert finds it taken.
+    """
+
+    __tablename__ = "dashboard_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    link_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    session_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    agent_id: Mapped[int] = mapped_column(ForeignKey("agents.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)  # when the link was used
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)  # the session's end
+    # Until then the link could still be presented; its record is kept at least that long.
+    link_expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    signed_out_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -43,10 +43,11 @@ def report(days: int, as_json: bool) -> None:
 @click.option("--as", "actor", envvar="PAIDAN_AGENT", required=True, metavar="SUPERVISOR",
               help="The supervisor or admin the link signs in (name or id); defaults to $PAIDAN_AGENT.")
 def dashboard(actor: str) -> None:
-    """Print a sign-in link to the supervisor dashboard (valid 12 hours).
+    """Print a sign-in link to the supervisor dashboard (works once, within 12 hours).
 
     Supervisors can also send /dashboard to the bot in Telegram. The link starts at the `public_url`
-    setting; anyone holding it can read the reports until it expires, so send it only to its owner."""
+    setting; whoever opens it first is signed in (for 12 hours, or until they sign out), so send it
+    only to its owner."""
     from sqlalchemy.orm import Session
 
     from models.errors import PaidanError

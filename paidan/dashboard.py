@@ -2,10 +2,13 @@
 
 Who may look: supervisors and admins, with no passwords to keep. A supervisor asks for a sign-in link
 (`/dashboard` to the bot in Telegram, or `paidan dashboard --as NAME`); the link carries a token signed
-with the deployment's secret that names the agent and expires. Opening it sets the same token as an
-HttpOnly cookie and redirects to the dashboard, so the token leaves the address bar. The agent's role is
-checked on every request, so demoting a supervisor ends their access at once. Opening a link twice is
-harmless (Telegram fetches links for previews), so links are not one-time: they expire instead.
+with the deployment's secret that names the agent, expires, and holds a random nonce. The first time it is
+opened it is recorded as used (a hash of the nonce) and opens a session: a new random id, kept in an
+HttpOnly cookie and stored only hashed, so the token leaves the address bar and a forwarded or leftover
+link lets nobody else in. Every request checks the session (there, not signed out, not expired) and the
+agent's role, so demoting a supervisor ends their access at once and signing out ends the session for
+whoever holds the cookie. Telegram fetches no preview of the link (connectors/telegram/send.py), so the
+bot does not use it up before its owner does.
 
 The API takes the same bearer tokens as POST /api/v1/messages, for BI tools and scripts.
 """
@@ -14,60 +17,106 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import enum
 import hashlib
 import hmac
 import json
+import logging
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 from fastapi import FastAPI
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from connectors.webform.i18n import pick_language
 from connectors.webform.site import LANG_COOKIE
-from models.tables import Agent
+from models.tables import Agent, DashboardSession
 from paidan import charts
 from paidan.cli_router import age_text
+from paidan.db import transaction
+from router.dialects import PerDialect
 from router.reports import PRIORITIES, SLA_KINDS, Report, build_report, last_days
 
+log = logging.getLogger(__name__)
+
 COOKIE = "paidan_dashboard"
+# How long an unopened link stays good. The bot's and the CLI's wording promise 12 hours; once opened, a
+# link is spent, so its lifetime only bounds how long a link nobody opened is worth stealing.
 LINK_LIFETIME = timedelta(hours=12)
+# How long a sign-in lasts, from the moment the link is opened: a working day, as the link-token cookie did.
+SESSION_LIFETIME = timedelta(hours=12)
+# Sign-ins are kept this long after both their session and their link ended, then purged: a week of
+# "who looked at the dashboard", and a spent link's record outlives any chance of presenting it again.
+KEEP_SIGN_INS = timedelta(days=7)
+SUPERVISOR_ROLES = frozenset({"supervisor", "admin"})
 MAX_DAYS = 366
 SLA_GOAL = 0.9  # the dashed line on the SLA chart: the share of clocks a desk usually promises to meet
 TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).with_name("templates")),
                         autoescape=select_autoescape(default=True))
 
 ReportQuery = Callable[[int], Awaitable[Report]]  # days → the report of the last `days` local days
-RoleQuery = Callable[[int], Awaitable[tuple[str, str] | None]]  # agent id → (name, role), None if gone
+
+
+@dataclass(frozen=True, slots=True)
+class SignInLink:
+    """What a genuine, unexpired sign-in token says."""
+
+    agent_id: int
+    expires: datetime
+    nonce: str  # random per link: two links issued in the same second differ, and each is used once
 
 
 class SignInLinks:
-    """Tokens `d1.<agent id>.<expiry, unix seconds>.<signature>`; the key is derived for this use only."""
+    """Tokens `d2.<agent id>.<expiry, unix seconds>.<nonce>.<signature>`; the key is derived for this use only.
+
+    `d1` tokens (no nonce, issued before links worked once) are recognised only to tell their holder to
+    ask for a new link."""
+
+    VERSION = "d2"
 
     def __init__(self, secret: bytes):
         self._key = hmac.new(secret, b"paidan dashboard sign-in", hashlib.sha256).digest()
 
     def issue(self, agent_id: int, expires: datetime) -> str:
-        body = f"d1.{agent_id}.{int(expires.timestamp())}"
+        body = f"{self.VERSION}.{agent_id}.{int(expires.timestamp())}.{secrets.token_urlsafe(16)}"
         return f"{body}.{self._sign(body)}"
+
+    def read(self, token: str, now: datetime) -> SignInLink | None:
+        """The link a genuine, unexpired token stands for; None for anything else."""
+        parts = token.split(".")
+        if len(parts) != 5 or parts[0] != self.VERSION or not self._genuine(".".join(parts[:4]), parts[4]):
+            return None
+        _, agent_id, expires, nonce, _ = parts
+        try:  # signed by us, so numbers; checked all the same
+            agent, until = int(agent_id), int(expires)
+        except ValueError:
+            return None
+        if until <= now.timestamp() or not nonce:
+            return None
+        return SignInLink(agent, datetime.fromtimestamp(until, UTC), nonce)
 
     def check(self, token: str, now: datetime) -> int | None:
         """The agent id of a genuine, unexpired token; None for anything else."""
-        try:
-            version, agent_id, expires, signature = token.split(".")
-            body = f"{version}.{agent_id}.{expires}"
-            if version != "d1" or not hmac.compare_digest(signature, self._sign(body)):
-                return None
-            return int(agent_id) if int(expires) > now.timestamp() else None
-        except ValueError:  # not four parts, or not numbers: not ours
-            return None
+        link = self.read(token, now)
+        return None if link is None else link.agent_id
+
+    def outdated(self, token: str) -> bool:
+        """A genuine token of the old format (`d1`, which could be used again and again); forgeries are not."""
+        parts = token.split(".")
+        return len(parts) == 4 and parts[0] == "d1" and self._genuine(".".join(parts[:3]), parts[3])
+
+    def _genuine(self, body: str, signature: str) -> bool:
+        # As bytes: compare_digest refuses str with non-ASCII characters, and a query string can hold any.
+        return hmac.compare_digest(signature.encode(), self._sign(body).encode())
 
     def _sign(self, body: str) -> str:
         digest = hmac.new(self._key, body.encode(), hashlib.sha256).digest()
@@ -78,10 +127,87 @@ def sign_in_url(base_url: str, links: SignInLinks, agent_id: int, now: datetime)
     return f"{base_url.rstrip('/')}/dashboard/sign-in?token={links.issue(agent_id, now + LINK_LIFETIME)}"
 
 
+# ---------------------------------------------------------------- sign-ins in the database
+
+
+class Staff(NamedTuple):
+    agent_id: int
+    name: str
+    role: str
+
+
+class SignIn(enum.Enum):
+    OPENED = "opened"  # the session was stored; set its cookie
+    USED = "used"  # the link was used before (or at the same moment, by another request)
+    REFUSED = "refused"  # the link's agent is gone or no longer a supervisor or admin
+
+
+def _sha256(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+_SESSIONS = DashboardSession.__table__
+# One session per link, even when two requests bring it at once: the loser inserts nothing.
+_INSERT_SESSION = PerDialect(lambda insert: insert(_SESSIONS).on_conflict_do_nothing(index_elements=["link_sha256"])
+                             .returning(_SESSIONS.c.id))
+
+
+def open_session(session: Session, link: SignInLink, session_id: str, now: datetime) -> SignIn:
+    """Spend `link` and store the session `session_id` opens, in the caller's transaction."""
+    role = session.scalar(select(Agent.role).where(Agent.id == link.agent_id))
+    if role not in SUPERVISOR_ROLES:
+        return SignIn.REFUSED  # the link is not spent: it was no use to anyone
+    stored = session.execute(_INSERT_SESSION.for_session(session), {
+        "link_sha256": _sha256(link.nonce), "session_sha256": _sha256(session_id), "agent_id": link.agent_id,
+        "created_at": now, "expires_at": now + SESSION_LIFETIME, "link_expires_at": link.expires,
+    }).scalar()
+    return SignIn.OPENED if stored is not None else SignIn.USED
+
+
+def session_staff(session: Session, session_id: str, now: datetime) -> Staff | None:
+    """Who holds the live session `session_id` (not signed out, not expired), whatever their role now."""
+    row = session.execute(
+        select(Agent.id, Agent.name, Agent.role).join(DashboardSession, DashboardSession.agent_id == Agent.id)
+        .where(DashboardSession.session_sha256 == _sha256(session_id), DashboardSession.signed_out_at.is_(None),
+               DashboardSession.expires_at > now)).first()
+    return Staff(*row) if row else None
+
+
+def end_session(session: Session, session_id: str, now: datetime) -> bool:
+    """Sign the session out; False if there was no live one."""
+    result = session.execute(update(DashboardSession)
+                             .where(DashboardSession.session_sha256 == _sha256(session_id),
+                                    DashboardSession.signed_out_at.is_(None))
+                             .values(signed_out_at=now))
+    return result.rowcount > 0
+
+
+def purge_dashboard_sessions(session: Session, now: datetime) -> int:
+    """Delete sign-ins whose session and link both ended more than KEEP_SIGN_INS ago; how many went.
+
+    Shaped as a scheduler job (router.scheduler.Job.run), to run hourly or daily."""
+    cutoff = now - KEEP_SIGN_INS
+    result = session.execute(delete(DashboardSession).where(DashboardSession.expires_at < cutoff,
+                                                            DashboardSession.link_expires_at < cutoff))
+    return result.rowcount
+
+
+@dataclass(frozen=True)
+class Sessions:
+    """The sign-in store as the web app awaits it: each call one transaction, in a worker thread."""
+
+    open: Callable[[SignInLink, str, datetime], Awaitable[SignIn]]  # open_session
+    staff: Callable[[str, datetime], Awaitable[Staff | None]]  # session_staff
+    end: Callable[[str, datetime], Awaitable[bool]]  # end_session
+
+
+# ---------------------------------------------------------------- the web app
+
+
 @dataclass(frozen=True)
 class Dashboard:
     report: ReportQuery
-    staff: RoleQuery
+    sessions: Sessions
     links: SignInLinks
     api_tokens: tuple[str, ...]
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
@@ -95,25 +221,38 @@ class Dashboard:
                           summary="The help desk's report for the last `days` days (bearer token)")
 
     async def sign_in(self, request: Request) -> Response:
-        token = request.query_params.get("token", "")
-        who = await self._supervisor(token)
-        if who is None:
-            return _page_error(401, "sign_in_failed", _lang(request))
+        token, now, lang = request.query_params.get("token", ""), self.clock(), _lang(request)
+        link = self.links.read(token, now)
+        if link is None:
+            return _page_error(410, "link_outdated", lang) if self.links.outdated(token) else \
+                _page_error(401, "sign_in_failed", lang)
+        session_id = secrets.token_urlsafe(32)
+        outcome = await self.sessions.open(link, session_id, now)
+        if outcome is SignIn.REFUSED:
+            return _page_error(401, "sign_in_failed", lang)
+        if outcome is SignIn.USED:
+            already = await self._supervisor(request)
+            if already is not None and already.agent_id == link.agent_id:
+                return RedirectResponse("/dashboard", status_code=303)  # its owner, clicking it again
+            log.warning("dashboard: a used sign-in link of agent %d was presented again", link.agent_id)
+            return _page_error(410, "link_used", lang)
         response = RedirectResponse("/dashboard", status_code=303)
-        expires = int(token.split(".")[2])
-        response.set_cookie(COOKIE, token, max_age=max(0, expires - int(self.clock().timestamp())),
+        response.set_cookie(COOKIE, session_id, max_age=int(SESSION_LIFETIME.total_seconds()),
                             httponly=True, samesite="lax", path="/dashboard",
                             secure=request.url.scheme == "https")
         return response
 
     async def sign_out(self, request: Request) -> Response:
+        session_id = request.cookies.get(COOKIE)
+        if session_id:
+            await self.sessions.end(session_id, self.clock())
         response = RedirectResponse(f"/dashboard?lang={_lang(request)}", status_code=303)
         response.delete_cookie(COOKIE, path="/dashboard")
         return response
 
     async def page(self, request: Request) -> Response:
         lang = _lang(request)
-        who = await self._supervisor(request.cookies.get(COOKIE, ""))
+        who = await self._supervisor(request)
         if who is None:
             return _page_error(401, "signed_out", lang)
         days = _days(request)
@@ -121,17 +260,18 @@ class Dashboard:
             return _page_error(400, "bad_days", lang)
         report = await self.report(days)
         html = TEMPLATES.get_template("dashboard.html").render(
-            **view(report, days=days, lang=lang), who=who, t=lambda key: TEXTS[key][lang == "zh"])
+            **view(report, days=days, lang=lang), who=who.name, t=lambda key: TEXTS[key][lang == "zh"])
         return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
     async def page_json(self, request: Request) -> Response:
-        if await self._supervisor(request.cookies.get(COOKIE, "")) is None:
+        if await self._supervisor(request) is None:
             return _json_error(401, "unauthorized", "sign in at /dashboard/sign-in with a link from the bot")
         return await self._json(request)
 
     async def api(self, request: Request) -> Response:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not any(hmac.compare_digest(token, t) for t in self.api_tokens):
+        if scheme.lower() != "bearer" or not any(hmac.compare_digest(token.encode(), t.encode())
+                                                 for t in self.api_tokens):
             return _json_error(401, "unauthorized", "send Authorization: Bearer <one of api_tokens>",
                                headers={"WWW-Authenticate": "Bearer"})
         return await self._json(request)
@@ -145,14 +285,13 @@ class Dashboard:
         return Response(json.dumps(report.as_dict(), ensure_ascii=False), media_type="application/json",
                         headers={"Cache-Control": "no-store"})
 
-    async def _supervisor(self, token: str) -> str | None:
-        agent_id = self.links.check(token, self.clock())
-        if agent_id is None:
+    async def _supervisor(self, request: Request) -> Staff | None:
+        """The supervisor or admin whose live session the request's cookie carries; None otherwise."""
+        session_id = request.cookies.get(COOKIE, "")
+        if not session_id:
             return None
-        staff = await self.staff(agent_id)
-        if staff is None or staff[1] not in ("supervisor", "admin"):
-            return None
-        return staff[0]
+        staff = await self.sessions.staff(session_id, self.clock())
+        return staff if staff is not None and staff.role in SUPERVISOR_ROLES else None
 
 
 def view(report: Report, *, days: int, lang: str) -> dict:
@@ -313,14 +452,29 @@ TEXTS: dict[str, tuple[str, str]] = {
         "supervisor. Ask for a new one: /dashboard to the bot, or `paidan dashboard --as YOUR-NAME`.",
         "链接已过期（有效期 12 小时）、被改动，或所属用户已不是主管。请重新获取：向机器人发送 /dashboard，"
         "或运行 `paidan dashboard --as 你的名字`。"),
+    "link_used": ("This sign-in link has already been used", "此登录链接已被使用"),
+    "link_used_hint": (
+        "Each link signs in once. Ask for a new one: send /dashboard to the bot, or run "
+        "`paidan dashboard --as YOUR-NAME`. If you did not open this link before, someone else may have: "
+        "tell an admin.",
+        "每个登录链接只能使用一次。请重新获取：向机器人发送 /dashboard，或运行 `paidan dashboard --as 你的名字`。"
+        "如果你之前没有打开过此链接，可能已被他人使用，请告知管理员。"),
+    "link_outdated": ("This sign-in link is no longer accepted", "此登录链接已不再有效"),
+    "link_outdated_hint": (
+        "It was issued before paidan made sign-in links work once. Ask for a new one: send /dashboard to the "
+        "bot, or run `paidan dashboard --as YOUR-NAME`.",
+        "该链接是在登录链接改为一次性之前签发的。请重新获取：向机器人发送 /dashboard，"
+        "或运行 `paidan dashboard --as 你的名字`。"),
     "bad_days": ("That period cannot be shown", "无法显示该时间段"),
     "bad_days_hint": (f"days must be a whole number from 1 to {MAX_DAYS}, e.g. /dashboard?days=30.",
                       f"days 必须是 1 到 {MAX_DAYS} 之间的整数，例如 /dashboard?days=30。"),
 }
 
 
-def dashboard_for(engine: Engine, *, secret: bytes, timezone: str, api_tokens: tuple[str, ...]) -> Dashboard:
-    """The dashboard over one database; its queries run in worker threads, off the event loop."""
+def dashboard_for(engine: Engine, *, secret: bytes, timezone: str, api_tokens: tuple[str, ...],
+                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> Dashboard:
+    """The dashboard over one database; its queries run in worker threads, off the event loop.
+    `clock` decides when links and sessions expire."""
 
     def report_sync(days: int) -> Report:
         now = datetime.now(UTC)
@@ -328,15 +482,19 @@ def dashboard_for(engine: Engine, *, secret: bytes, timezone: str, api_tokens: t
         with Session(engine) as session:
             return build_report(session, since=since, until=until, now=now, timezone=timezone)
 
-    def staff_sync(agent_id: int) -> tuple[str, str] | None:
-        with Session(engine) as session:
-            row = session.execute(select(Agent.name, Agent.role).where(Agent.id == agent_id)).first()
-            return (row.name, row.role) if row else None
+    def in_transaction(work: Callable[..., object]) -> Callable[..., Awaitable]:
+        def sync(*args):
+            with transaction(engine) as session:
+                return work(session, *args)
+
+        async def run(*args):
+            return await asyncio.to_thread(sync, *args)
+
+        return run
 
     async def report(days: int) -> Report:
         return await asyncio.to_thread(report_sync, days)
 
-    async def staff(agent_id: int) -> tuple[str, str] | None:
-        return await asyncio.to_thread(staff_sync, agent_id)
-
-    return Dashboard(report=report, staff=staff, links=SignInLinks(secret), api_tokens=api_tokens)
+    sessions = Sessions(open=in_transaction(open_session), staff=in_transaction(session_staff),
+                        end=in_transaction(end_session))
+    return Dashboard(report=report, sessions=sessions, links=SignInLinks(secret), api_tokens=api_tokens, clock=clock)

@@ -21,7 +21,7 @@ from paidan.settings import Settings
 from router.config import DEFAULT_SLA, BusinessCalendar, RouterConfig, SlaTarget
 from router.intake import Intake
 from router.queries import TicketQueries
-from router.scheduler import Scheduler, router_jobs
+from router.scheduler import Job, Scheduler, router_jobs
 
 log = logging.getLogger("paidan")
 
@@ -118,6 +118,8 @@ def router_config(settings: Settings) -> RouterConfig:
         senior_level=r.senior_level,
         surveys=r.surveys,
         close_resolved_after=timedelta(days=r.close_resolved_after_days),
+        remind_waiting_after=timedelta(days=r.remind_waiting_after_days),
+        resolve_waiting_after=timedelta(days=r.resolve_waiting_after_days),
     )
 
 
@@ -154,7 +156,7 @@ def bind(host: str, port: int, *, what: str = "web", setting: str = "web_port") 
 
 
 async def run(settings: Settings, *, migrate: bool = True) -> None:
-    from paidan.dashboard import dashboard_for
+    from paidan.dashboard import dashboard_for, purge_dashboard_sessions
     from paidan.surveys import SurveyDesk
     from paidan.web import build_app
 
@@ -167,7 +169,8 @@ async def run(settings: Settings, *, migrate: bool = True) -> None:
     queries = TicketQueries(engine)
     classifier = ActiveModel(settings.model_dir)
     classifier()  # load (or say why not) before serving
-    scheduler = Scheduler(engine, router_jobs(classifier, routing))
+    # The router's timers, and the dashboard's old sign-ins cleared away hourly.
+    scheduler = Scheduler(engine, [*router_jobs(classifier, routing), Job("sign_ins", 3600.0, purge_dashboard_sessions)])
 
     async def sink(message):
         receipt = await intake.accept(message)

@@ -53,6 +53,10 @@ class RoutingSettings(BaseModel):
     # A resolved ticket is closed after this many days without a word from the customer; until then
     # a message from them reopens it. 0: resolved tickets stay resolved.
     close_resolved_after_days: float = Field(default=7, ge=0)
+    # A ticket that waits on the customer (/wait) with nothing happening is resolved after this many
+    # days, the customer having been reminded once after `remind_waiting_after_days`. 0: never.
+    remind_waiting_after_days: float = Field(default=3, ge=0)
+    resolve_waiting_after_days: float = Field(default=7, ge=0)
 
 
 class EmailSettings(BaseModel):

@@ -375,8 +375,8 @@ def _dashboard(agent: Agent, link: Callable[[int], str] | None) -> ConsoleAnswer
                              "ask one of them, or run `paidan report` for the same numbers")
     if link is None:
         return ConsoleAnswer("this paidan does not serve the dashboard; run `paidan report` for the same numbers")
-    return ConsoleAnswer(f"看板登录链接，12 小时内有效，请勿转发 · your sign-in link to the dashboard, valid for "
-                         f"12 hours; do not pass it on:\n{link(agent.id)}")
+    return ConsoleAnswer(f"看板登录链接，仅可使用一次，12 小时内有效，请勿转发 · your sign-in link to the dashboard: "
+                         f"it works once, within 12 hours; do not pass it on:\n{link(agent.id)}")
 
 
 # ---------------------------------------------------------------- formatting

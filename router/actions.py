@@ -408,7 +408,7 @@ def reply(session: Session, ticket_number: str, actor: Agent | str | int, text: 
         ticket.first_response_at = now
         sla.stop_clock(session, ticket, "first_response", now)
         data["first_response"] = True
-    ticket.updated_at = now
+    states.touch(ticket, now)
     _event(session, ticket, agent, "replied", f"{agent.name} replied to the customer: {sent}", now, data)
     return _outcome(session, ticket, "reply", f"reply to {ticket.number} {sent}", data)
 
@@ -649,7 +649,7 @@ def relabel(session: Session, ticket_number: str, actor: Agent | str | int, head
     )
     session.add(correction)
     setattr(ticket, head_key, label)
-    ticket.updated_at = now
+    states.touch(ticket, now)
     session.flush()
     data = {"action": "relabel", "head": head_key, "from": old, "to": label, "correction_id": correction.id}
     if head_key == "category" and _holder_id(ticket) is not None:
@@ -825,7 +825,7 @@ def merge(session: Session, ticket_number: str, actor: Agent | str | int, config
         raised_from, target.priority = target.priority or "-", source.priority
         if target.state in states.OPEN_STATES:
             sla.reprioritise(session, target, config, now)
-    target.updated_at = now
+    states.touch(target, now)
     raised = f"; priority {raised_from} → {target.priority}" if raised_from else ""
     _event(session, target, agent, "merged_in", f"{source.number} merged in by {agent.name} ({moved} message(s)){raised}{said}",
            now, {"from": source.number, "messages_moved": moved, "priority_from": raised_from, "reason": why})

@@ -65,6 +65,10 @@ class RouterConfig:
     surveys: bool = True
     # A resolved ticket the customer has not written to again for this long is closed (0: never).
     close_resolved_after: timedelta = timedelta(days=7)
+    # A ticket waiting on the customer with nothing happening for this long: they are reminded once
+    # (router/waiting.py), then it is resolved (each 0: never). A word from them reopens it as usual.
+    remind_waiting_after: timedelta = timedelta(days=3)
+    resolve_waiting_after: timedelta = timedelta(days=7)
 
     def sla_for(self, priority: str, channel: str) -> SlaTarget:
         by_channel = self.sla_by_channel.get(channel, {})

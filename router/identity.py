@@ -16,11 +16,11 @@ from datetime import datetime
 import phonenumbers
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import flag_modified
 
 from models.errors import ActionRefused, InvalidInput, NotFound
 from models.message import Identity, IdentityKind
 from models.tables import Customer, CustomerMerge, Identity as IdentityRow, Ticket, TicketEvent
+from router import states
 
 DEFAULT_REGION = "CN"
 # A person has one of each of these, as far as we can tell; two different ones mean two people
@@ -207,8 +207,7 @@ def _move_ticket(ticket: Ticket, customer_id: int) -> None:
     """Give the ticket another owner without touching `updated_at`: its `onupdate` would stamp the
     wall clock (wrong under a simulated clock) and would make an old ticket look recently active."""
     ticket.customer_id = customer_id
-    ticket.updated_at = ticket.updated_at
-    flag_modified(ticket, "updated_at")
+    states.touch(ticket, ticket.updated_at)
 
 
 def unmerge(session: Session, merge_id: int, *, actor: str, now: datetime) -> CustomerMerge:

@@ -48,7 +48,7 @@ RETENTION_ACTOR = "retention"
 # count only "failed" ones as undelivered, so a cancelled row is neither sent nor counted as a failure.
 CANCELLED = "cancelled"
 # Outbox kinds that go to the customer (the rest go to staff, about the customer's tickets).
-CUSTOMER_KINDS = frozenset({"ack", "reply", "survey", "link_code"})
+CUSTOMER_KINDS = frozenset({"ack", "reply", "survey", "link_code", "reminder"})
 # Outbox payload fields that quote what the customer wrote or sent (a staff notice's text names the
 # subject; a file sent to an agent, its name).
 QUOTING_FIELDS = ("text", "subject", "preview", "comment", "filename")

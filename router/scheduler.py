@@ -97,7 +97,7 @@ ROUTE_BATCH = 200
 def router_jobs(classifier: Callable[[], Classifier | None], config: RouterConfig) -> list[Job]:
     """The router's timers, in the order a tick runs them. `classifier()` gives the model for each
     routing step (`paidan serve` follows the model store's active version; None: tickets go to triage)."""
-    from router import assignment, sla, states
+    from router import assignment, sla, states, waiting
     from router.routing import route_pending
 
     return [
@@ -107,4 +107,5 @@ def router_jobs(classifier: Callable[[], Classifier | None], config: RouterConfi
         Job("offers", 5.0, lambda s, now: assignment.expire_offers(s, config, now)),
         Job("queue", 5.0, lambda s, now: assignment.drain_queue(s, config, now)),
         Job("close", 60.0, lambda s, now: states.close_resolved(s, config.close_resolved_after, now)),
+        Job("waiting", 60.0, lambda s, now: waiting.remind_and_resolve(s, config, now)),
     ]

@@ -212,7 +212,7 @@ def test_paidan_dashboard_gives_supervisors_a_link_and_tells_agents_why_not(engi
     out = runner.invoke(cli, ["dashboard", "--as", "Sue"], env=cli_env(database_url))
     assert out.exit_code == 0, out.output
     url = out.output.strip()
-    assert url.startswith("https://support.example.com/dashboard/sign-in?token=d1.")
+    assert url.startswith("https://support.example.com/dashboard/sign-in?token=d2.")
     links = SignInLinks(make_settings(secret_key="report-test-secret").secret)
     with Session(engine) as session:
         sue = session.scalar(select(Agent.id).where(Agent.name == "Sue"))
@@ -230,10 +230,11 @@ def test_sign_in_tokens_are_checked_for_signature_expiry_and_shape():
     assert links.check(token, NOW) == 7
     assert links.check(token, NOW + timedelta(hours=2)) is None  # expired
     assert SignInLinks(b"other" * 8).check(token, NOW) is None  # another deployment's
-    version, agent, expires, signature = token.split(".")
-    assert links.check(f"{version}.8.{expires}.{signature}", NOW) is None  # someone else's id
-    assert links.check(f"{version}.{agent}.{int(expires) + 3600}.{signature}", NOW) is None  # longer life
-    for junk in ("", "d1", "d1.x.y.z", "a.b.c.d.e", "d1.7.notanumber.sig"):
+    version, agent, expires, nonce, signature = token.split(".")
+    assert links.check(f"{version}.8.{expires}.{nonce}.{signature}", NOW) is None  # someone else's id
+    assert links.check(f"{version}.{agent}.{int(expires) + 3600}.{nonce}.{signature}", NOW) is None  # longer life
+    assert links.check(f"{version}.{agent}.{expires}.{nonce}x.{signature}", NOW) is None  # another link's nonce
+    for junk in ("", "d2", "d2.x.y.z.w", "a.b.c.d.e", "d2.7.notanumber.n.sig", "d2.7.1.n.é", "d1.7.1.sig"):
         assert links.check(junk, NOW) is None
 
 

@@ -9,7 +9,7 @@ import hashlib
 import socket
 import threading
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -358,7 +358,7 @@ def telegram_message(user: int, text: str, *, at: datetime = NOW, ticket: str | 
 def make_every_kind(engine) -> dict[str, str]:
     """Tickets and actions that make the router queue each of its kinds, through its real code."""
     from paidan.db import transaction
-    from router import actions, surveys
+    from router import actions, surveys, waiting
     from router.agents import add_agent
     from router.assignment import expire_offers
     from router.config import RouterConfig
@@ -387,6 +387,12 @@ def make_every_kind(engine) -> dict[str, str]:
         actions.reply(session, refund, "Ann", "<b>收到</b>，正在处理 *退款*", config, NOW)
         actions.send_files(session, refund, "Ann", config, NOW)  # the customer's screenshot, to Ann's chat
     arrive(telegram_message(555, "还没到账", at=NOW + timedelta(minutes=2), ticket=refund), NOW + timedelta(minutes=2))
+    waits = arrive(telegram_message(559, "发票抬头写错了"))  # waits on its customer, who is reminded
+    with transaction(engine) as session:
+        actions.accept(session, waits, "Ann", config, NOW)
+        actions.wait_for_customer(session, waits, "Ann", config, NOW)
+    with transaction(engine) as session:
+        waiting.remind(session, replace(config, remind_waiting_after=timedelta(minutes=30)), NOW + timedelta(hours=1))
     with transaction(engine) as session:
         expire_offers(session, config, NOW + timedelta(minutes=11))
     with transaction(engine) as session:
@@ -457,5 +463,5 @@ def test_deliver_due_sends_every_kind_the_router_queued_and_records_what_became_
 
 
 def test_customer_kinds_are_the_ones_the_router_sends_to_customers():
-    # ack, reply and survey carry the customer's own Telegram id; every other kind goes to staff.
-    assert CUSTOMER_KINDS == {"ack", "reply", "survey"} and not CUSTOMER_KINDS & STAFF_KINDS.keys()
+    # ack, reply, survey and reminder carry the customer's own Telegram id; every other kind goes to staff.
+    assert CUSTOMER_KINDS == {"ack", "reply", "survey", "reminder"} and not CUSTOMER_KINDS & STAFF_KINDS.keys()

@@ -23,6 +23,7 @@ from connectors.outbox import (
     TemporaryFailure,
     by_language,
     utc_time,
+    waiting_reminder_text,
 )
 from models.sealing import SealError, unseal
 
@@ -31,7 +32,8 @@ from models.sealing import SealError, unseal
 # own message prompted it (the acknowledgement), "auto-generated" when nothing of theirs did (the survey
 # sent on resolving, the code a Telegram user asked us to mail). A human agent's reply carries none: the
 # customer's autoresponder may answer it like any mail.
-AUTO_SUBMITTED = {"ack": "auto-replied", "survey": "auto-generated", "link_code": "auto-generated"}
+AUTO_SUBMITTED = {"ack": "auto-replied", "survey": "auto-generated", "link_code": "auto-generated",
+                  "reminder": "auto-generated"}
 # Kinds whose payload holds a sealed secret, opened only while the mail is built (router.linking).
 SEALED_KINDS = frozenset({"link_code"})
 MAX_SUBJECT_QUOTE = 200  # how much of the customer's subject an acknowledgement repeats
@@ -133,6 +135,8 @@ def _subject(kind: str, payload: dict) -> str:
         return by_language(payload.get("language"), zh="邮箱绑定验证码", en="Your code to link this email address")
     if kind == "survey":
         return f"{by_language(payload.get('language'), zh='您对本次服务满意吗？', en='How did we do?')} {tag}".strip()
+    if kind == "reminder":  # the tag threads their answer back to the ticket
+        return f"{by_language(payload.get('language'), zh='等待您的回复', en='Waiting for your reply')} {tag}".strip()
     return payload.get("subject") or f"Re: {tag}".strip()
 
 
@@ -143,6 +147,11 @@ def _body(kind: str, payload: dict) -> str:
         return _link_code_text(payload)
     if kind == "survey":
         return _survey_text(payload)
+    if kind == "reminder":
+        zh, en = waiting_reminder_text(payload)
+        zh += "\n\n如需回复，直接回复本邮件即可。\n（此邮件由系统自动发送。）"
+        en += "\n\nTo answer, reply to this email.\n(This message was sent automatically.)"
+        return by_language(payload.get("language"), zh=zh, en=en, joiner="\n\n---\n\n") + "\n"
     text = payload.get("text")
     if not text and payload.get("attachments"):  # an agent sent only files
         return by_language(payload.get("language"), zh="请查看附件。", en="Please see the attached file(s).",

@@ -28,7 +28,15 @@ from aiogram.types import (
     LinkPreviewOptions,
 )
 
-from connectors.outbox import FileLoader, OutboxItem, PermanentFailure, TemporaryFailure, by_language, utc_time
+from connectors.outbox import (
+    FileLoader,
+    OutboxItem,
+    PermanentFailure,
+    TemporaryFailure,
+    by_language,
+    utc_time,
+    waiting_reminder_text,
+)
 from connectors.telegram.survey import survey_question
 from models.message import STATE_WORDS, TicketSummary
 
@@ -66,7 +74,7 @@ CAPTION_LIMIT = 1024  # cut by the sender: the Bot API refuses a longer caption
 # ---------------------------------------------------------------- building (pure)
 
 # Kinds that go to the customer; every other kind is a notification for staff.
-CUSTOMER_KINDS = frozenset({"ack", "reply", "survey"})
+CUSTOMER_KINDS = frozenset({"ack", "reply", "survey", "reminder"})
 
 # Each staff kind the router queues: (icon, a few words for the first line, what the reader can do).
 # A new kind without an entry still gets a generic text (see _staff_text); the tests list the router's
@@ -168,6 +176,9 @@ def _customer_text(kind: str, payload: dict, *, caption: bool = False) -> str:
         en = "\n".join([f"Hello! We have received your message; your ticket number is {number}.",
                         *([f"We will get back to you by {due}."] if due else []),
                         "To add details, reply to this message."])
+        return by_language(language, zh=zh, en=en, joiner="\n\n")
+    if kind == "reminder":
+        zh, en = waiting_reminder_text(payload)
         return by_language(language, zh=zh, en=en, joiner="\n\n")
     text = (payload.get("text") or "").strip()
     if not text and not caption:
