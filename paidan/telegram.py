@@ -160,7 +160,7 @@ class Dispatcher:
         answer = await asyncio.to_thread(
             answer_agent, self.engine, self.config, incoming.from_id, incoming.text, incoming.reply_to_text,
             incoming.callback_data, now=datetime.now(UTC), once=f"telegram-update:{incoming.update_id}",
-            dashboard_link=self.dashboard_link, attachments=attachments)
+            dashboard_link=self.dashboard_link, attachments=attachments, album=incoming.media_group_id)
         if incoming.callback_id:
             await self._quietly(self.bot.answer_callback_query(incoming.callback_id))
         if answer.text:

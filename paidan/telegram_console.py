@@ -26,7 +26,7 @@ from connectors.telegram.console import (
 from connectors.telegram.send import Buttons
 from models.errors import ActionRefused, NotFound, PaidanError
 from models.message import Attachment
-from models.tables import Agent, AttachmentRow, CannedReply, Customer, Message, SlaClock, Ticket
+from models.tables import Agent, AttachmentRow, CannedReply, ChannelCursor, Customer, Message, SlaClock, Ticket
 from paidan.cli_router import age_text, format_found
 from paidan.db import transaction
 from paidan.logs import mask
@@ -35,7 +35,7 @@ from router.config import RouterConfig
 from router.identity import describe_block, root_customer
 from router.privacy import same_person
 from router.search import find_tickets
-from router.cursors import claim_once
+from router.cursors import claim_once, once_name, remember_once
 
 log = logging.getLogger(__name__)
 
@@ -61,23 +61,51 @@ def answer_agent(engine: Engine, config: RouterConfig, telegram_id: int, text: s
                  reply_to_text: str | None = None, callback_data: str | None = None, *,
                  now: datetime, once: str | None = None,
                  dashboard_link: Callable[[int], str] | None = None,
-                 attachments: Sequence[Attachment] = ()) -> ConsoleAnswer:
+                 attachments: Sequence[Attachment] = (), album: str | None = None) -> ConsoleAnswer:
     """Parse and run one agent message; help and mistakes are answered without the database.
     `once`: a key naming this message (its Telegram update), so a redelivered one acts only once.
     `dashboard_link`: agent id → a sign-in link to the dashboard (None: /dashboard says it is not served).
-    `attachments`: the message's photo or document, which a reply or a note takes along."""
+    `attachments`: the message's photo or document, which a reply or a note takes along.
+    `album`: Telegram's media group id, when the files were sent together: the first one's caption says
+    where they go (`/reply GD… text`), the others have none and follow it."""
     parsed = parse_console(text, reply_to_text=reply_to_text, callback_data=callback_data,
                            has_files=bool(attachments))
     if isinstance(parsed, ConsoleHelp):
         return ConsoleAnswer(parsed.text)
+    if isinstance(parsed, ConsoleMistake) and album and attachments and not (text or "").strip():
+        parsed = _rest_of_album(engine, telegram_id, album, now) or parsed
     if isinstance(parsed, ConsoleMistake):
         return ConsoleAnswer(parsed.message)
+    if album and attachments and parsed.action in FILE_CARRIERS and parsed.via != "album":
+        _album_goes_with(engine, telegram_id, album, parsed, now)
     if attachments and parsed.action not in FILE_CARRIERS:
         return ConsoleAnswer(f"files go to a customer with /reply or as a reply to the ticket's message, or on "
                              f"the ticket with /note; /{parsed.action} takes none, so nothing was done")
     if attachments:
         parsed = replace(parsed, attachments=tuple(attachments))
     return run_console(engine, config, telegram_id, parsed, now=now, once=once, dashboard_link=dashboard_link)
+
+
+def _album_key(telegram_id: int, album: str) -> str:
+    return f"album:{telegram_id}:{album}"
+
+
+def _album_goes_with(engine: Engine, telegram_id: int, album: str, command: ConsoleCommand, now: datetime) -> None:
+    """Remember where an album's first file went, for the files after it (kept as long as the console's
+    once-keys: far longer than an album takes to arrive). Only the first file's command counts."""
+    with transaction(engine) as session:
+        if claim_once(session, _album_key(telegram_id, album), now) is None:
+            remember_once(session, _album_key(telegram_id, album), {"action": command.action, "ticket": command.ticket})
+
+
+def _rest_of_album(engine: Engine, telegram_id: int, album: str, now: datetime) -> ConsoleCommand | None:
+    """A file of an album after its first: the same action on the same ticket, without text."""
+    with Session(engine) as session:
+        first = session.scalar(select(ChannelCursor.value).where(
+            ChannelCursor.name == once_name(_album_key(telegram_id, album))))
+    if not first or first.get("action") not in FILE_CARRIERS or not first.get("ticket"):
+        return None
+    return ConsoleCommand(first["action"], first["ticket"], via="album")
 
 
 def run_console(engine: Engine, config: RouterConfig, telegram_id: int, command: ConsoleCommand, *,

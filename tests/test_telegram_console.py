@@ -7,7 +7,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from connectors.telegram.console import (
@@ -20,7 +20,7 @@ from connectors.telegram.console import (
 )
 from factories import KeywordClassifier
 from models import Channel, Identity, IdentityKind, InboundMessage, Sender
-from models.tables import Agent, ChannelCursor, OutboxItem, Ticket
+from models.tables import Agent, AttachmentRow, ChannelCursor, Message, OutboxItem, Ticket
 from paidan.telegram_console import ConsoleAnswer, answer_agent, run_console
 
 NUMBER = "GD20261123001"
@@ -311,6 +311,35 @@ def test_files_with_a_command_that_takes_none_do_nothing_and_say_so(staff):
     assert sent.text.startswith(f"reply to {number} queued to the customer on telegram"), sent.text
     [item] = replies_to_customers(staff)
     assert [f["filename"] for f in item.payload["attachments"]] == ["a.png"] and item.payload["text"] == ""
+
+
+def test_every_file_of_an_album_follows_its_captioned_first(staff):
+    """Telegram sends photos picked together as one update each; only the first has the caption. The
+    rest go where it went (before, each was refused and only the first reached the customer)."""
+    from models import Attachment
+    from router.config import RouterConfig
+
+    number = new_ticket(staff)
+    agent = holder_id(staff, number)
+    say(staff, agent, f"/accept {number}")
+
+    def send(name: str, caption: str, album: str, update: int):
+        return answer_agent(staff, RouterConfig(), agent, caption, attachments=(Attachment(name, "image/png", b"png"),),
+                            album=album, once=f"telegram-update:{update}", now=NOW).text
+
+    assert send("1.png", f"/note {number} 三张截图", "album-1", 1).startswith(f"note added to {number}")
+    assert send("2.png", "", "album-1", 2).startswith(f"note added to {number}")
+    assert send("2.png", "", "album-1", 2).startswith("already done")  # Telegram delivered it again
+    assert send("a.png", f"/reply {number} 请看这两张图", "album-2", 3).startswith(f"reply to {number} queued")
+    assert send("b.png", "", "album-2", 4).startswith(f"reply to {number} queued")
+    # A file alone, or of an album whose first file had no command, is refused as before.
+    assert send("c.png", "", "album-3", 5).startswith("to send files to a customer")
+    with Session(staff) as session:
+        kept = session.execute(select(Message.public, Message.text, func.count(AttachmentRow.id))
+                               .join(AttachmentRow, AttachmentRow.message_id == Message.id)
+                               .where(Message.direction == "out").group_by(Message.id).order_by(Message.id)).all()
+    assert kept == [(False, "三张截图", 1), (False, "", 1), (True, "请看这两张图", 1), (True, "", 1)]
+    assert [item.payload["text"] for item in replies_to_customers(staff)] == ["请看这两张图", ""]
 
 
 def test_someone_who_is_not_an_agent_learns_how_to_become_one(staff):

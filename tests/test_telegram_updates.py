@@ -155,7 +155,8 @@ def test_photo_keeps_only_the_largest_size_and_the_caption():
     update = message_update(photo=sizes, caption="破损的包装")
     incoming = read_update(update)
     assert incoming.files == (("large", "photo.jpg", "image/jpeg", 90000),)
-    assert incoming.text == "破损的包装"
+    assert incoming.text == "破损的包装" and incoming.media_group_id is None
+    assert read_update(message_update(photo=sizes, media_group_id="13620918271")).media_group_id == "13620918271"
     assert inbound(update).flags == ("attachment_missing",)
     given = (Attachment("photo.jpg", "image/jpeg", b"\xff\xd8jpeg"),)
     assert inbound(update, attachments=given).flags == ()

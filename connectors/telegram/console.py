@@ -81,7 +81,7 @@ class ConsoleCommand:
     head: str = ""  # relabel: type, category or priority (the action checks the label set)
     label: str = ""
     agent: str = ""  # assign: name or id; "" hands it to the best available agent
-    via: str = "command"  # "command", "reply" (a Telegram reply to a ticket's message) or "button"
+    via: str = "command"  # "command", "reply" (a Telegram reply to a ticket's message), "button" or "album"
     into: str = ""  # merge: the ticket that carries on
     saved: str = ""  # the name of a saved reply: the one a reply sends (then `text` follows it), or /replies acts on
     zh: str = ""  # /replies add and edit: the Chinese and English texts ("" in edit: keep that one)

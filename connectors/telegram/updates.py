@@ -55,6 +55,9 @@ class Incoming:
     date: datetime | None  # when the message was sent (UTC); None when the update has no date
     raw: bytes  # the update as compact UTF-8 JSON, kept as received
     edit_date: int | None = None  # unix time of an edit; part of an edited message's external_id
+    # Photos and documents sent together arrive as one update each, sharing this id; only the first
+    # carries the caption (a command), so the others are read as going where it went.
+    media_group_id: str | None = None
 
 
 # ---- small tolerant readers: Telegram's JSON is trusted for shape, not for presence ----------------
@@ -241,6 +244,7 @@ def _from_message(update_id: int | None, kind: str, message: dict, raw: bytes) -
         date=_date(message.get("date")),
         raw=raw,
         edit_date=_int(message.get("edit_date")),
+        media_group_id=_str(message.get("media_group_id")),
     )
 
 
