@@ -12,7 +12,8 @@ from pathlib import Path
 
 def start_serve(env: dict[str, str], cwd: Path) -> tuple[subprocess.Popen, str, list[str]]:
     """Start `paidan serve` with `env`; returns the process, its web base URL (read from the log line
-    that names the bound port, so port 0 works) and the log lines, which keep filling in."""
+    that names the bound port, so port 0 works) and the log lines, which keep filling in (until
+    `whole_log` after the process ended)."""
     proc = subprocess.Popen([sys.executable, "-m", "paidan.cli", "serve"], cwd=cwd, env=env,
                             stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
@@ -23,10 +24,18 @@ def start_serve(env: dict[str, str], cwd: Path) -> tuple[subprocess.Popen, str, 
             break
         lines.append(line)
         if found := re.search(r"serving http://([\d.]+):(\d+)", line):
-            threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()
+            proc.log_reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+            proc.log_reader.start()
             return proc, f"http://{found.group(1)}:{found.group(2)}", lines
     proc.kill()
     raise AssertionError("paidan serve did not start:\n" + "".join(lines))
+
+
+def whole_log(proc: subprocess.Popen, lines: list[str], seconds: float = 30) -> str:
+    """The log of a `start_serve` process that has ended, to its last line: the reader thread reaches the
+    end of stderr a moment after the process exits (a fixed sleep is too short on a loaded machine)."""
+    proc.log_reader.join(seconds)
+    return "".join(lines)
 
 
 def wait_for(condition, what: str, log_lines: list[str] | None = None, seconds: float = 30):

@@ -238,7 +238,8 @@ def test_forget_erases_what_they_wrote_and_who_they_are_everywhere(person):
         assert all(o.payload.get("erased") for o in to_them)
         tickets = session.scalars(select(Ticket).order_by(Ticket.id)).all()
         assert [(t.state, t.category, t.subject) for t in tickets] == [("resolved", "transaction", ERASED)] * 2
-        events = session.scalars(select(TicketEvent).where(TicketEvent.kind == ERASURE_EVENT)).all()
+        events = session.scalars(select(TicketEvent).where(TicketEvent.kind == ERASURE_EVENT)
+                                 .order_by(TicketEvent.ticket_id, TicketEvent.id)).all()
         assert [(e.ticket_id, e.actor) for e in events] == [(t.id, "cli:dpo") for t in tickets]
         assert "erasure request ref 118" in events[0].reason
     # Nothing of theirs is sent any more: the senders claim pending rows only.

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from models.tables import Message, Ticket
 from paidan.db import make_engine
-from serving import start_serve
+from serving import start_serve, whole_log
 
 TOKEN = "serve-test-token"
 
@@ -57,8 +57,7 @@ def test_serve_migrates_answers_and_stops_cleanly(database_url, tmp_path, stop):
     finally:
         proc.send_signal(stop)  # either way the scheduler stops and intake closes before the process ends
         assert proc.wait(timeout=30) == 0
-    time.sleep(0.2)  # let the reader thread drain stderr
-    log = "".join(lines)
+    log = whole_log(proc, lines)
     assert "paidan stopped" in log, log
     assert re.search(r"taking email by SMTP on 127\.0\.0\.1:\d+", log), log
     assert "zhao@example.com" not in log and "Traceback" not in log

@@ -270,7 +270,21 @@ def reply(update_id: int, user: int, text: str, replied_text: str) -> dict:
         "reply_to_message": {"message_id": 2, "date": 1_796_000_000, "chat": chat, "text": replied_text}}}
 
 
-def test_a_telegram_customer_rates_with_a_button_and_a_reply_to_the_survey_is_a_comment(staff):
+class _DayAfter(datetime):
+    """`datetime` whose now() is a day after NOW: what the Telegram handlers (paidan.surveys) take as the
+    time of the customer's answer. On the real clock the survey sent at NOW closes 14 days later
+    (2026-12-08), and every press after that would be refused as late."""
+
+    @classmethod
+    def now(cls, tz=None):
+        at = NOW + timedelta(days=1)
+        return at.astimezone(tz) if tz is not None else at.replace(tzinfo=None)
+
+
+def test_a_telegram_customer_rates_with_a_button_and_a_reply_to_the_survey_is_a_comment(staff, monkeypatch):
+    import paidan.surveys
+
+    monkeypatch.setattr(paidan.surveys, "datetime", _DayAfter)
     number = resolved(staff, telegram_message())
     survey = survey_of(staff, number)
     assert survey.channel == "telegram"
@@ -352,8 +366,9 @@ def test_a_customer_answers_the_survey_page_in_chromium(staff, browser):
     with Session(staff) as session:
         survey_id = surveys.survey_for_ticket(session, number).id
     settings = make_settings()
+    # The page's clock a day after the survey was sent: on the real one it closes 14 days after NOW.
     app = build_app(settings, Intake(staff).accept, TicketQueries(staff).ticket_view,
-                    surveys=SurveyDesk(staff).store())
+                    surveys=SurveyDesk(staff, clock=lambda: NOW + timedelta(days=1)).store())
     with serve(app) as url:
         link = survey_link(make_settings(public_url=url))(survey_id, number)
         page = browser.new_context(locale="zh-CN").new_page()

@@ -52,7 +52,8 @@ def test_a_customer_on_telegram_is_answered_from_the_agent_console(database_url,
         lines: list[str] = []
         import threading
 
-        threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()
+        log_reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+        log_reader.start()
         try:
             # The customer: a welcome, then the acknowledgement with the ticket number.
             ack = wait_for(lambda: [t for t in sent_to(fake, CUSTOMER) if "GD" in t], "the acknowledgement", lines)
@@ -87,6 +88,7 @@ def test_a_customer_on_telegram_is_answered_from_the_agent_console(database_url,
         finally:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=30) == 0, "".join(lines)
+    log_reader.join(30)  # the log to its last line ("paidan stopped"): read a moment after the process ended
     engine = make_engine(database_url)
     with Session(engine) as session:
         tickets = session.scalars(select(Ticket)).all()
