@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models.errors import ActionRefused, InvalidInput, NotFound
-from models.message import Identity, IdentityKind
+from models.message import ERASED, Identity, IdentityKind
 from models.tables import Customer, CustomerMerge, Identity as IdentityRow, Ticket, TicketEvent
 from router import states
 
@@ -227,6 +227,9 @@ def unmerge(session: Session, merge_id: int, *, actor: str, now: datetime) -> Cu
             CustomerMerge.source_id == merge.target_id, CustomerMerge.undone_at.is_(None)))
         raise ActionRefused(f"customer #{merge.target_id} was merged into #{target.merged_into_id} afterwards; "
                             f"undo merge #{later} first")
+    if target.display_name == ERASED:
+        raise ActionRefused(f"customer #{merge.target_id}'s personal data was erased (`paidan customers forget`): "
+                            f"nothing is left to tell the two apart, so merge #{merge_id} stays")
     identities = session.scalars(select(IdentityRow).where(IdentityRow.id.in_(merge.identity_ids))).all()
     tickets = session.scalars(select(Ticket).where(Ticket.id.in_(merge.ticket_ids)).order_by(Ticket.id)).all()
     for identity in identities:

@@ -261,6 +261,20 @@ def test_merges_that_make_no_sense_are_refused_with_the_reason(engine):
             merge_customers(session, c, b, actor="cli", evidence="x", now=T0)
 
 
+def test_a_merge_of_a_person_whose_data_was_erased_is_not_undone(engine):
+    from router.privacy import forget_customer
+
+    a, b = _customers(engine, ("a@example.com", None), (None, "+8613900000001"))
+    with transaction(engine) as session:
+        merge = merge_customers(session, b, a, actor="cli", evidence="phoned in", now=T0)
+        forget_customer(session, a, actor="cli", reason="erasure request", now=T0, force=True)
+    with transaction(engine) as session:
+        with pytest.raises(ActionRefused, match=f"customer #{a}'s personal data was erased"):
+            unmerge(session, merge.id, actor="cli", now=T0)
+    with Session(engine) as session:
+        assert session.get(Customer, b).merged_into_id == a
+
+
 def test_a_forced_merge_over_a_conflict_is_recorded_as_forced_and_undoable(engine):
     a, c = _customers(engine, ("a@example.com", None), ("c@example.com", None))
     with transaction(engine) as session:
