@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 LIST_LIMIT = 20  # tickets in one /queue or /mine answer: a phone screen or two
 FIND_LIMIT = 8  # /find results, two lines each
 HISTORY_SHOWN = 3  # the customer's other tickets /show names
+SUITED_REPLIES = 5  # saved replies of the ticket's category /show suggests
 SAVED_REPLIES_LISTED = 40  # names in one /replies answer; `paidan replies list` has them all
 FILE_CARRIERS = frozenset({"reply", "note"})  # the console actions a photo or document may come with
 SAVED_REPLY_CHANGES = frozenset({"add_reply", "edit_reply", "remove_reply"})  # supervisors' /replies add|edit|remove
@@ -277,6 +278,14 @@ def _show(session: Session, agent: Agent, command: ConsoleCommand, now: datetime
         lines.append(f"{_author(m)}, {_age(now - m.received_at)} ago{attached}: {_clip(m.text, QUOTE_CHARS)}")
     if any(files.get(m.id) and m.direction == "in" for m in messages):
         lines.append(f"📎 the customer's files: /files {ticket.number}")
+    if ticket.state in states.OPEN_STATES and ticket.category:
+        suited = session.scalars(select(CannedReply.name).where(CannedReply.category == ticket.category)
+                                 .order_by(CannedReply.name).limit(SUITED_REPLIES + 1)).all()
+        if suited:
+            more = " …" if len(suited) > SUITED_REPLIES else ""
+            lines.append(f"saved replies for {ticket.category}: "
+                         + " ".join(f"!{name}" for name in suited[:SUITED_REPLIES]) + more
+                         + f" (/reply {ticket.number} !name)")
     offered_to_you = holder is not None and holder.id == agent.id and ticket.accepted_at is None \
         and ticket.state == states.ASSIGNED
     buttons: Buttons = ((("✅ Accept", f"accept:{ticket.number}"), ("❌ Decline", f"decline:{ticket.number}")),) \

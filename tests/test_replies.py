@@ -395,6 +395,22 @@ def test_a_redelivered_update_sends_the_saved_reply_once(staff):
     assert len(customer_replies(staff)) == 1
 
 
+def test_show_suggests_the_saved_replies_of_the_tickets_category(staff):
+    number = ticket_from(staff, Channel.TELEGRAM, "我要退款", language="zh")
+    agent, _ = holder(staff, number)
+    assert "saved replies for" not in say(staff, agent, f"/show {number}").text  # `refund` has no category
+    with transaction(staff) as session:
+        for name in ("shipping", "invoice", "a1", "a2", "a3"):
+            saved(session, name, category="service")
+        saved(session, "outage", category="technical")
+    lines = say(staff, agent, f"/show {number}").text.splitlines()
+    assert f"saved replies for service: !a1 !a2 !a3 !invoice !shipping (/reply {number} !name)" in lines
+    with transaction(staff) as session:
+        saved(session, "z9", category="service")
+    assert any(line.startswith("saved replies for service: !a1 !a2 !a3 !invoice !shipping … (")
+               for line in say(staff, agent, f"/show {number}").text.splitlines())
+
+
 def test_an_unknown_name_gets_an_answer_the_agent_can_act_on(staff):
     number = ticket_from(staff, Channel.TELEGRAM, "我要退款", language="zh")
     agent, _ = holder(staff, number)
