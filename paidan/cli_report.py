@@ -73,24 +73,34 @@ def sparkline(values: list[int]) -> str:
     return "".join(BARS[0 if not v else max(1, round(v / peak * (len(BARS) - 1)))] for v in values)
 
 
+def summary_lines(r) -> list[str]:
+    """The report's headline figures as plain lines: the top of `paidan report`, and /report in Telegram."""
+    from paidan.dashboard import duration_text, share_text
+
+    machine = f"  (+{r.machine:,} auto-replies and bounces set aside)" if r.machine else ""
+    lines = [
+        f"contacts {r.created:,}{machine}; resolved {r.resolved:,}, reopened {r.reopened:,} "
+        f"({share_text(r.reopen_share)}); merged {r.merged:,}",
+        f"SLA met: first response {share_text(r.sla_share('first_response'))}, "
+        f"resolution {share_text(r.sla_share('resolution'))}",
+        f"now: {sum(r.now.tickets.values()):,} open, {sum(r.now.waiting.values()):,} waiting for an agent "
+        f"(oldest {duration_text(r.oldest_waiting_seconds)}); SLA clocks: {sum(r.now.sla_overdue.values()):,} overdue, "
+        f"{r.at_risk:,} more past their warning",
+    ]
+    s = r.satisfaction
+    if s.sent:
+        lines.append(f"satisfaction: {s.answered:,} of {s.sent:,} answered, average "
+                     f"{'–' if s.average is None else f'{s.average:.2f}'} / 5, {share_text(s.satisfied_share)} satisfied")
+    return lines
+
+
 def _print(r) -> None:
     from paidan.dashboard import duration_text, share_text
 
     out = _console()
     out.print(f"[bold]paidan report[/bold]  {r.days[0]} – {r.days[-1]} ({r.timezone}), counted {r.generated_at:%Y-%m-%d %H:%M} UTC")
-    machine = f"  (+{r.machine:,} auto-replies and bounces set aside)" if r.machine else ""
-    out.print(f"contacts {r.created:,}{machine}; resolved {r.resolved:,}, reopened {r.reopened:,} "
-              f"({share_text(r.reopen_share)}); merged {r.merged:,}")
-    out.print(f"SLA met: first response {share_text(r.sla_share('first_response'))}, "
-              f"resolution {share_text(r.sla_share('resolution'))}")
-    waiting = sum(r.now.waiting.values())
-    out.print(f"now: {sum(r.now.tickets.values()):,} open, {waiting:,} waiting for an agent "
-              f"(oldest {duration_text(r.oldest_waiting_seconds)}); SLA clocks: {sum(r.now.sla_overdue.values()):,} overdue, "
-              f"{r.at_risk:,} more past their warning")
-    s = r.satisfaction
-    if s.sent:
-        out.print(f"satisfaction: {s.answered:,} of {s.sent:,} answered, average "
-                  f"{'–' if s.average is None else f'{s.average:.2f}'} / 5, {share_text(s.satisfied_share)} satisfied")
+    for line in summary_lines(r):
+        out.print(line, markup=False)
 
     volume = Table(title="contacts per day", title_justify="left")
     volume.add_column("channel")

@@ -27,6 +27,7 @@ from connectors.telegram.send import Buttons
 from models.errors import ActionRefused, NotFound, PaidanError
 from models.message import Attachment
 from models.tables import Agent, AttachmentRow, CannedReply, ChannelCursor, Customer, Message, SlaClock, Ticket
+from paidan.cli_report import summary_lines
 from paidan.cli_router import age_text, format_found
 from paidan.db import transaction
 from paidan.logs import mask
@@ -34,6 +35,7 @@ from router import actions, replies, states
 from router.config import RouterConfig
 from router.identity import describe_block, root_customer
 from router.privacy import same_person
+from router.reports import build_report, last_days
 from router.search import find_tickets
 from router.cursors import claim_once, once_name, remember_once
 
@@ -118,6 +120,9 @@ def run_console(engine: Engine, config: RouterConfig, telegram_id: int, command:
         if command.action == "dashboard":
             with Session(engine) as session:
                 return _dashboard(actions.agent_for_telegram(session, telegram_id), dashboard_link)
+        if command.action == "report":
+            with Session(engine) as session:
+                return _report(session, actions.agent_for_telegram(session, telegram_id), int(command.text), config, now)
         if command.action in _READS:
             with Session(engine) as session:
                 agent = actions.agent_for_telegram(session, telegram_id)
@@ -399,6 +404,18 @@ def _find(session: Session, agent: Agent, command: ConsoleCommand, now: datetime
         lines.append(f"… there may be more: `paidan tickets find {command.text} --limit 100`")
     lines.append("/show GD… for one of them")
     return ConsoleAnswer("\n".join(lines))
+
+
+def _report(session: Session, agent: Agent, days: int, config: RouterConfig, now: datetime) -> ConsoleAnswer:
+    """The report's headline figures, for a supervisor on the move; the dashboard has the rest."""
+    if not actions.is_supervisor(agent):
+        return ConsoleAnswer("报表只对主管开放 · the report is for supervisors and admins; `paidan report` has it too")
+    timezone = config.calendar.timezone  # the desk's days, as `paidan report` counts them
+    since, until = last_days(days, now, timezone)
+    report = build_report(session, since=since, until=until, now=now, timezone=timezone)
+    period = "today" if days == 1 else f"the last {days} days"
+    return ConsoleAnswer("\n".join([f"📊 {period} ({report.days[0]} – {report.days[-1]}, {timezone})",
+                                    *summary_lines(report), "charts and agents: /dashboard"]))
 
 
 _READS: dict[str, Callable[[Session, Agent, ConsoleCommand, datetime], ConsoleAnswer]] = {

@@ -468,3 +468,20 @@ def test_a_supervisor_gets_a_dashboard_link_and_an_agent_learns_why_not(staff):
     assert "for supervisors and admins" in ask(ANN) and "sign-in" not in ask(ANN)
     assert "does not serve the dashboard" in ask(SUE, dashboard_link=None)
     assert "not registered as an agent" in ask(STRANGER)
+
+
+def test_a_supervisor_reads_the_days_figures_in_telegram(staff):
+    numbers = [new_ticket(staff, customer=800 + n) for n in range(3)]
+    agent = holder_id(staff, numbers[0])
+    say(staff, agent, f"/accept {numbers[0]}")
+    say(staff, agent, f"/reply {numbers[0]} 您好，已处理")
+    say(staff, agent, f"/resolve {numbers[0]}")
+    later = NOW + timedelta(minutes=30)
+    lines = say(staff, SUE, "/report", at=later).text.splitlines()
+    assert lines[0] == "📊 today (2026-11-24 – 2026-11-24, Asia/Shanghai)"
+    assert lines[1] == "contacts 3; resolved 1, reopened 0 (0%); merged 0"
+    assert lines[2].startswith("SLA met: first response 100%, resolution 100%")
+    assert lines[3].startswith("now: 2 open, 0 waiting for an agent") and lines[-1] == "charts and agents: /dashboard"
+    assert say(staff, SUE, "/report 7", at=later).text.startswith("📊 the last 7 days (2026-11-18 – 2026-11-24")
+    assert say(staff, ANN, "/report").text.startswith("报表只对主管开放 · the report is for supervisors")
+    assert say(staff, SUE, "/report week").text == "/report takes a number of days from 1 to 366, e.g. /report 7 (not 'week')"

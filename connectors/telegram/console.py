@@ -52,15 +52,15 @@ HELP = "\n".join([
     "派单客服台 · paidan agent console",
     "",
     "/queue 待分配工单 · waiting tickets   /mine 我的工单 · your tickets",
-    "/find 订单号/邮箱/电话/文字 查找工单 · find tickets   /dashboard 看板 · reports (supervisors)",
+    "/find 订单号/邮箱/电话/文字 查找工单 · find tickets",
+    "/report [天数] 报表 · the figures   /dashboard 看板 · charts (supervisors)",
     "/show GD… 查看工单 · show a ticket   /files GD… 客户附件 · the customer's files",
     "/accept GD… 接单 · accept   /decline GD… [原因 reason] 拒单 · decline",
-    "/reply GD… 文字 回复客户 · reply to the customer",
+    "/reply GD… 文字 回复客户 · reply to the customer   /note GD… 文字 内部备注 · internal note",
     "  直接回复工单通知（文字或 !名称）即可 · or simply reply to the ticket's notification",
     "/reply GD… !名称 [补充] 发送常用回复 · send a saved reply, your words after it",
-    "/note GD… 文字 内部备注 · internal note (the customer never sees it)",
     "/wait GD… [说明] 等待客户 · wait for the customer (SLA paused)",
-    "/resolve GD… [说明] 已解决 · resolve   /reopen GD… 原因 重新打开 · reopen, with the reason",
+    "/resolve GD… [说明] 已解决 · resolve   /reopen GD… 原因 重新打开 · reopen, with a reason",
     "/relabel GD… priority P1 更正标签 · correct a label (type, category, priority)",
     "/assign GD… [坐席] 转派 · hand on (to an agent, or the best available)",
     "/merge GD…2 GD…1 [原因] 合并工单 · merge the first into the second (one customer's)",
@@ -155,6 +155,10 @@ def _command(text: str, reply_to_text: str | None, has_files: bool = False) -> C
         return ConsoleCommand(name, agent=rest)
     if name == "replies":
         return _saved_replies(rest)
+    if name == "report":  # `/report` is today, `/report 7` the last seven days
+        if rest and not (rest.isdigit() and 1 <= int(rest) <= 366):
+            return ConsoleMistake(f"/report takes a number of days from 1 to 366, e.g. /report 7 (not {rest!r})")
+        return ConsoleCommand(name, text=rest or "1")
     if name == "find":  # anything after it is the query, a ticket number included
         return ConsoleCommand(name, text=rest) if rest else ConsoleMistake(FIND_NEEDS)
     if name not in TICKET_COMMANDS:
