@@ -133,7 +133,7 @@ def age_text(seconds: int) -> str:
 @click.argument("query", nargs=-1, required=True)
 @click.option("--limit", type=click.IntRange(1, 100), default=10, show_default=True,
               help="Show at most this many tickets.")
-@_json_option
+@click.option("--json", "as_json", is_flag=True, help="Print the tickets found as JSON.")
 def find(query: tuple[str, ...], limit: int, as_json: bool) -> None:
     """Find tickets by QUERY (several words are one phrase; case does not matter).
 
