@@ -270,7 +270,8 @@ async def deliver_email_forever(settings: Settings, engine, stop: asyncio.Event)
     config = RelayConfig(host=e.relay_host, port=e.relay_port, from_address=e.from_address, from_name=e.from_name,
                          username=e.relay_username,
                          password=e.relay_password.get_secret_value() if e.relay_password else None,
-                         starttls=e.relay_starttls, code_key=link_key(settings))
+                         starttls=e.relay_starttls, code_key=link_key(settings),
+                         status_url=f"{settings.public_url.rstrip('/')}/status")
     log.info("paidan sending email through %s:%s as %s", e.relay_host, e.relay_port, e.from_address)
     build = partial(build_outbox_email, config=config, survey_link=survey_link(settings),
                     load_file=partial(delivery.attachment_file, engine))

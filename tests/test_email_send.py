@@ -8,6 +8,7 @@ the acknowledgement, `actions.reply` queues an agent's reply, `outbox.enqueue` t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -219,6 +220,15 @@ def test_an_acknowledgement_is_auto_submitted_and_names_the_ticket_in_its_subjec
     assert ack["Message-ID"] == item.payload["message_id"] and ack["Message-ID"].endswith(f".{number.lower()}@paidan>")
     assert number in ack.get_content()
     assert row(engine, item.id).status == "sent"
+
+
+def test_an_acknowledgement_links_to_the_status_page_with_its_number_filled_in(engine):
+    number = new_email_ticket(engine)
+    [item] = outbox(engine, "ack")
+    config = dataclasses.replace(relay_config(25), status_url="https://support.example.com/status")
+    body = build_outbox_email(item, config).get_content()
+    assert f"随时查看进度（输入本邮箱即可）：https://support.example.com/status?number={number}" in body
+    assert "status?number=" not in build_outbox_email(item, relay_config(25)).get_content()  # none set: no line
 
 
 def test_a_451_keeps_the_item_pending_with_backoff_and_a_retry_carries_the_same_message_id(engine, relay):

@@ -351,6 +351,11 @@ def test_status_shows_state_and_messages_with_html_as_text(live_app, form_client
     assert "&lt;i&gt;主题&lt;/i&gt;" in page.text
 
 
+def test_the_link_in_an_acknowledgement_opens_the_status_page_with_its_number_filled_in(live_app, form_client):
+    page = form_client.http.get("/status?number=GD20261123001")
+    assert page.status_code == 200 and 'value="GD20261123001"' in page.text
+
+
 def test_wrong_pair_reveals_nothing(live_app, form_client):
     number, email = _new_ticket(form_client)
     other_number = re.sub(r"\d{3}$", "999", number)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
+from urllib.parse import urlencode
 
 from connectors.outbox import (
     DeliveryError,
@@ -54,6 +55,8 @@ class RelayConfig:
     starttls: bool = True
     timeout: float = 30.0  # seconds, for connecting and for each SMTP answer
     code_key: bytes | None = field(default=None, repr=False)  # opens the sealed code of a link_code mail
+    # The web status page (`public_url` + "/status"): acknowledgements link to it with their number filled in.
+    status_url: str | None = None
 
 
 # ---------------------------------------------------------------- building (pure)
@@ -66,6 +69,8 @@ def build_outbox_email(item: OutboxItem, config: RelayConfig, survey_link: Surve
     payload = _with_link_code(item.payload, config.code_key) if item.kind in SEALED_KINDS else item.payload
     if item.kind == "survey":
         payload = {**payload, "link": _survey_url(payload, survey_link)}
+    if item.kind == "ack" and config.status_url and payload.get("ticket"):
+        payload = {**payload, "status_link": f"{config.status_url}?{urlencode({'number': payload['ticket']})}"}
     message = build_email(
         item.kind, item.recipient, payload, from_address=config.from_address, from_name=config.from_name,
         fallback_message_id=outbox_message_id(item.id, item.dedupe_key, item.created_at, config.from_address),
@@ -164,10 +169,12 @@ def _body(kind: str, payload: dict) -> str:
 def _acknowledgement_text(payload: dict) -> str:
     number = payload.get("ticket") or "?"
     due = utc_time(payload.get("first_response_due"))
+    link = payload.get("status_link")
     zh = [
         "您好！", "",
         f"我们已收到您的来信，工单号：{number}。",
         *([f"我们会在 {due} 前给您首次答复。"] if due else []),
+        *([f"随时查看进度（输入本邮箱即可）：{link}"] if link else []),
         f"如需补充，直接回复本邮件即可；请保留主题中的 [{number}]，以便归入同一工单。", "",
         "（此邮件由系统自动发送。）",
     ]
@@ -175,6 +182,7 @@ def _acknowledgement_text(payload: dict) -> str:
         "Hello,", "",
         f"We have received your message; your ticket number is {number}.",
         *([f"We will get back to you by {due}."] if due else []),
+        *([f"See where it stands at any time (with this email address): {link}"] if link else []),
         f"To add anything, reply to this email and keep [{number}] in the subject so that it joins the same ticket.",
         "", "(This message was sent automatically.)",
     ]
