@@ -21,6 +21,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
 )
+from sqlalchemy import text as sql_text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 NAMING_CONVENTION = {
@@ -199,6 +200,8 @@ class Message(Base):
     email_message_id: Mapped[str | None] = mapped_column(String(512))
     in_reply_to: Mapped[str | None] = mapped_column(String(512))
     references: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Email: whom the customer copied (Cc); an agent's email reply copies them too.
+    cc: Mapped[list[str]] = mapped_column(JSON, default=list, server_default=sql_text("'[]'"))
     public: Mapped[bool] = mapped_column(Boolean, default=True)  # internal notes are not
     flags: Mapped[list[str]] = mapped_column(JSON, default=list)
     type: Mapped[str | None] = mapped_column(String(32))

@@ -370,7 +370,8 @@ def reply(session: Session, ticket_number: str, actor: Agent | str | int, text: 
                             f"as a reply of its own (nothing was sent)")
     token = uuid.uuid4().hex
     email_id = our_message_id(ticket.number, token) if public and out_channel == "email" else None
-    in_reply_to, references = _email_thread(session, ticket) if email_id else (None, [])
+    in_reply_to, references, copied = _email_thread(session, ticket) if email_id else (None, [], [])
+    cc = [c for c in copied if c.lower() != address[1].lower()] if email_id and address else []
     subject = _reply_subject(ticket) if public else ""
     external_id = f"out:{token}"
     message_id = session.execute(insert(Message.__table__).returning(Message.__table__.c.id), dict(
@@ -399,7 +400,8 @@ def reply(session: Session, ticket_number: str, actor: Agent | str | int, text: 
         payload = {"ticket": ticket.number, "text": body, "in_reply_to": in_reply_to, "agent": agent.name,
                    "language": ticket.language, **({"attachments": files} if files else {})}
         if email_id:
-            payload |= {"message_id": email_id, "references": references, "subject": subject}
+            payload |= {"message_id": email_id, "references": references, "subject": subject,
+                        **({"cc": cc} if cc else {})}
         item = enqueue(session, kind="reply", channel=address[0], recipient=address[1], ticket_id=ticket.id,
                        payload=payload, dedupe_key=f"reply:{external_id}", now=now)
         data["outbox_id"] = item.id if item else None
@@ -425,18 +427,19 @@ def _store_files(session: Session, message_id: int, attachments: Sequence[Attach
             for i, r in zip(ids, rows)]
 
 
-def _email_thread(session: Session, ticket: Ticket) -> tuple[str | None, list[str]]:
+def _email_thread(session: Session, ticket: Ticket) -> tuple[str | None, list[str], list[str]]:
     """In-Reply-To (the customer's last email) and References for an email reply, so mail clients
-    thread it and the customer's answer comes back to this ticket."""
+    thread it and the customer's answer comes back to this ticket; and whom that mail copied, whom
+    the reply copies too ("reply all", as the customer expects of a mail)."""
     rows = session.execute(
-        select(Message.email_message_id, Message.references)
+        select(Message.email_message_id, Message.references, Message.cc)
         .where(Message.ticket_id == ticket.id, Message.direction == "in", Message.email_message_id.is_not(None))
         .order_by(Message.id.desc()).limit(1)
     ).first()
     if rows is None:
-        return None, []
+        return None, [], []
     references = [r for r in (rows.references or []) if r != rows.email_message_id][-20:]
-    return rows.email_message_id, [*references, rows.email_message_id]
+    return rows.email_message_id, [*references, rows.email_message_id], list(rows.cc or [])
 
 
 def _reply_subject(ticket: Ticket) -> str:

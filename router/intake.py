@@ -211,6 +211,7 @@ def store_batch(
                 "email_message_id": msg.message_id,
                 "in_reply_to": msg.thread_refs.in_reply_to,
                 "references": list(msg.thread_refs.references),
+                "cc": list(msg.cc),
                 "public": not msg.machine_generated,  # an auto-reply or bounce is for agents, not the status page
                 "flags": [*msg.flags, *flags_of[pos], *([blocking.BLOCKED_FLAG] if customer_of[pos] in blocked else [])],
                 "received_at": msg.received_at,

@@ -141,7 +141,7 @@ def export_customer(session: Session, customer_id: int, *, now: datetime | None 
             "id": m.id, "ticket": number_of.get(m.ticket_id), "channel": m.channel, "direction": m.direction,
             "public": m.public, "sender": m.sender, "agent": agents.get(m.author_agent_id), "subject": m.subject,
             "text": m.text, "received_at": _iso(m.received_at), "stored_at": _iso(m.created_at),
-            "raw_bytes": len(m.raw or b""), "flags": list(m.flags or ()),
+            "raw_bytes": len(m.raw or b""), "flags": list(m.flags or ()), "cc": list(m.cc or ()),
             "attachments": attachments.get(m.id, []),
         } for m in messages],
         "surveys": [{"ticket": number_of.get(s.ticket_id), "channel": s.channel, "sent_at": _iso(s.sent_at),
@@ -298,7 +298,7 @@ def _erase_content(session: Session, message_ids: list[int], ticket_ids: list[in
                     sender=case((Message.direction == "in", ERASED), else_=Message.sender),
                     external_id=case((Message.channel.in_(sorted(KEEPS_EXTERNAL_ID)), Message.external_id),
                                      else_=literal("erased:") + cast(Message.id, String)),
-                    email_message_id=None, in_reply_to=None, references=[])
+                    email_message_id=None, in_reply_to=None, references=[], cc=[])
             .execution_options(synchronize_session="fetch")
         ).rowcount
     for ids in _chunks(ticket_ids):

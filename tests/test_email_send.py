@@ -186,6 +186,34 @@ def test_an_agents_reply_reaches_the_relay_threaded_with_its_chinese_subject_and
     assert deliver(engine, relay.port, NOW + timedelta(hours=2)) == DeliveryReport()  # nothing twice
 
 
+def test_an_agents_reply_copies_whom_the_customer_copied_but_never_our_own_addresses(engine, relay):
+    from connectors.email.parse import parse_email
+
+    raw = (f"From: 王芳 <{CUSTOMER}>\r\nTo: support@example.com\r\n"
+           f"Cc: 财务 <caiwu@kehu.example.com>, {CUSTOMER.upper()}, help@example.com,\r\n"
+           f" Boss <boss@kehu.example.com>, not-an-address\r\n"
+           f"Subject: 发票\r\nMessage-ID: <cc1@kehu.example.com>\r\n"
+           f"Content-Type: text/plain; charset=utf-8\r\n\r\n发票抬头写错了\r\n").encode()
+    parsed = parse_email(raw, received_at=NOW)
+    assert parsed.cc == ("caiwu@kehu.example.com", "help@example.com", "boss@kehu.example.com")  # not the sender
+    with transaction(engine) as session:
+        add_agent(session, "Ann", skills=["service", "transaction"], capacity=5).online = True
+    number = Intake(engine, clock=lambda: NOW).accept_now(parsed).ticket_number
+    with transaction(engine) as session:
+        route_pending(session, KeywordClassifier(), CONFIG, NOW)
+    with transaction(engine) as session:
+        holder = session.scalar(select(Ticket).where(Ticket.number == number)).assigned_agent.name
+        actions.reply(session, number, holder, "已重开发票", CONFIG, NOW + timedelta(minutes=5))
+
+    deliver(engine, relay.port, NOW + timedelta(minutes=6))
+    [reply] = [h for h in relay.handed if h.message["Subject"].startswith("Re:")]
+    # help@example.com is at our own domain (an alias of ours): copying it would feed the reply back to us.
+    assert reply.message["Cc"] == "caiwu@kehu.example.com, boss@kehu.example.com"
+    assert sorted(reply.rcpt_tos) == sorted([CUSTOMER, "caiwu@kehu.example.com", "boss@kehu.example.com"])
+    [ack] = [h for h in relay.handed if h is not reply]
+    assert ack.message["Cc"] is None and ack.rcpt_tos == (CUSTOMER,)  # acknowledgements go to the customer only
+
+
 def test_an_agents_files_reach_the_customer_attached_to_the_reply_and_a_file_alone_says_so(engine, relay):
     with transaction(engine) as session:
         add_agent(session, "Ann", skills=["service", "transaction"], capacity=5).online = True

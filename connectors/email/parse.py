@@ -48,6 +48,7 @@ MAX_TEXT = 100_000
 MAX_SUBJECT = 500
 MAX_EXTERNAL_ID = 512
 MAX_REFERENCES = 50
+MAX_CC = 10  # people copied on a mail that our answer copies too: a thread, not a mailing list
 MAX_FILENAME = 255
 MAX_MIME_DEPTH = 100  # far deeper than real mail; keeps the recursive body walk off the stack limit
 
@@ -284,6 +285,22 @@ def _first_address(value: str | None) -> tuple[str, str] | None:
             return name, address
     loose = _ADDRESS.search(value)  # e.g. "postmaster@ <x postmaster@host>" that getaddresses mangles
     return ("", loose.group().strip("\"'()[],;:")) if loose else None
+
+
+def _copied(msg: Message, sender: Sender) -> tuple[str, ...]:
+    """The addresses in Cc, each once (case aside), without the sender's own; at most MAX_CC."""
+    try:
+        pairs = getaddresses([str(value) for value in msg.get_all("Cc") or []])
+    except Exception:  # noqa: BLE001 — a Cc the stdlib cannot split is a Cc we do not answer
+        return ()
+    seen = {sender.identities[0].value.lower()}
+    found = []
+    for _, address in pairs:
+        address = address.strip()
+        if _ADDRESS.fullmatch(address) and len(address) <= 254 and address.isascii() and address.lower() not in seen:
+            seen.add(address.lower())
+            found.append(address)
+    return tuple(found[:MAX_CC])
 
 
 def _sender(msg: Message, envelope_sender: str | None, digest: str, hint: str | None) -> tuple[Sender, bool]:
@@ -805,6 +822,7 @@ def _parse(
         message_id=message_id if message_id and len(message_id) <= MAX_EXTERNAL_ID else None,
         language=_content_language(msg),
         flags=tuple(f for f in FLAG_ORDER if f in flags),
+        cc=_copied(msg, sender),
     )
 
 

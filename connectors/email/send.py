@@ -77,6 +77,8 @@ def build_outbox_email(item: OutboxItem, config: RelayConfig, survey_link: Surve
         # RFC 5322's Date is when the message was ready to go, i.e. when it was queued, not this try.
         date=item.created_at,
     )
+    if item.kind == "reply" and (cc := copied(payload.get("cc"), item.recipient, config.from_address)):
+        message["Cc"] = ", ".join(cc)  # smtplib's send_message takes Cc as recipients of the envelope too
     for described in payload.get("attachments") or ():
         found = load_file(described.get("id")) if load_file is not None else None
         if found is None:
@@ -86,6 +88,14 @@ def build_outbox_email(item: OutboxItem, config: RelayConfig, survey_link: Surve
         message.add_attachment(data, maintype=maintype or "application", subtype=subtype or "octet-stream",
                                filename=filename)
     return message
+
+
+def copied(cc: Iterable[str] | None, recipient: str, from_address: str) -> list[str]:
+    """Whom a reply copies: the customer's Cc, without the customer and without anyone at our own
+    domain (our mailboxes and aliases: copying them would feed our reply back into intake)."""
+    ours = from_address.rpartition("@")[2].lower()
+    return [address for address in cc or () if isinstance(address, str) and "@" in address
+            and address.lower() != recipient.lower() and address.rpartition("@")[2].lower() != ours]
 
 
 def outbox_message_id(item_id: int, dedupe_key: str | None, created_at: datetime, from_address: str) -> str:
