@@ -214,6 +214,18 @@ def test_overlong_message_id_is_hashed_to_fit_the_column():
         (["From: undisclosed", "Reply-To: Reply <r@example.com>"], None, "r@example.com", "Reply"),
         (["From: ", "Sender: s@example.com"], None, "s@example.com", ""),
         (["From: nobody"], "env@example.com", "env@example.com", ""),
+        # Whom we answer: a shop's contact form mails from a no-reply address on the customer's behalf,
+        # and a list that rewrites From for DMARC keeps the author in Reply-To.
+        (["From: 网店 <noreply@shop.example>", "Reply-To: 王芳 <wang@kehu.example>"], None, "wang@kehu.example", "王芳"),
+        (["From: Form <do-not-reply@shop.example>", "Reply-To: li@kehu.example"], None, "li@kehu.example", ""),
+        (["From: =?utf-8?b?546L56GVIHZpYSBMaW51eC1lcm9mcw==?= <list@lists.example>", "Reply-To: w@kehu.example"],
+         None, "w@kehu.example", "王硕"),
+        # Otherwise From stands: a customer may well want answers at another of their addresses, but
+        # the one they write from is who they are.
+        (["From: Wang <wang@kehu.example>", "Reply-To: team@kehu.example"], None, "wang@kehu.example", "Wang"),
+        (["From: no-reply@crm.example", 'Reply-To: "Klaus" <>'], None, "no-reply@crm.example", ""),
+        (["From: Olivia Viaduct <olivia@example.org>", "Reply-To: o@example.net"], None, "olivia@example.org",
+         "Olivia Viaduct"),
     ],
 )
 def test_sender_comes_from_the_first_usable_address(headers, envelope, address, name):
@@ -680,6 +692,14 @@ def test_corpus_auto_replies_are_flagged(corpus):  # FAILURE_MODES 21
     for pattern in ("zammad__zammad_gmail_vacation_autoreply.eml", "qqautoreply__*.eml"):
         for name, msg in corpus_files(corpus, pattern).items():
             assert "auto_reply" in msg.flags, name
+
+
+def test_corpus_list_mail_rewritten_for_dmarc_is_from_its_author(corpus):
+    """The erofs list sends its members' mail as "X via Linux-erofs <linux-erofs@…>": each author is one
+    customer, not the whole list one."""
+    authors = {name: msg.sender.identities[0].value for name, msg in corpus_files(corpus, "erofs__*.eml").items()}
+    assert "linux-erofs@lists.ozlabs.org" not in authors.values()
+    assert {"hsiangkao@aol.com", "wangshuo16@xiaomi.com"} <= set(authors.values())
 
 
 def test_corpus_bounces_are_flagged(corpus):  # FAILURE_MODES 22

@@ -303,13 +303,30 @@ def _copied(msg: Message, sender: Sender) -> tuple[str, ...]:
     return tuple(found[:MAX_CC])
 
 
+# From addresses that nobody reads, and the display names mailing lists give when they rewrite From
+# for DMARC ("Gao Xiang via Linux-erofs <list@…>"): the person is then in Reply-To.
+_NO_REPLY = re.compile(r"(?:no|do[-_.]?not)[-_.]?reply\b", re.IGNORECASE)
+_VIA_LIST = re.compile(r"\s+via\s+\S.*$", re.IGNORECASE)
+
+
 def _sender(msg: Message, envelope_sender: str | None, digest: str, hint: str | None) -> tuple[Sender, bool]:
-    """The sender and whether it is a placeholder (no usable address anywhere)."""
+    """The sender and whether it is a placeholder (no usable address anywhere).
+
+    From, else Reply-To, else Sender; but Reply-To before From when From is a no-reply address (a shop's
+    contact form mailing on a customer's behalf) or a list's rewrite: the customer is whom we answer,
+    and taking the form's address would make every customer of that form one."""
     found = None
     for name in ("From", "Reply-To", "Sender"):
         found = _first_address(_header(msg, name))
         if found:
             break
+    reply_to = _first_address(_header(msg, "Reply-To")) if found else None
+    if reply_to and reply_to[1].lower() != found[1].lower():
+        shown = decode_header_text(found[0], hint)[0]
+        if _VIA_LIST.search(shown):  # the list's rewrite keeps the author's name before "via"
+            found = (reply_to[0] or _VIA_LIST.sub("", shown), reply_to[1])
+        elif _NO_REPLY.search(found[1].partition("@")[0]):  # the name is the form's, not the customer's
+            found = reply_to
     if not found:
         found = _first_address(envelope_sender)
     if not found:
