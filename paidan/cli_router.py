@@ -323,6 +323,27 @@ def merge(number: str, into: str, actor: str, reason: str, as_json: bool) -> Non
     _run(actions.merge, number, actor, as_json, into=into, reason=reason)
 
 
+@click.command("remind")
+@click.argument("number")
+@click.option("--in", "after", required=True, metavar="WHEN", help="How long from now: 30m, 2h or 3d.")
+@click.option("--note", default="", help="What to do then (shown with the reminder).")
+@_as_option
+@_json_option
+def remind(number: str, after: str, note: str, actor: str, as_json: bool) -> None:
+    """Remind yourself of ticket NUMBER later, in Telegram ("the customer calls back at three").
+
+    The reminder waits in the outbox until it is due, so a restart does not lose it. The holder or a
+    supervisor.
+    """
+    from connectors.telegram.console import read_duration
+    from router import actions
+
+    when = read_duration(after)
+    if when is None:
+        raise click.BadParameter(f"{after!r} is not a time from now; say 30m, 2h or 3d", param_hint="--in")
+    _run(actions.follow_up, number, actor, as_json, after=when, note=note)
+
+
 @click.command("spam")
 @click.argument("number")
 @_as_option
@@ -411,4 +432,5 @@ def _label_cues(session, data: dict) -> dict | str:
     return {head: reason.as_dict() for head, reason in reasons.items()}
 
 
-TICKET_COMMANDS = (find, accept, decline, reply, wait, resolve, reopen, assign, relabel, merge, spam, not_spam, explain)
+TICKET_COMMANDS = (find, accept, decline, reply, wait, resolve, reopen, assign, relabel, merge, remind, spam, not_spam,
+                   explain)

@@ -184,6 +184,8 @@ def _act(session: Session, agent: Agent, command: ConsoleCommand, config: Router
             return actions.merge(session, number, agent, config, now, into=command.into, reason=command.text)
         case "spam":
             return actions.mark_spam(session, number, agent, config, now, reason=command.text)
+        case "remind":
+            return actions.follow_up(session, number, agent, config, now, after=command.after, note=command.text)
         case "notspam":
             return actions.not_spam(session, number, agent, config, now, reason=command.text)
     raise ActionRefused(f"the console has no action {command.action!r}; send /help for the commands")

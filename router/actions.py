@@ -26,7 +26,7 @@ import functools
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import bindparam, case, insert, select, update
 from sqlalchemy.orm import Session
@@ -451,6 +451,34 @@ def _reply_subject(ticket: Ticket) -> str:
 
 
 # ---------------------------------------------------------------- state changes
+
+
+FOLLOW_UP_RANGE = (timedelta(minutes=5), timedelta(days=90))
+
+
+@_written_together
+def follow_up(session: Session, ticket_number: str, actor: Agent | str | int, config: RouterConfig,
+              now: datetime, *, after: timedelta, note: str = "") -> Outcome:
+    """Remind the acting agent of the ticket `after` from now ("the customer calls back at three"):
+    a notice in the outbox that is not due before then, so it needs no timer of its own and survives a
+    restart. The holder or a supervisor; the ticket changes in nothing but its audit trail."""
+    agent = resolve_agent(session, actor)
+    ticket = _ticket(session, ticket_number)
+    if ticket.state == states.MERGED:
+        _refuse_if_finished(session, ticket, "set a reminder on")
+    _require_holder_or_supervisor(session, ticket, agent, "set a reminder on")
+    shortest, longest = FOLLOW_UP_RANGE
+    if not shortest <= after <= longest:
+        raise ActionRefused(f"a reminder is set from {shortest.seconds // 60} minutes to {longest.days} days ahead, "
+                            f"e.g. /remind {ticket.number} 2h or 3d (nothing was set)")
+    due, why = now + after, note.strip()
+    notify_agent(session, agent, kind="follow_up", ticket=ticket, now=now, due=due,
+                 dedupe_key=f"follow_up:{ticket.id}:{agent.id}:{due.isoformat()}",
+                 text=f"{ticket.number}: {why or 'the follow-up you asked for'} (set {now:%Y-%m-%d %H:%M} UTC)")
+    _event(session, ticket, agent, "follow_up", f"{agent.name} will be reminded at {due:%Y-%m-%d %H:%M} UTC"
+           + (f": {why}" if why else ""), now, {"due": _iso(due), "note": why})
+    return _outcome(session, ticket, "follow_up", f"you will be reminded of {ticket.number} at {due:%Y-%m-%d %H:%M} UTC",
+                    {"due": _iso(due)})
 
 
 @_written_together

@@ -41,10 +41,11 @@ _INSERT_ITEMS = PerDialect(lambda insert: insert(OutboxItem.__table__)
 
 
 def item(*, kind: str, channel: str, recipient: str, payload: dict, ticket_id: int | None = None,
-         dedupe_key: str | None = None, now: datetime) -> dict:
-    """One outbox row, for `enqueue` or `enqueue_many`."""
+         dedupe_key: str | None = None, now: datetime, due: datetime | None = None) -> dict:
+    """One outbox row, for `enqueue` or `enqueue_many`; sent from `due` on (default: at once)."""
     return {"kind": kind, "channel": channel, "recipient": recipient, "payload": payload, "ticket_id": ticket_id,
-            "dedupe_key": dedupe_key, "status": "pending", "attempts": 0, "next_attempt_at": now, "created_at": now}
+            "dedupe_key": dedupe_key, "status": "pending", "attempts": 0, "next_attempt_at": due or now,
+            "created_at": now}
 
 
 def enqueue(
@@ -78,9 +79,9 @@ def agent_address(agent: Agent) -> str:
 
 
 def notify_agent(session: Session, agent: Agent, *, kind: str, ticket: Ticket, text: str, now: datetime,
-                 dedupe_key: str | None = None, **extra) -> Queued | None:
+                 dedupe_key: str | None = None, due: datetime | None = None, **extra) -> Queued | None:
     return _insert(session, staff_item(agent, kind=kind, ticket=ticket, text=text, now=now, dedupe_key=dedupe_key,
-                                        **extra))
+                                        due=due, **extra))
 
 
 def supervisors_of(session: Session) -> list[Agent]:
@@ -113,11 +114,11 @@ def supervisor_items(supervisors: Sequence[Agent], *, kind: str, ticket: Ticket,
 
 
 def staff_item(agent: Agent, *, kind: str, ticket: Ticket, text: str, now: datetime, dedupe_key: str | None = None,
-               **extra) -> dict:
+               due: datetime | None = None, **extra) -> dict:
     """The outbox row of `notify_agent`, for `enqueue_many`."""
     return item(kind=kind, channel=STAFF_CHANNEL, recipient=agent_address(agent), ticket_id=ticket.id,
                 payload={"ticket": ticket.number, "text": text, "agent_id": agent.id, **extra},
-                dedupe_key=dedupe_key, now=now)
+                dedupe_key=dedupe_key, now=now, due=due)
 
 
 def customer_address(session: Session, ticket: Ticket, channel: str,

@@ -825,7 +825,8 @@ def run(app, database_url, monkeypatch, tmp_path):
 
 def test_every_router_command_has_help(app):
     for path in (["queue"], *[["tickets", c] for c in ("accept", "decline", "reply", "wait", "resolve", "reopen",
-                                                     "assign", "relabel", "merge", "spam", "not-spam", "find", "explain")]):
+                                                     "assign", "relabel", "merge", "spam", "not-spam", "find", "remind",
+                                                     "explain")]):
         result = CliRunner().invoke(app, [*path, "--help"])
         assert result.exit_code == 0 and "Usage:" in result.output and len(result.output.splitlines()) > 3, path
 

@@ -485,3 +485,26 @@ def test_a_supervisor_reads_the_days_figures_in_telegram(staff):
     assert say(staff, SUE, "/report 7", at=later).text.startswith("📊 the last 7 days (2026-11-18 – 2026-11-24")
     assert say(staff, ANN, "/report").text.startswith("报表只对主管开放 · the report is for supervisors")
     assert say(staff, SUE, "/report week").text == "/report takes a number of days from 1 to 366, e.g. /report 7 (not 'week')"
+
+
+def test_an_agent_sets_a_reminder_that_arrives_when_due(staff):
+    from router import delivery
+
+    number = new_ticket(staff)
+    agent = holder_id(staff, number)
+    said = say(staff, agent, f"/remind {number} 2h 客户说下午回电")
+    assert said.text.startswith(f"you will be reminded of {number} at 2026-11-24 05:00 UTC"), said.text
+    assert say(staff, agent, f"/remind {number} 1m").text.startswith("a reminder is set from 5 minutes to 90 days")
+    other = BO if agent == ANN else ANN
+    assert say(staff, other, f"/remind {number} 2h").text.startswith(f"you cannot set a reminder on ticket {number}")
+
+    def due_at(at):
+        return [i for i in delivery.claim_due(staff, "telegram", lease=timedelta(minutes=5), now=at)
+                if i.kind == "follow_up"]
+
+    assert due_at(NOW + timedelta(hours=1, minutes=59)) == []  # waits in the outbox until it is due
+    [item] = due_at(NOW + timedelta(hours=2))
+    assert item.recipient == f"telegram:{agent}"
+    from connectors.telegram.send import build_telegram
+
+    assert build_telegram(item).text.startswith(f"⏰ {number} · the reminder you set\n客户说下午回电 (set 2026-11-24 03:00 UTC)")

@@ -391,6 +391,7 @@ def make_every_kind(engine) -> dict[str, str]:
     with transaction(engine) as session:
         actions.accept(session, waits, "Ann", config, NOW)
         actions.wait_for_customer(session, waits, "Ann", config, NOW)
+        actions.follow_up(session, waits, "Ann", config, NOW, after=timedelta(minutes=30), note="催客户")
     with transaction(engine) as session:
         waiting.remind(session, replace(config, remind_waiting_after=timedelta(minutes=30)), NOW + timedelta(hours=1))
     with transaction(engine) as session:

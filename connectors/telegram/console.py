@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import timedelta
 
 from models.message import HAN, Attachment
 
@@ -31,6 +32,7 @@ TICKET_COMMANDS: dict[str, str] = {
     "files": f"/files {EXAMPLE}",
     "merge": "/merge GD20261123002 GD20261123001 [原因 reason]",
     "spam": f"/spam {EXAMPLE} [原因 reason]",
+    "remind": f"/remind {EXAMPLE} 2h 客户说下午回电 (m, h or d: 30m, 2h, 3d)",
     "notspam": f"/notspam {EXAMPLE} [原因 reason]",
 }
 LISTING_COMMANDS = frozenset({"queue", "mine", "dashboard"})  # commands that name no ticket
@@ -45,7 +47,7 @@ HELP_COMMANDS = frozenset({"help", "start"})
 FIND_NEEDS = "/find needs what to look for: /find 1234567890, /find kehu@example.com, /find 张三 or /find 发票"
 # What must follow the ticket number, for the commands that need more than the number.
 _NEEDS = {"reply": "text", "note": "text", "reopen": "a reason", "relabel": "a head and a label",
-          "merge": "the ticket it repeats"}
+          "merge": "the ticket it repeats", "remind": "when (30m, 2h, 3d)"}
 BUTTON_ACTIONS = frozenset({"accept", "decline"})
 
 HELP = "\n".join([
@@ -59,7 +61,7 @@ HELP = "\n".join([
     "/reply GD… 文字 回复客户 · reply to the customer   /note GD… 文字 内部备注 · internal note",
     "  直接回复工单通知（文字或 !名称）即可 · or simply reply to the ticket's notification",
     "/reply GD… !名称 [补充] 发送常用回复 · send a saved reply, your words after it",
-    "/wait GD… [说明] 等待客户 · wait for the customer (SLA paused)",
+    "/wait GD… [说明] 等待客户 · wait (SLA paused)   /remind GD… 2h [说明] 提醒我 · remind me",
     "/resolve GD… [说明] 已解决 · resolve   /reopen GD… 原因 重新打开 · reopen, with a reason",
     "/relabel GD… priority P1 更正标签 · correct a label (type, category, priority)",
     "/assign GD… [坐席] 转派 · hand on (to an agent, or the best available)",
@@ -83,6 +85,7 @@ class ConsoleCommand:
     agent: str = ""  # assign: name or id; "" hands it to the best available agent
     via: str = "command"  # "command", "reply" (a Telegram reply to a ticket's message), "button" or "album"
     into: str = ""  # merge: the ticket that carries on
+    after: timedelta | None = None  # remind: how long from now
     saved: str = ""  # the name of a saved reply: the one a reply sends (then `text` follows it), or /replies acts on
     zh: str = ""  # /replies add and edit: the Chinese and English texts ("" in edit: keep that one)
     en: str = ""
@@ -185,6 +188,12 @@ def _command(text: str, reply_to_text: str | None, has_files: bool = False) -> C
         return ConsoleCommand(name, number, agent=rest)
     if name in ("accept", "show", "files"):
         return ConsoleCommand(name, number)  # anything after the number says nothing more
+    if name == "remind":
+        when, note = (rest.split(maxsplit=1) + [""])[:2]
+        after = read_duration(when)
+        if after is None:
+            return ConsoleMistake(f"{when!r} is not a time from now: {TICKET_COMMANDS[name]}")
+        return ConsoleCommand(name, number, after=after, text=note.strip())
     if name == "merge":
         into, reason = (rest.split(maxsplit=1) + [""])[:2]
         if not TICKET_NUMBER.fullmatch(into):
@@ -194,6 +203,16 @@ def _command(text: str, reply_to_text: str | None, has_files: bool = False) -> C
     if name == "reply":
         return _reply(number, rest, via="command")
     return ConsoleCommand(name, number, text=rest)
+
+
+_DURATION = re.compile(r"(\d{1,5})\s*(m|min|分钟|h|小时|d|天)", re.IGNORECASE)
+_DURATION_UNITS = {"m": 60, "min": 60, "分钟": 60, "h": 3600, "小时": 3600, "d": 86400, "天": 86400}
+
+
+def read_duration(text: str) -> timedelta | None:
+    """ "30m", "2h", "3d" (or 30分钟, 2小时, 3天) as a timedelta; None for anything else."""
+    found = _DURATION.fullmatch(text.strip())
+    return timedelta(seconds=int(found.group(1)) * _DURATION_UNITS[found.group(2).lower()]) if found else None
 
 
 def _reply(number: str, text: str, *, via: str) -> ConsoleCommand:

@@ -90,6 +90,7 @@ STAFF_KINDS: dict[str, tuple[str, str, str]] = {
     "escalation": ("🚨", "SLA breached, escalated", "/assign {ticket} NAME hands it on; /show {ticket} shows it."),
     "on_call": ("📟", "urgent ticket, you are on call", "/show {ticket} shows it."),
     "offer_expired": ("⌛", "offer not accepted in time", "/show {ticket} shows where it is now."),
+    "follow_up": ("⏰", "the reminder you set", "/show {ticket} shows where it stands."),
     "low_rating": ("😞", "low satisfaction rating",
                    "/show {ticket} shows the conversation; /reopen {ticket} REASON if it is not solved."),
 }
