@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from models.errors import ActionRefused, InvalidInput, NotFound, SurveyClosed
 from models.message import MACHINE_FLAGS, Identity, SurveyView
 from models.tables import Agent, Identity as IdentityRow, Message, Survey, Ticket, TicketEvent
-from router import states
+from router import blocking, states
 from router.config import RouterConfig
 from router.dialects import PerDialect
 from router.outbox import customer_address, enqueue, notify_supervisors
@@ -63,7 +63,9 @@ def create_survey(session: Session, ticket: Ticket, *, agent_id: int | None, con
     Telegram."""
     if not config.surveys or ticket.state == states.MERGED or ticket.merged_into_id is not None:
         return None
-    if not MACHINE_FLAGS.isdisjoint(ticket.flags or ()):
+    if not MACHINE_FLAGS.isdisjoint(ticket.flags or ()) or blocking.SPAM_FLAG in (ticket.flags or ()):
+        return None
+    if blocking.blocked_among(session, [ticket.customer_id]):  # nothing goes back to a blocked sender
         return None
     if session.scalar(select(_SURVEY.c.id).where(_SURVEY.c.ticket_id == ticket.id)) is not None:
         return None

@@ -21,7 +21,7 @@ from datetime import datetime
 from sqlalchemy import and_, exists, select
 from sqlalchemy.orm import Session
 
-from models.tables import Ticket, TicketEvent
+from models.tables import Customer, Ticket, TicketEvent
 from router import states
 from router.config import RouterConfig
 from router.outbox import customer_address, enqueue
@@ -43,8 +43,10 @@ def remind(session: Session, config: RouterConfig, now: datetime, *, limit: int 
     # not change the ticket, so the reminder itself does not restart the wait).
     reminded = exists().where(TicketEvent.ticket_id == Ticket.id, TicketEvent.kind == REMINDED,
                               TicketEvent.at >= Ticket.updated_at)
+    blocked = select(Customer.id).where(Customer.blocked_at.is_not(None))  # nothing goes back to a blocked sender
     tickets = session.scalars(
-        select(Ticket).where(Ticket.state == states.AWAITING_CUSTOMER, Ticket.updated_at <= now - after, ~reminded)
+        select(Ticket).where(Ticket.state == states.AWAITING_CUSTOMER, Ticket.updated_at <= now - after, ~reminded,
+                             Ticket.customer_id.not_in(blocked))
         .order_by(Ticket.updated_at, Ticket.id).limit(limit).with_for_update(skip_locked=True)
     ).all()
     for ticket in tickets:

@@ -267,3 +267,20 @@ def test_the_cli_blocks_and_unblocks_customers_and_marks_tickets(staff, database
 def _outbox_count(engine) -> int:
     with Session(engine) as session:
         return session.scalar(select(func.count()).select_from(OutboxItem))
+
+
+def test_nothing_automatic_goes_back_to_a_blocked_sender(staff):
+    """Agents may still write to them; but no survey when their answered ticket is resolved, and no
+    reminder when it waits on them."""
+    from router.waiting import remind
+
+    answered = write(staff, "我要退款，订单 20261103884512")
+    agent = holder(staff, answered)
+    say(staff, agent, f"/accept {answered}")
+    say(staff, agent, f"/reply {answered} 您好")
+    say(staff, agent, f"/wait {answered}")
+    say(staff, SUE, f"/spam {write(staff)}")  # a second ticket of theirs: spam, and they are blocked
+    with transaction(staff) as session:
+        assert remind(session, CONFIG, NOW + timedelta(days=4)) == 0
+    assert say(staff, agent, f"/resolve {answered}").startswith(f"{answered} resolved")
+    assert outbox(staff, "survey", answered) == [] and outbox(staff, "reminder", answered) == []
