@@ -162,7 +162,9 @@ def export_customer(session: Session, customer_id: int, *, now: datetime | None 
 
 def _customer(c: Customer) -> dict:
     return {"id": c.id, "display_name": c.display_name, "language": c.language, "vip": c.vip,
-            "merged_into_id": c.merged_into_id, "created_at": _iso(c.created_at)}
+            "merged_into_id": c.merged_into_id, "created_at": _iso(c.created_at),
+            # Blocking them is something held about them too (router/blocking.py).
+            "blocked_at": _iso(c.blocked_at), "blocked_reason": c.blocked_reason}
 
 
 def _identities(session: Session, person: list[int]) -> list[Identity]:
@@ -256,6 +258,8 @@ def forget_customer(
     session.execute(delete(Identity).where(Identity.customer_id.in_(person)))
     for customer in session.scalars(select(Customer).where(Customer.id.in_(person))):
         customer.display_name = ERASED
+        if customer.blocked_reason:  # a supervisor's words about them may quote them
+            customer.blocked_reason = ERASED
 
     report = ForgetReport(
         customer_id=person[0], customers=tuple(person), tickets=tuple(t.number for t in tickets),

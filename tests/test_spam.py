@@ -284,3 +284,19 @@ def test_nothing_automatic_goes_back_to_a_blocked_sender(staff):
         assert remind(session, CONFIG, NOW + timedelta(days=4)) == 0
     assert say(staff, agent, f"/resolve {answered}").startswith(f"{answered} resolved")
     assert outbox(staff, "survey", answered) == [] and outbox(staff, "reminder", answered) == []
+
+
+def test_a_block_is_in_the_persons_export_and_its_reason_goes_with_a_forget(staff):
+    from router.privacy import export_customer, forget_customer
+
+    first = write(staff)
+    say(staff, SUE, f"/spam {first} 每小时发广告 spam88")
+    person = customer(staff).id
+    with Session(staff) as session:
+        exported = export_customer(session, person, now=NOW)["customers"][0]
+    assert exported["blocked_at"] == NOW.isoformat() and exported["blocked_reason"] == "每小时发广告 spam88"
+    with transaction(staff) as session:
+        forget_customer(session, person, actor="cli", reason="erasure request", now=NOW)
+    with Session(staff) as session:
+        forgotten = session.get(Customer, person)
+        assert (forgotten.blocked_reason, forgotten.blocked_at is not None) == ("[erased]", True)
