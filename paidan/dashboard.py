@@ -43,6 +43,7 @@ from models.tables import Agent, DashboardSession
 from paidan import charts
 from paidan.cli_router import age_text
 from paidan.db import transaction
+from router.config import SUPERVISOR_ROLES
 from router.dialects import PerDialect
 from router.reports import PRIORITIES, SLA_KINDS, Report, build_report, last_days
 
@@ -57,7 +58,6 @@ SESSION_LIFETIME = timedelta(hours=12)
 # Sign-ins are kept this long after both their session and their link ended, then purged: a week of
 # "who looked at the dashboard", and a spent link's record outlives any chance of presenting it again.
 KEEP_SIGN_INS = timedelta(days=7)
-SUPERVISOR_ROLES = frozenset({"supervisor", "admin"})
 MAX_DAYS = 366
 SLA_GOAL = 0.9  # the dashed line on the SLA chart: the share of clocks a desk usually promises to meet
 TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).with_name("templates")),
