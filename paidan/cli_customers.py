@@ -189,9 +189,7 @@ def unblock(customer: str, reason: str, actor: str | None) -> None:
             raise click.ClickException(f"customer #{row.id} is not blocked")
         reopened, rerouted = blocking.release_kept(session, row, actor=who, now=datetime.now(UTC),
                                                    reason=f"{who} unblocked the customer" + (f": {reason}" if reason else ""))
-        message = (f"customer #{row.id} unblocked"
-                   + (f"; reopened {', '.join(reopened)} for the router to assign" if reopened else "")
-                   + (f"; messages kept meanwhile on {', '.join(rerouted)} go to their agents" if rerouted else ""))
+        message = blocking.released(row.id, reopened, rerouted)
     _console().print(message, markup=False)
 
 

@@ -930,12 +930,7 @@ def not_spam(session: Session, ticket_number: str, actor: Agent | str | int, con
     blocking.unblock(session, customer)
     reopened, rerouted = blocking.release_kept(session, customer, actor=_actor(agent), now=now,
                                                reason=f"said {agent.name}" + (f": {why}" if why else ""))
-    parts = [f"customer #{customer.id} unblocked"]
-    if reopened:
-        parts.append(f"reopened {', '.join(reopened)} for the router to assign")
-    if rerouted:
-        parts.append(f"messages kept meanwhile on {', '.join(rerouted)} go to their agents")
-    return _outcome(session, ticket, "not_spam", "; ".join(parts),
+    return _outcome(session, ticket, "not_spam", blocking.released(customer.id, reopened, rerouted),
                     {"customer_id": customer.id, "reopened": reopened, "rerouted": rerouted})
 
 

@@ -121,3 +121,10 @@ def release_kept(session: Session, customer: Customer, *, actor: str, reason: st
                                     reason=f"customer #{customer.id} unblocked: {reason}; the messages kept "
                                            f"meanwhile go to the ticket's agent", data={}))
     return reopened, rerouted
+
+
+def released(customer_id: int, reopened: list[str], rerouted: list[str]) -> str:
+    """What unblocking did, in one sentence for the person who did it."""
+    return "; ".join([f"customer #{customer_id} unblocked",
+                      *([f"reopened {', '.join(reopened)} for the router to assign"] if reopened else []),
+                      *([f"messages kept meanwhile on {', '.join(rerouted)} go to their agents"] if rerouted else [])])
