@@ -474,10 +474,10 @@ TEXTS: dict[str, tuple[str, str]] = {
 def dashboard_for(engine: Engine, *, secret: bytes, timezone: str, api_tokens: tuple[str, ...],
                   clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> Dashboard:
     """The dashboard over one database; its queries run in worker threads, off the event loop.
-    `clock` decides when links and sessions expire."""
+    `clock` is its now: when links and sessions expire, and which days the report counts."""
 
     def report_sync(days: int) -> Report:
-        now = datetime.now(UTC)
+        now = clock()
         since, until = last_days(days, now, timezone)
         with Session(engine) as session:
             return build_report(session, since=since, until=until, now=now, timezone=timezone)
