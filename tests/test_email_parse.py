@@ -609,11 +609,13 @@ def corpus():
         cells = line.split("\t")
         manifest[cells[0]] = cells[5] if len(cells) > 5 else ""
     parsed = {}
-    started = time.perf_counter()
+    # The parser's own CPU time (this thread's), not the wall clock: on a loaded 2-core machine the
+    # wall clock also counts the time other processes had the CPU (22 s for 4.2 s of parsing, measured).
+    started = time.thread_time()
     for path in sorted(CORPUS.glob("*.eml")):
         raw = path.read_bytes()
         parsed[path.name] = (raw, parse(raw))
-    return manifest, parsed, time.perf_counter() - started
+    return manifest, parsed, time.thread_time() - started
 
 
 def test_corpus_parses_whole_and_quickly(corpus):

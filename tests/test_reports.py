@@ -241,10 +241,21 @@ def test_sign_in_tokens_are_checked_for_signature_expiry_and_shape():
 # ---------------------------------------------------------------- over HTTP
 
 
+class _AtNow(datetime):
+    """`datetime` whose now() is NOW, for the dashboard's report: it counts the last `days` days before
+    the wall clock, and from 2026-12-23 on, 30 days before the real one no longer reach the story."""
+
+    @classmethod
+    def now(cls, tz=None):
+        return NOW.astimezone(tz) if tz is not None else NOW.replace(tzinfo=None)
+
+
 @pytest.fixture
-def dashboard_app(engine, story):
+def dashboard_app(engine, story, monkeypatch):
+    import paidan.dashboard
     from paidan.web import build_app
 
+    monkeypatch.setattr(paidan.dashboard, "datetime", _AtNow)
     settings = make_settings(secret_key="dash-secret")
 
     async def sink(message):  # the dashboard tests post no messages
