@@ -26,7 +26,7 @@ from connectors.telegram.console import (
 from connectors.telegram.send import Buttons
 from models.errors import ActionRefused, NotFound, PaidanError
 from models.message import Attachment
-from models.tables import Agent, AttachmentRow, CannedReply, ChannelCursor, Customer, Message, SlaClock, Ticket
+from models.tables import Agent, AttachmentRow, CannedReply, Customer, Message, SlaClock, Ticket
 from paidan.cli_report import summary_lines
 from paidan.cli_router import age_text, format_found
 from paidan.db import transaction
@@ -37,7 +37,7 @@ from router.identity import describe_block, root_customer
 from router.privacy import same_person
 from router.reports import build_report, last_days
 from router.search import find_tickets
-from router.cursors import claim_once, once_name, remember_once
+from router.cursors import claim_once, recall_once, remember_once
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +104,7 @@ def _album_goes_with(engine: Engine, telegram_id: int, album: str, command: Cons
 def _rest_of_album(engine: Engine, telegram_id: int, album: str, now: datetime) -> ConsoleCommand | None:
     """A file of an album after its first: the same action on the same ticket, without text."""
     with Session(engine) as session:
-        first = session.scalar(select(ChannelCursor.value).where(
-            ChannelCursor.name == once_name(_album_key(telegram_id, album))))
+        first = recall_once(session, _album_key(telegram_id, album))
     if not first or first.get("action") not in FILE_CARRIERS or not first.get("ticket"):
         return None
     return ConsoleCommand(first["action"], first["ticket"], via="album")

@@ -56,7 +56,7 @@ def claim_once(session: Session, key: str, now: datetime) -> dict | None:
     Keys older than any redelivery are dropped on the way."""
     session.execute(delete(ChannelCursor).where(ChannelCursor.name.startswith(ONCE_PREFIX),
                                                 ChannelCursor.updated_at < now - ONCE_KEPT))
-    name = once_name(key)
+    name = _once_name(key)
     if session.execute(_CLAIM_ONCE.for_session(session), {"name": name, "value": {}, "updated_at": now}).scalar():
         return None
     return dict(session.scalar(select(ChannelCursor.value).where(ChannelCursor.name == name)) or {})
@@ -64,9 +64,14 @@ def claim_once(session: Session, key: str, now: datetime) -> dict | None:
 
 def remember_once(session: Session, key: str, value: dict) -> None:
     """Keep `value` with a claimed key (e.g. the answer a redelivery should get again)."""
-    session.execute(update(ChannelCursor).where(ChannelCursor.name == once_name(key)).values(value=dict(value)))
+    session.execute(update(ChannelCursor).where(ChannelCursor.name == _once_name(key)).values(value=dict(value)))
 
 
-def once_name(key: str) -> str:
-    """The row a once-key is kept in (to read what was remembered with it without claiming it)."""
+def recall_once(session: Session, key: str) -> dict | None:
+    """What was remembered with a claimed key, without claiming it; None if it was never claimed."""
+    value = session.scalar(select(ChannelCursor.value).where(ChannelCursor.name == _once_name(key)))
+    return None if value is None else dict(value)
+
+
+def _once_name(key: str) -> str:
     return f"{ONCE_PREFIX}{key}"[:200]
