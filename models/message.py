@@ -132,7 +132,7 @@ class InboundMessage:
     message_id: str | None = None  # email Message-ID of this message, for later In-Reply-To
     language: str | None = None  # the customer's UI language when the channel knows it
     flags: tuple[str, ...] = ()  # e.g. "auto_reply", "unparseable": stored, shown to humans
-    cc: tuple[str, ...] = ()  # email: the people the customer copied, whom our answer copies too
+    cc: tuple[str, ...] = ()  # email: the others the customer wrote to (To and Cc), whom our answer copies
 
     @property
     def machine_generated(self) -> bool:

@@ -186,16 +186,18 @@ def test_an_agents_reply_reaches_the_relay_threaded_with_its_chinese_subject_and
     assert deliver(engine, relay.port, NOW + timedelta(hours=2)) == DeliveryReport()  # nothing twice
 
 
-def test_an_agents_reply_copies_whom_the_customer_copied_but_never_our_own_addresses(engine, relay):
+def test_an_agents_reply_copies_whom_the_customer_wrote_to_but_never_our_own_addresses(engine, relay):
     from connectors.email.parse import parse_email
 
-    raw = (f"From: 王芳 <{CUSTOMER}>\r\nTo: support@example.com\r\n"
+    raw = (f"From: 王芳 <{CUSTOMER}>\r\nTo: support@example.com, 同事 <tongshi@kehu.example.com>\r\n"
            f"Cc: 财务 <caiwu@kehu.example.com>, {CUSTOMER.upper()}, help@example.com,\r\n"
            f" Boss <boss@kehu.example.com>, not-an-address\r\n"
            f"Subject: 发票\r\nMessage-ID: <cc1@kehu.example.com>\r\n"
            f"Content-Type: text/plain; charset=utf-8\r\n\r\n发票抬头写错了\r\n").encode()
     parsed = parse_email(raw, received_at=NOW)
-    assert parsed.cc == ("caiwu@kehu.example.com", "help@example.com", "boss@kehu.example.com")  # not the sender
+    # To, then Cc, each once, not the sender; our own addresses are left out when the reply is built
+    assert parsed.cc == ("support@example.com", "tongshi@kehu.example.com", "caiwu@kehu.example.com",
+                         "help@example.com", "boss@kehu.example.com")
     with transaction(engine) as session:
         add_agent(session, "Ann", skills=["service", "transaction"], capacity=5).online = True
     number = Intake(engine, clock=lambda: NOW).accept_now(parsed).ticket_number
@@ -208,10 +210,30 @@ def test_an_agents_reply_copies_whom_the_customer_copied_but_never_our_own_addre
     deliver(engine, relay.port, NOW + timedelta(minutes=6))
     [reply] = [h for h in relay.handed if h.message["Subject"].startswith("Re:")]
     # help@example.com is at our own domain (an alias of ours): copying it would feed the reply back to us.
-    assert reply.message["Cc"] == "caiwu@kehu.example.com, boss@kehu.example.com"
-    assert sorted(reply.rcpt_tos) == sorted([CUSTOMER, "caiwu@kehu.example.com", "boss@kehu.example.com"])
+    assert reply.message["Cc"] == "tongshi@kehu.example.com, caiwu@kehu.example.com, boss@kehu.example.com"
+    assert sorted(reply.rcpt_tos) == sorted([CUSTOMER, "tongshi@kehu.example.com", "caiwu@kehu.example.com",
+                                             "boss@kehu.example.com"])
     [ack] = [h for h in relay.handed if h is not reply]
     assert ack.message["Cc"] is None and ack.rcpt_tos == (CUSTOMER,)  # acknowledgements go to the customer only
+
+
+def test_a_reply_never_copies_a_mailing_list_nor_any_of_our_domains():
+    from connectors.email.parse import parse_email
+    from connectors.email.send import copied
+
+    raw = (b"From: Gao <gao@kernel.example.org>\r\nTo: linux-erofs@lists.example.org\r\n"
+           b"Cc: support@brand-b.example.net, Yue <yue@kernel.example.org>\r\n"
+           b"List-Id: <linux-erofs.lists.example.org>\r\n"
+           b"List-Post: <mailto:Linux-Erofs@lists.example.org>\r\n"
+           b"Subject: mount fails\r\nMessage-ID: <l1@kernel.example.org>\r\n\r\nmount fails since 6.1\r\n")
+    parsed = parse_email(raw, received_at=NOW)
+    # Answering the author must not post to the public list (its List-Post address, any case).
+    assert parsed.cc == ("support@brand-b.example.net", "yue@kernel.example.org")
+    # brand-b is one of the domains our SMTP server takes mail for: copying it would mail ourselves.
+    assert copied(parsed.cc, "gao@kernel.example.org", "support@example.com", ("brand-b.example.net",)) == [
+        "yue@kernel.example.org"]
+    assert copied(parsed.cc, "gao@kernel.example.org", "support@example.com") == [
+        "support@brand-b.example.net", "yue@kernel.example.org"]
 
 
 def test_an_agents_files_reach_the_customer_attached_to_the_reply_and_a_file_alone_says_so(engine, relay):

@@ -288,12 +288,15 @@ def _first_address(value: str | None) -> tuple[str, str] | None:
 
 
 def _copied(msg: Message, sender: Sender) -> tuple[str, ...]:
-    """The addresses in Cc, each once (case aside), without the sender's own; at most MAX_CC."""
+    """Everyone else the customer wrote to, To then Cc, each once (case aside): the people "reply all"
+    would reach. Not the sender, not a mailing list's own address (List-Post: answering a customer must
+    not post to a public list) and at most MAX_CC. Our own addresses are among them (the customer wrote
+    To us); the relay leaves out every address at our domains when it builds the answer."""
     try:
-        pairs = getaddresses([str(value) for value in msg.get_all("Cc") or []])
-    except Exception:  # noqa: BLE001 — a Cc the stdlib cannot split is a Cc we do not answer
+        pairs = getaddresses([str(value) for name in ("To", "Cc") for value in msg.get_all(name) or []])
+    except Exception:  # noqa: BLE001 — a header the stdlib cannot split is one we do not answer
         return ()
-    seen = {sender.identities[0].value.lower()}
+    seen = {sender.identities[0].value.lower(), *_list_addresses(msg)}
     found = []
     for _, address in pairs:
         address = address.strip()
@@ -301,6 +304,14 @@ def _copied(msg: Message, sender: Sender) -> tuple[str, ...]:
             seen.add(address.lower())
             found.append(address)
     return tuple(found[:MAX_CC])
+
+
+_MAILTO = re.compile(r"<mailto:([^>?\s]+)", re.IGNORECASE)
+
+
+def _list_addresses(msg: Message) -> set[str]:
+    """The posting address a mailing list names in List-Post (RFC 2369), lower-cased."""
+    return {found.lower() for found in _MAILTO.findall(_header(msg, "List-Post") or "")}
 
 
 # From addresses that nobody reads, and the display names mailing lists give when they rewrite From

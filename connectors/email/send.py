@@ -57,6 +57,9 @@ class RelayConfig:
     code_key: bytes | None = field(default=None, repr=False)  # opens the sealed code of a link_code mail
     # The web status page (`public_url` + "/status"): acknowledgements link to it with their number filled in.
     status_url: str | None = None
+    # The domains our SMTP server takes mail for (`[email] smtp_domains`), besides from_address's own:
+    # a reply never copies an address at any of them.
+    own_domains: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------- building (pure)
@@ -77,7 +80,7 @@ def build_outbox_email(item: OutboxItem, config: RelayConfig, survey_link: Surve
         # RFC 5322's Date is when the message was ready to go, i.e. when it was queued, not this try.
         date=item.created_at,
     )
-    if item.kind == "reply" and (cc := copied(payload.get("cc"), item.recipient, config.from_address)):
+    if item.kind == "reply" and (cc := copied(payload.get("cc"), item.recipient, config.from_address, config.own_domains)):
         message["Cc"] = ", ".join(cc)  # smtplib's send_message takes Cc as recipients of the envelope too
     for described in payload.get("attachments") or ():
         found = load_file(described.get("id")) if load_file is not None else None
@@ -90,12 +93,12 @@ def build_outbox_email(item: OutboxItem, config: RelayConfig, survey_link: Surve
     return message
 
 
-def copied(cc: Iterable[str] | None, recipient: str, from_address: str) -> list[str]:
-    """Whom a reply copies: the customer's Cc, without the customer and without anyone at our own
-    domain (our mailboxes and aliases: copying them would feed our reply back into intake)."""
-    ours = from_address.rpartition("@")[2].lower()
+def copied(cc: Iterable[str] | None, recipient: str, from_address: str, own_domains: Iterable[str] = ()) -> list[str]:
+    """Whom a reply copies: the others the customer wrote to, without the customer and without anyone
+    at our own domains (our mailboxes and aliases: copying them would feed our reply back into intake)."""
+    ours = {from_address.rpartition("@")[2].lower(), *(domain.lower() for domain in own_domains)}
     return [address for address in cc or () if isinstance(address, str) and "@" in address
-            and address.lower() != recipient.lower() and address.rpartition("@")[2].lower() != ours]
+            and address.lower() != recipient.lower() and address.rpartition("@")[2].lower() not in ours]
 
 
 def outbox_message_id(item_id: int, dedupe_key: str | None, created_at: datetime, from_address: str) -> str:
