@@ -135,12 +135,18 @@ def merge(source: str, target: str, evidence: str, force: bool, actor: str | Non
 def unmerge(merge_id: int, actor: str | None) -> None:
     """Undo merge MERGE_ID: what moved goes back, and the source customer stands alone again."""
     from paidan.db import transaction
+    from models.tables import Customer, CustomerMerge
+    from router.blocking import came_with_merge
     from router.identity import unmerge as undo
 
     with clear_errors(), transaction(_engine()) as session:
+        merge = session.get(CustomerMerge, merge_id)
+        block_came_with_it = merge is not None and came_with_merge(session.get(Customer, merge.target_id), merge.source_id)
         done = undo(session, merge_id, actor=cli_actor(actor), now=datetime.now(UTC))
         message = (f"merge #{done.id} undone: customer #{done.source_id} has its {len(done.identity_ids)} "
                    f"identities and {len(done.ticket_ids)} tickets back from #{done.target_id}")
+        if block_came_with_it:
+            message += f"; #{done.target_id} was blocked only by the merge and is unblocked"
     _console().print(message, markup=False)
 
 

@@ -48,6 +48,24 @@ def block(session: Session, customer: Customer, *, by: str, reason: str, now: da
     return True
 
 
+def copy_block(source: Customer, target: Customer, source_id: int) -> None:
+    """A merge carries the source's block to the target (router/identity.py), saying where it came
+    from, so that undoing the merge can tell a copied block from one set on the target itself."""
+    target.blocked_at, target.blocked_by = source.blocked_at, source.blocked_by
+    target.blocked_reason = f"{_copied_from(source_id)}: {source.blocked_reason or ''}".rstrip(": ")
+
+
+def came_with_merge(target: Customer, source_id: int) -> bool:
+    """Whether the target's block is the one a merge of customer `source_id` copied to it."""
+    reason = target.blocked_reason or ""
+    return target.blocked_at is not None and (reason == _copied_from(source_id)
+                                               or reason.startswith(f"{_copied_from(source_id)}: "))
+
+
+def _copied_from(source_id: int) -> str:
+    return f"merged with blocked customer #{source_id}"
+
+
 def unblock(session: Session, customer: Customer) -> bool:
     """Lift the block; False when there was none. What arrived meanwhile is the caller's to release
     (`actions.not_spam` reopens it)."""

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from models.errors import ActionRefused, InvalidInput, NotFound
 from models.message import ERASED, Identity, IdentityKind
 from models.tables import Customer, CustomerMerge, Identity as IdentityRow, Ticket, TicketEvent
-from router import states
+from router import blocking, states
 
 DEFAULT_REGION = "CN"
 # A person has one of each of these, as far as we can tell; two different ones mean two people
@@ -181,9 +181,8 @@ def merge_customers(
     source.merged_into_id = target_id
     if source.blocked_at is not None and target.blocked_at is None:
         # The block belongs to the person (router/blocking.py): writing from a new address that also
-        # names a blocked one does not shed it. Unmerging leaves it on the target: lift it there.
-        target.blocked_at, target.blocked_by = source.blocked_at, source.blocked_by
-        target.blocked_reason = f"merged with blocked customer #{source_id}: {source.blocked_reason or ''}".rstrip(": ")
+        # names a blocked one does not shed it. Unmerging lifts it again (unless it was set anew).
+        blocking.copy_block(source, target, source_id)
     merge = CustomerMerge(
         source_id=source_id, target_id=target_id, identity_ids=[i.id for i in identities],
         ticket_ids=[t.id for t in tickets], evidence=evidence.strip(), actor=actor, at=now,
@@ -239,6 +238,11 @@ def unmerge(session: Session, merge_id: int, *, actor: str, now: datetime) -> Cu
     session.get(Customer, merge.source_id).merged_into_id = None
     merge.undone_at, merge.undone_by = now, actor
     reason = f"merge #{merge.id} of customer #{merge.source_id} into #{merge.target_id} undone"
+    if blocking.came_with_merge(target, merge.source_id):
+        # Not one person after all: the target was blocked only as the source. What it sent meanwhile
+        # goes to the router like any unblock's.
+        blocking.unblock(session, target)
+        blocking.release_kept(session, target, actor=actor, now=now, reason=f"{reason}; the block came with it")
     for ticket in tickets:
         session.add(TicketEvent(
             ticket_id=ticket.id, at=now, actor=actor, kind="customer_unmerged", reason=reason,

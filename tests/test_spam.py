@@ -14,11 +14,12 @@ from sqlalchemy.orm import Session
 
 from factories import KeywordClassifier, make_message
 from models import Channel, Identity, IdentityKind, InboundMessage, Sender
-from models.tables import Agent, Assignment, Customer, Message, OutboxItem, SlaClock, Ticket, TicketEvent
+from models.tables import Agent, Assignment, Customer, CustomerMerge, Message, OutboxItem, SlaClock, Ticket, TicketEvent
 from paidan.db import transaction
 from paidan.telegram_console import answer_agent
-from router import actions
+from router import actions, blocking
 from router.agents import add_agent
+from router.identity import merge_customers, unmerge
 from router.config import RouterConfig
 from router.intake import Intake
 from router.routing import route_pending
@@ -226,6 +227,59 @@ def test_a_merge_with_a_blocked_customer_keeps_the_block(staff):
         assert kept.flags == ["blocked"] and kept.model_version is None
         assert survivor.blocked_at is not None and survivor.merged_into_id is None
         assert survivor.blocked_reason == "merged with blocked customer #2: GD20261124002 marked as spam"
+        merge_id = session.scalar(select(CustomerMerge.id).where(CustomerMerge.target_id == owner))
+
+    # Undoing the merge says they were two people after all: the block the merge copied goes with it,
+    # and what the clean customer sent meanwhile reaches their ticket's agent; the spammer stays blocked.
+    later = NOW + timedelta(hours=1)
+    with transaction(staff) as session:
+        unmerge(session, merge_id, actor="Sue", now=later)
+    assert route_all(staff, later) == 1
+    with Session(staff) as session:
+        survivor, spammer = session.get(Customer, owner), session.get(Customer, 2)
+        assert survivor.blocked_at is None and survivor.blocked_reason is None
+        assert spammer.blocked_at is not None and spammer.merged_into_id is None
+        assert session.get(Message, both.message_id).model_version is not None  # read by the router now
+        event = session.scalars(select(TicketEvent).where(TicketEvent.kind == "not_spam")).one()
+        assert event.reason.startswith(f"customer #{owner} unblocked: merge #{merge_id} of customer #2 into "
+                                       f"#{owner} undone; the block came with it")
+
+
+def test_undoing_a_merge_keeps_a_block_set_on_the_customer_itself(staff):
+    one = Intake(staff, clock=lambda: NOW).accept_now(make_message(email="one@example.com", text="在吗"))
+    two = Intake(staff, clock=lambda: NOW).accept_now(make_message(email="two@example.com", text=AD))
+    route_all(staff)
+    with transaction(staff) as session:
+        source, target = (session.scalar(select(Ticket.customer_id).where(Ticket.number == n))
+                          for n in (two.ticket_number, one.ticket_number))
+        blocking.block(session, session.get(Customer, source), by="Sue", reason="ads", now=NOW)
+        merge = merge_customers(session, source, target, evidence="same shop", actor="Sue", now=NOW, force=True)
+        target_row = session.get(Customer, target)
+        assert target_row.blocked_reason == f"merged with blocked customer #{source}: ads"
+        # Blocked anew on its own account after the merge: that block is the target's, not the merge's.
+        blocking.unblock(session, target_row)
+        blocking.block(session, target_row, by="Ann", reason="abuse", now=NOW)
+        unmerge(session, merge.id, actor="Sue", now=NOW)
+        assert session.get(Customer, target).blocked_reason == "abuse"
+
+
+def test_the_cli_says_when_undoing_a_merge_lifts_the_block_it_brought(staff, database_url, monkeypatch, tmp_path):
+    from paidan.cli import cli
+
+    monkeypatch.setenv("PAIDAN_DATABASE_URL", database_url)
+    monkeypatch.chdir(tmp_path)
+    one = Intake(staff, clock=lambda: NOW).accept_now(make_message(email="one@example.com", text="在吗"))
+    two = Intake(staff, clock=lambda: NOW).accept_now(make_message(email="two@example.com", text=AD))
+    with transaction(staff) as session:
+        source, target = (session.scalar(select(Ticket.customer_id).where(Ticket.number == n))
+                          for n in (two.ticket_number, one.ticket_number))
+        blocking.block(session, session.get(Customer, source), by="Sue", reason="ads", now=NOW)
+        merge = merge_customers(session, source, target, evidence="same shop", actor="Sue", now=NOW, force=True)
+    result = CliRunner().invoke(cli, ["customers", "unmerge", str(merge.id), "--actor", "Sue"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().endswith(f"; #{target} was blocked only by the merge and is unblocked")
+    with Session(staff) as session:
+        assert session.get(Customer, target).blocked_at is None and session.get(Customer, source).blocked_at is not None
 
 
 def test_the_cli_blocks_and_unblocks_customers_and_marks_tickets(staff, database_url, monkeypatch, tmp_path):
