@@ -17,6 +17,8 @@ from enum import StrEnum
 # stored (nothing is lost) but never open a ticket, reopen one or get an acknowledgement, so two
 # robots cannot answer each other forever (DESIGN.md, "No loops").
 MACHINE_FLAGS = frozenset({"auto_reply", "bounce"})
+# On a ticket an agent opened by writing to the customer first (router/outreach.py): not a contact.
+OUTBOUND_FLAG = "outbound"
 
 # Han characters (CJK ideographs and their extensions A and compatibility forms) and Latin words.
 HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")

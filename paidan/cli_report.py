@@ -78,6 +78,8 @@ def summary_lines(r) -> list[str]:
     from paidan.dashboard import duration_text, share_text
 
     machine = f"  (+{r.machine:,} auto-replies and bounces set aside)" if r.machine else ""
+    if r.opened_by_agents:
+        machine += f"  (+{r.opened_by_agents:,} opened by agents writing first)"
     lines = [
         f"contacts {r.created:,}{machine}; resolved {r.resolved:,}, reopened {r.reopened:,} "
         f"({share_text(r.reopen_share)}); merged {r.merged:,}",

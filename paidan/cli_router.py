@@ -238,6 +238,37 @@ def reply(number: str, text: str | None, actor: str, note: bool, files: tuple[Pa
     _run(actions.reply, number, actor, as_json, text=text, public=not note, attachments=attachments)
 
 
+@click.command("open")
+@click.argument("to", metavar="CUSTOMER")
+@click.argument("text", required=False)
+@_as_option
+@click.option("--subject", default="", help="The mail's subject (default: the message's first line).")
+@click.option("--via", type=click.Choice(["email", "telegram"]), default=None,
+              help="The channel, when the customer has both (default: the one CUSTOMER names, else email).")
+@click.option("--name", default="", help="The customer's name, for an address nobody has written from yet.")
+@click.option("--type", "type_", default="", metavar="TYPE", help="Label it now (else the customer's answer labels it).")
+@click.option("--category", default="", help="Label it now: technical, service, transaction or product.")
+@click.option("--priority", default="", help="Label it now: P0-P3.")
+@_json_option
+def open_(to: str, text: str | None, actor: str, subject: str, via: str | None, name: str, type_: str, category: str,
+          priority: str, as_json: bool) -> None:
+    """Open a ticket by writing to CUSTOMER first: #12, an email address, or telegram:ID of someone who
+    has written to the bot. TEXT is the message (or read it from stdin with - or no TEXT).
+
+    The ticket is yours from the start and waits for the customer's answer, which threads back to it
+    and comes to you; if they never answer, they are reminded and it is resolved like any ticket that
+    waits (`[routing] remind_waiting_after_days`). It runs no SLA clock until then, and reports count
+    it apart from the customers' own contacts.
+    """
+    from router import outreach
+
+    if text is None or text == "-":
+        text = sys.stdin.read()
+    _run(outreach.open_ticket, to, actor, as_json, text=text, subject=subject, via=via, name=name,
+         labels={"type": type_, "category": category, "priority": priority},
+         default_region=_settings().phone_region)
+
+
 @click.command("wait")
 @click.argument("number")
 @_as_option
@@ -432,5 +463,5 @@ def _label_cues(session, data: dict) -> dict | str:
     return {head: reason.as_dict() for head, reason in reasons.items()}
 
 
-TICKET_COMMANDS = (find, accept, decline, reply, wait, resolve, reopen, assign, relabel, merge, remind, spam, not_spam,
+TICKET_COMMANDS = (find, open_, accept, decline, reply, wait, resolve, reopen, assign, relabel, merge, remind, spam, not_spam,
                    explain)

@@ -31,7 +31,7 @@ from paidan.cli_report import summary_lines
 from paidan.cli_router import age_text, format_found
 from paidan.db import transaction
 from paidan.logs import mask
-from router import actions, replies, states
+from router import actions, outreach, replies, states
 from router.config import RouterConfig
 from router.identity import describe_block, root_customer
 from router.privacy import same_person
@@ -187,6 +187,8 @@ def _act(session: Session, agent: Agent, command: ConsoleCommand, config: Router
             return actions.follow_up(session, number, agent, config, now, after=command.after, note=command.text)
         case "notspam":
             return actions.not_spam(session, number, agent, config, now, reason=command.text)
+        case "open":
+            return outreach.open_ticket(session, command.to, agent, config, now, text=command.text)
     raise ActionRefused(f"the console has no action {command.action!r}; send /help for the commands")
 
 

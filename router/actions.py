@@ -34,7 +34,7 @@ from sqlalchemy.orm.util import identity_key
 from sqlalchemy.orm.attributes import set_committed_value
 
 from models.errors import ActionRefused, NotFound
-from models.message import ERASED, Attachment
+from models.message import ERASED, OUTBOUND_FLAG, Attachment
 from models.tables import Agent, Assignment, AttachmentRow, Customer, LabelCorrection, Message, Ticket, TicketEvent
 from router import states
 from router.config import PRIORITIES, SUPERVISOR_ROLES, RouterConfig
@@ -372,7 +372,7 @@ def reply(session: Session, ticket_number: str, actor: Agent | str | int, text: 
     email_id = our_message_id(ticket.number, token) if public and out_channel == "email" else None
     in_reply_to, references, copied = _email_thread(session, ticket) if email_id else (None, [], [])
     cc = [c for c in copied if c.lower() != address[1].lower()] if email_id and address else []
-    subject = _reply_subject(ticket) if public else ""
+    subject = _reply_subject(ticket, answering=in_reply_to is not None or OUTBOUND_FLAG not in ticket.flags) if public else ""
     external_id = f"out:{token}"
     message_id = session.execute(insert(Message.__table__).returning(Message.__table__.c.id), dict(
         ticket_id=ticket.id, customer_id=ticket.customer_id, direction="out", channel=out_channel,
@@ -442,12 +442,14 @@ def _email_thread(session: Session, ticket: Ticket) -> tuple[str | None, list[st
     return rows.email_message_id, [*references, rows.email_message_id], list(rows.cc or [])
 
 
-def _reply_subject(ticket: Ticket) -> str:
+def _reply_subject(ticket: Ticket, *, answering: bool = True) -> str:
+    """The ticket's subject with its number, which threads the customer's answer back; "Re:" unless
+    we wrote first (router/outreach.py) and the customer has not mailed us on it yet."""
     subject = (ticket.subject or "").strip()
     tag = f"[{ticket.number}]"
     if tag not in subject:
         subject = f"{subject} {tag}".strip()
-    return (subject if subject.lower().startswith("re:") else f"Re: {subject}")[:500]
+    return (subject if subject.lower().startswith("re:") or not answering else f"Re: {subject}")[:500]
 
 
 # ---------------------------------------------------------------- state changes

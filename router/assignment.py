@@ -750,6 +750,24 @@ def offer_to(session: Session, ticket: Ticket, agent_id: int, config: RouterConf
     return _write_offers(session, [(ticket, agent, choice)], config, now, actor=actor)[0]
 
 
+def take_by_hand(session: Session, ticket: Ticket, agent: Agent, now: datetime, *, actor: str, reason: str) -> int:
+    """The agent takes `ticket` themselves, accepted at once: a ticket they opened by writing to the
+    customer first (router/outreach.py). No offer waits and no notice goes out (they are the one
+    acting); capacity holds as ever. Returns the assignment's id."""
+    _refuse_closed(ticket)
+    if not _claim(session, agent.id, now, by_hand=True):
+        raise ActionRefused(f"{agent.name} is at capacity ({agent.load}/{agent.capacity} open tickets): resolve or "
+                            f"hand on one first, or ask a supervisor to raise it (nothing was sent)")
+    offer_id = session.execute(_NEW_OFFER, {
+        "ticket_id": ticket.id, "agent_id": agent.id, "offered_at": now, "expires_at": now, "accepted_at": now,
+        "ended_at": None, "end_reason": None, "reason": reason, "data": {"chosen_by": actor}}).scalar_one()
+    ticket.assigned_agent_id, ticket.assigned_at, ticket.accepted_at = agent.id, now, now
+    ticket.queue = ticket.queue_reason = None
+    event = states.transition(session, ticket, states.IN_PROGRESS, actor=actor, reason=reason, at=now)
+    event.data = {"agent_id": agent.id, "assignment_id": offer_id, "how": "opened by the agent"}
+    return offer_id
+
+
 def release(session: Session, ticket: Ticket, now: datetime, *, why: str, actor: str = "router") -> int | None:
     """The ticket leaves its agent (declined, expired, reassigned, resolved …): end the open offer
     and give the agent their capacity back. Returns the released agent's id, or None."""

@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQL
 from sqlalchemy.orm import Session
 
 from models.errors import ActionRefused, PaidanError, StorageUnavailable
-from models.message import MACHINE_FLAGS, Attachment, InboundMessage, Receipt, written_language
+from models.message import MACHINE_FLAGS, OUTBOUND_FLAG, Attachment, InboundMessage, Receipt, written_language
 from models.tables import (
     AttachmentRow,
     Customer,
@@ -73,7 +73,7 @@ _TOPIC_STATES = states.OPEN_STATES | {states.RESOLVED}
 _FIRST_IN = (select(func.min(_M.id)).where(_M.ticket_id == _T.id, _M.direction == "in")
              .correlate(Ticket.__table__).scalar_subquery())
 _OPEN_TICKETS = (
-    select(_T.id, _T.number, _T.customer_id, _T.subject, _T.state, _M.text)
+    select(_T.id, _T.number, _T.customer_id, _T.subject, _T.state, _T.flags, _M.text)
     .select_from(Ticket.__table__)
     .outerjoin(Message.__table__, _M.id == _FIRST_IN)
     .where(_T.customer_id.in_(bindparam("customers", expanding=True)),
@@ -112,7 +112,7 @@ def store_batch(
     threads = _find_threads(session, originals, senders, config, now)
 
     new_ticket_positions = [pos for pos, _ in originals if threads[pos].opens_ticket]
-    numbers = _next_ticket_numbers(session, now.astimezone(tz).strftime("%Y%m%d"), len(new_ticket_positions))
+    numbers = next_ticket_numbers(session, now.astimezone(tz).strftime("%Y%m%d"), len(new_ticket_positions))
     by_pos = dict(originals)
     customer_of = {pos: s.customer_id for (pos, _), s in zip(originals, senders)}
     # Held back, with what each is: an auto-reply or bounce that names no ticket of ours (DESIGN.md:
@@ -460,7 +460,7 @@ class _Thread:
     join_pos: int | None = None
     reason: str = "no earlier ticket matched"
     flags: list[str] = field(default_factory=list)
-    data: dict = field(default_factory=dict)  # {"how": ticket_number|in_reply_to|references|topic|greeting|no_topic|new, …}
+    data: dict = field(default_factory=dict)  # {"how": ticket_number|in_reply_to|references|topic|greeting|answer|no_topic|new, …}
 
     @property
     def opens_ticket(self) -> bool:
@@ -476,6 +476,7 @@ class _Candidate:
     ticket_id: int | None = None
     pos: int | None = None
     resolved: bool = False  # continuing it reopens it
+    awaits_answer: bool = False  # an agent wrote first (router/outreach.py) and the customer has not answered yet
 
 
 def _find_threads(
@@ -520,7 +521,10 @@ def _find_threads(
                 thread.data = {"how": "no_topic", "ticket": chosen.number}
             pool = []
         greeting: _Candidate | None = None  # the latest open ticket that was only "在吗" / "hello?"
+        asked: _Candidate | None = None  # the latest ticket on which we wrote first, still unanswered
         for cand in pool if chosen is None else ():
+            if cand.awaits_answer and not cand.resolved:
+                asked = asked or cand
             if not has_topic(cand.text):
                 if not cand.resolved:
                     greeting = greeting or cand
@@ -540,6 +544,10 @@ def _find_threads(
             chosen = greeting
             thread.reason = "the open ticket was only a greeting: this continues it"
             thread.data = {"how": "greeting", "ticket": greeting.number}
+        if chosen is None and asked is not None:  # no topic matched: the answer to what we wrote
+            chosen = asked
+            thread.reason = f"we wrote first on {asked.number} and this is the customer's first answer"
+            thread.data = {"how": "answer", "ticket": asked.number}
         if chosen is not None:
             thread.ticket_id, thread.join_pos = chosen.ticket_id, chosen.pos
             chosen.resolved = False  # reopened by this message, for the batch's later ones
@@ -653,7 +661,8 @@ def _open_tickets(session: Session, customer_ids: set[int], config: RouterConfig
     found: dict[int, list[_Candidate]] = {}
     for r in rows:
         found.setdefault(r.customer_id, []).append(_Candidate(
-            f"{r.subject}\n{r.text or ''}", r.number, ticket_id=r.id, resolved=r.state == states.RESOLVED))
+            f"{r.subject}\n{r.text or ''}", r.number, ticket_id=r.id, resolved=r.state == states.RESOLVED,
+            awaits_answer=r.text is None and OUTBOUND_FLAG in (r.flags or ())))
     for candidates in found.values():
         candidates.sort(key=lambda c: c.resolved)  # stable: open ones first, each group latest first
     return found
@@ -667,7 +676,7 @@ def _hours(window: timedelta) -> str:
     return f"{window.total_seconds() / 3600:g} h"
 
 
-def _next_ticket_numbers(session: Session, day: str, count: int) -> list[str]:
+def next_ticket_numbers(session: Session, day: str, count: int) -> list[str]:
     """`count` ticket numbers, `GD` + day + a per-day sequence of at least three digits.
 
     One atomic upsert reserves the whole range and holds the counter row's lock until commit,

@@ -8,7 +8,9 @@ events, SLA clocks, offers, surveys, the outbox — so a report can be asked for
 Counting rules, so the numbers mean one thing wherever they are shown:
 - A ticket belongs to the period it was *created* in (volume, labels, response times, SLA).
 - Auto-replies and bounces kept on tickets of their own (closed from the start) are not contacts:
-  they are counted apart as `machine` and left out of everything else.
+  they are counted apart as `machine` and left out of everything else. So are tickets an agent opened
+  by writing first (`opened_by_agents`): the customer asked nothing, and their "first response" of
+  zero seconds would flatter every average.
 - Response and resolution times are wall-clock, what the customer lived through; the SLA lines use the
   clocks' own calendars (business hours for P2/P3 by default).
 - Resolutions and reopens are counted when they happened (audit events), whenever the ticket was created.
@@ -25,7 +27,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Text, case, cast, func, or_, select
 from sqlalchemy.orm import Session
 
-from models.message import MACHINE_FLAGS
+from models.message import MACHINE_FLAGS, OUTBOUND_FLAG
 from models.tables import Agent, Assignment, LabelCorrection, OutboxItem, SlaClock, Survey, Ticket, TicketEvent
 from router import states
 from router.dialects import epoch_seconds
@@ -107,6 +109,7 @@ class Report:
     resolved_by_day: list[int]
     created: int
     machine: int  # auto-replies and bounces kept closed, not counted anywhere else
+    opened_by_agents: int  # tickets agents opened by writing first (router/outreach.py): not contacts
     resolved: int
     reopened: int
     merged: int
@@ -156,13 +159,13 @@ def build_report(session: Session, *, since: datetime, until: datetime, now: dat
     created_at = epoch_seconds(Ticket.created_at)
     rows = db.execute(
         select(Ticket.channel, Ticket.state, Ticket.type, Ticket.category, Ticket.priority,
-               _MACHINE.label("machine"), Ticket.assigned_agent_id, created_at.label("created"),
+               _MACHINE.label("machine"), _OUTBOUND.label("outbound"), Ticket.assigned_agent_id, created_at.label("created"),
                (epoch_seconds(Ticket.first_response_at) - created_at).label("waited"),
                (epoch_seconds(Ticket.resolved_at) - created_at).label("took"))
         .where(Ticket.created_at >= since, Ticket.created_at < until)
     ).all()
-    contacts = [r for r in rows if not r.machine]
-    machine = len(rows) - len(contacts)
+    contacts = [r for r in rows if not r.machine and not r.outbound]
+    machine = sum(1 for r in rows if r.machine)
     counted = [r for r in contacts if r.state != states.MERGED]  # a merged ticket lives on in its target
 
     created_by_day: dict[str, list[int]] = defaultdict(lambda: [0] * len(days))
@@ -199,7 +202,8 @@ def build_report(session: Session, *, since: datetime, until: datetime, now: dat
     return Report(
         since=since, until=until, timezone=timezone, generated_at=now, days=[d.isoformat() for d in days],
         created_by_day=dict(sorted(created_by_day.items())), resolved_by_day=resolved_by_day,
-        created=len(contacts), machine=machine, resolved=sum(resolved_by_day), reopened=reopened,
+        created=len(contacts), machine=machine, opened_by_agents=sum(1 for r in rows if r.outbound and not r.machine),
+        resolved=sum(resolved_by_day), reopened=reopened,
         merged=len(contacts) - len(counted),
         labels={head: dict(counts.most_common()) for head, counts in labels.items()},
         first_response=_by_priority(first_response), resolution=_by_priority(resolution),
@@ -228,6 +232,7 @@ def build_report(session: Session, *, since: datetime, until: datetime, now: dat
 # A ticket of auto-replies or bounces, told in SQL from the flags' JSON text (the same on SQLite and
 # PostgreSQL), rather than decoding every ticket's flags in Python.
 _MACHINE = or_(*(cast(Ticket.flags, Text).like(f'%"{flag}"%') for flag in sorted(MACHINE_FLAGS)))
+_OUTBOUND = cast(Ticket.flags, Text).like(f'%"{OUTBOUND_FLAG}"%')
 
 
 def last_days(days: int, now: datetime, timezone: str) -> tuple[datetime, datetime]:

@@ -16,6 +16,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from models.message import OUTBOUND_FLAG
 from models.prediction import Classifier, Prediction
 from models.tables import Agent, Customer, Identity, Message, ReviewItem, SlaClock, Ticket, TicketEvent
 from router import states
@@ -84,10 +85,10 @@ def route_pending(
     if not tickets:
         return 0
     pending = _unclassified_messages(session, [t.id for t in tickets])
-    texts = [classification_text(t.subject, [m.text for m in pending.get(t.id, [])], new_ticket=t.priority is None)
+    texts = [classification_text(t.subject, [m.text for m in pending.get(t.id, [])], new_ticket=_unrouted(t))
              for t in tickets]
     predictions: Sequence[Prediction | None] = classifier.predict_many(texts) if classifier else [None] * len(tickets)
-    batch = _BatchReads.load(session, [t for t in tickets if t.priority is None])
+    batch = _BatchReads.load(session, [t for t in tickets if _unrouted(t)])
     to_assign: list[Ticket] = []
     acknowledgements: list[dict] = []  # written together after the loop, one statement
     # The loop only adds and changes rows, and what it reads was read above or is its own ticket's:
@@ -96,7 +97,7 @@ def route_pending(
         for ticket, prediction in zip(tickets, predictions):
             messages = pending.get(ticket.id, [])
             _label_messages(messages, prediction)
-            if ticket.priority is None:
+            if _unrouted(ticket):
                 wants_agent = _route_new(session, ticket, messages, prediction, config, now, batch, acknowledgements)
             else:
                 wants_agent = _route_again(session, ticket, messages, prediction, config, now)
@@ -149,6 +150,13 @@ class _BatchReads:
         if self._supervisors is None:
             self._supervisors = supervisors_of(session)
         return self._supervisors
+
+
+def _unrouted(ticket: Ticket) -> bool:
+    """A ticket the router has not labelled and dispatched yet (it sets the priority first). Not one
+    an agent opened by writing first (router/outreach.py): that one is theirs already, and the
+    customer's answer only fills the labels the agent left out."""
+    return ticket.priority is None and OUTBOUND_FLAG not in (ticket.flags or ())
 
 
 def _unclassified_messages(session: Session, ticket_ids: list[int]) -> dict[int, list[Message]]:
@@ -238,6 +246,18 @@ def _route_again(session: Session, ticket: Ticket, messages: list[Message], pred
         sla.restart_clocks(session, ticket, config, now)
     elif ticket.state != states.AWAITING_CUSTOMER:
         sla.resume_clocks(session, ticket, config, now)
+    if prediction is not None and ticket.model_version is None and None in (ticket.type, ticket.category, ticket.priority):
+        # A ticket an agent opened without labels (router/outreach.py), or one routed while no model was
+        # loaded: the customer's words are the first the classifier reads. Labels someone chose stay.
+        filled = {head: getattr(prediction, head).label for head in ("type", "category", "priority")
+                  if getattr(ticket, head) is None}
+        for head, label in filled.items():
+            setattr(ticket, head, label)
+        ticket.confidence = min(prediction.type.confidence, prediction.category.confidence)
+        ticket.model_version = prediction.model_version
+        session.add(TicketEvent(ticket_id=ticket.id, at=now, actor="router", kind="classified",
+                                reason="labelled from the customer's answer: " + ", ".join(f"{h} {v}" for h, v in filled.items()),
+                                data={"prediction": prediction.as_dict(), "filled": filled}))
 
     if ticket.state in states.OPEN_STATES and _is_second_contact(session, ticket, messages, config):
         decision = second_contact_priority(ticket.priority, already_bumped="second_contact" in (ticket.flags or []))

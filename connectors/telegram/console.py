@@ -44,6 +44,8 @@ SAVED_REPLY_COMMANDS: dict[str, str] = {
     "remove": "/replies remove refund",
 }
 HELP_COMMANDS = frozenset({"help", "start"})
+# `/open CUSTOMER text`: write to a customer first, which opens a ticket (router/outreach.py).
+OPEN_FORM = "/open kehu@example.com 您好，您的订单付款未成功… (or #12, telegram:123456)"
 FIND_NEEDS = "/find needs what to look for: /find 1234567890, /find kehu@example.com, /find 张三 or /find 发票"
 # What must follow the ticket number, for the commands that need more than the number.
 _NEEDS = {"reply": "text", "note": "text", "reopen": "a reason", "relabel": "a head and a label",
@@ -54,7 +56,7 @@ HELP = "\n".join([
     "派单客服台 · paidan agent console",
     "",
     "/queue 待分配工单 · waiting tickets   /mine 我的工单 · your tickets",
-    "/find 订单号/邮箱/电话/文字 查找工单 · find tickets",
+    "/find 订单号/邮箱/电话/文字 查找工单 · find tickets   /open 邮箱或#客户 文字 主动联系 · write first",
     "/report [天数] 报表 · the figures   /dashboard 看板 · charts (supervisors)",
     "/show GD… 查看工单 · show a ticket   /files GD… 客户附件 · the customer's files",
     "/accept GD… 接单 · accept   /decline GD… [原因 reason] 拒单 · decline",
@@ -85,6 +87,7 @@ class ConsoleCommand:
     agent: str = ""  # assign: name or id; "" hands it to the best available agent
     via: str = "command"  # "command", "reply" (a Telegram reply to a ticket's message), "button" or "album"
     into: str = ""  # merge: the ticket that carries on
+    to: str = ""  # open: the customer written to (#12, an email address, telegram:ID)
     after: timedelta | None = None  # remind: how long from now
     saved: str = ""  # the name of a saved reply: the one a reply sends (then `text` follows it), or /replies acts on
     zh: str = ""  # /replies add and edit: the Chinese and English texts ("" in edit: keep that one)
@@ -162,6 +165,14 @@ def _command(text: str, reply_to_text: str | None, has_files: bool = False) -> C
         if rest and not (rest.isdigit() and 1 <= int(rest) <= 366):
             return ConsoleMistake(f"/report takes a number of days from 1 to 366, e.g. /report 7 (not {rest!r})")
         return ConsoleCommand(name, text=rest or "1")
+    if name == "open":
+        to, message = (rest.split(maxsplit=1) + [""])[:2]
+        if not to or not message.strip():
+            return ConsoleMistake(f"/open needs whom to write to and the message: {OPEN_FORM}")
+        if TICKET_NUMBER.fullmatch(to):
+            return ConsoleMistake(f"/open writes to a customer first; to answer {to.upper()}, send "
+                                  f"/reply {to.upper()} and your text")
+        return ConsoleCommand(name, to=to, text=message.strip())
     if name == "find":  # anything after it is the query, a ticket number included
         return ConsoleCommand(name, text=rest) if rest else ConsoleMistake(FIND_NEEDS)
     if name not in TICKET_COMMANDS:
