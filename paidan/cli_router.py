@@ -354,6 +354,25 @@ def merge(number: str, into: str, actor: str, reason: str, as_json: bool) -> Non
     _run(actions.merge, number, actor, as_json, into=into, reason=reason)
 
 
+@click.command("split")
+@click.argument("number")
+@click.option("--last", default=1, show_default=True, type=click.IntRange(1, 20),
+              help="How many of the customer's latest messages move to the new ticket.")
+@_as_option
+@click.option("--reason", default="", help="Why they are another matter (kept in the audit trail).")
+@_json_option
+def split(number: str, last: int, actor: str, reason: str, as_json: bool) -> None:
+    """Move the customer's latest message(s) on ticket NUMBER to a new ticket: another matter that was
+    threaded here, or raised in the same conversation.
+
+    The new ticket is routed like any new one: labelled, acknowledged to the customer with its own
+    number, and assigned. `paidan tickets merge NEW NUMBER` undoes it. The holder or a supervisor.
+    """
+    from router import actions
+
+    _run(actions.split, number, actor, as_json, last=last, reason=reason)
+
+
 @click.command("remind")
 @click.argument("number")
 @click.option("--in", "after", required=True, metavar="WHEN", help="How long from now: 30m, 2h or 3d.")
@@ -463,5 +482,5 @@ def _label_cues(session, data: dict) -> dict | str:
     return {head: reason.as_dict() for head, reason in reasons.items()}
 
 
-TICKET_COMMANDS = (find, open_, accept, decline, reply, wait, resolve, reopen, assign, relabel, merge, remind, spam, not_spam,
+TICKET_COMMANDS = (find, open_, accept, decline, reply, wait, resolve, reopen, assign, relabel, merge, split, remind, spam, not_spam,
                    explain)

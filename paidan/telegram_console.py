@@ -187,6 +187,8 @@ def _act(session: Session, agent: Agent, command: ConsoleCommand, config: Router
             return actions.follow_up(session, number, agent, config, now, after=command.after, note=command.text)
         case "notspam":
             return actions.not_spam(session, number, agent, config, now, reason=command.text)
+        case "split":
+            return actions.split(session, number, agent, config, now, last=command.last, reason=command.text)
         case "open":
             return outreach.open_ticket(session, command.to, agent, config, now, text=command.text)
     raise ActionRefused(f"the console has no action {command.action!r}; send /help for the commands")

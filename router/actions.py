@@ -27,18 +27,19 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import bindparam, case, insert, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 from sqlalchemy.orm.attributes import set_committed_value
 
-from models.errors import ActionRefused, NotFound
+from models.errors import ActionRefused, InvalidInput, NotFound
 from models.message import ERASED, OUTBOUND_FLAG, Attachment
 from models.tables import Agent, Assignment, AttachmentRow, Customer, LabelCorrection, Message, Ticket, TicketEvent
 from router import states
 from router.config import PRIORITIES, SUPERVISOR_ROLES, RouterConfig
-from router.intake import attachment_rows, our_message_id
+from router.intake import attachment_rows, next_ticket_numbers, our_message_id
 from router import outbox
 from router.outbox import STAFF_CHANNEL, agent_address, customer_address, enqueue, enqueue_many, notify_agent
 
@@ -870,6 +871,53 @@ def merge(session: Session, ticket_number: str, actor: Agent | str | int, config
     drained = assignment.drain_queue(session, config, now, freed_by=freed) if freed is not None else 0
     return _outcome(session, target, "merge", f"{source.number} merged into {target.number}: {moved} message(s) moved{raised}",
                     {"merged": source.number, "messages_moved": moved, "priority_from": raised_from, "drained": drained})
+
+
+SPLIT_AT_MOST = 20  # customer messages one split moves: a second matter is a message or a few
+
+
+@_written_together
+def split(session: Session, ticket_number: str, actor: Agent | str | int, config: RouterConfig,
+          now: datetime, *, last: int = 1, reason: str = "") -> Outcome:
+    """The customer's latest `last` messages on the ticket are about something else (threaded here by
+    topic, or a second matter raised in the same conversation): they move, with their files, to a new
+    ticket of the same customer, which the router labels, acknowledges with its own number and
+    assigns like any new one. What the customer wrote before stays. Merging the new ticket back
+    (`merge`) undoes it. The holder or a supervisor."""
+    agent = resolve_agent(session, actor)
+    ticket = _ticket(session, ticket_number)
+    _refuse_if_finished(session, ticket, "split")
+    _require_holder_or_supervisor(session, ticket, agent, "split")
+    if isinstance(last, bool) or not isinstance(last, int) or not 1 <= last <= SPLIT_AT_MOST:
+        raise InvalidInput("last", f"split moves the customer's latest 1 to {SPLIT_AT_MOST} messages, not {last!r}")
+    written = session.scalars(select(Message).where(Message.ticket_id == ticket.id, Message.direction == "in")
+                              .order_by(Message.id)).all()
+    if len(written) <= last:
+        raise ActionRefused(f"{ticket.number} has {len(written)} message(s) from the customer; moving {last} would "
+                            f"leave it none: correct its labels (/relabel) or hand it on (/assign) instead")
+    moving = written[-last:]
+    first = moving[0]
+    number = next_ticket_numbers(session, now.astimezone(ZoneInfo(config.calendar.timezone)).strftime("%Y%m%d"), 1)[0]
+    title = " ".join((first.subject or next(iter((first.text or "").splitlines()), "")).split())
+    # Created when the customer wrote it: their wait, and the SLA, count from then, not from the split.
+    new = Ticket(number=number, customer_id=ticket.customer_id, channel=first.channel, subject=title[:500],
+                 state=states.NEW, language=ticket.language, flags=[], created_at=first.received_at, updated_at=now)
+    session.add(new)
+    session.flush()
+    for message in moving:
+        # The router reads them again for the new ticket: labels, clocks, acknowledgement, an agent.
+        message.ticket_id, message.model_version = new.id, None
+    why = reason.strip()
+    said = f": {why}" if why else ""
+    data = {"action": "split", "into": number, "message_ids": [m.id for m in moving], "reason": why}
+    states.touch(ticket, now)
+    _event(session, ticket, agent, "split", f"{agent.name} moved the customer's latest {last} message(s) to "
+                                            f"{number}{said}", now, data)
+    _event(session, new, agent, "created", f"split off {ticket.number} by {agent.name}{said}", now,
+           {"how": "split", "from": ticket.number, "message_ids": data["message_ids"]})
+    return _outcome(session, ticket, "split", f"{last} message(s) moved from {ticket.number} to the new ticket "
+                                              f"{number}, which the router labels, acknowledges and assigns",
+                    {"into": number, "messages_moved": last, "reason": why})
 
 
 # ---------------------------------------------------------------- spam

@@ -25,6 +25,7 @@ from models.tables import Customer, Identity as IdentityRow, Ticket, TicketEvent
 from router import actions, assignment, states
 from router.config import RouterConfig
 from router.identity import DEFAULT_REGION, find_customer, parse_identity
+from router.intake import next_ticket_numbers
 
 CHANNELS = ("email", "telegram")  # where we can write first (phone numbers: we send no SMS)
 MAX_SUBJECT = 200
@@ -50,8 +51,6 @@ def open_ticket(session: Session, to: str, actor, config: RouterConfig, now: dat
     chosen = _labels(labels or {}, config)
 
     tz = ZoneInfo(config.calendar.timezone)
-    from router.intake import next_ticket_numbers  # intake imports the router's modules, not the other way
-
     number = next_ticket_numbers(session, now.astimezone(tz).strftime("%Y%m%d"), 1)[0]
     title = " ".join((subject or body.splitlines()[0]).split())[:MAX_SUBJECT]
     ticket = Ticket(number=number, customer_id=customer.id, channel=channel, subject=title, state=states.NEW,

@@ -27,10 +27,12 @@ from router.config import RouterConfig
 from router.intake import Intake
 from router.reports import build_report
 from router.routing import route_pending
-from test_email_send import deliver, relay  # noqa: F401  (the relay fixture: aiosmtpd on port 0)
+import test_email_send
 
 NOW = datetime(2026, 11, 24, 3, 0, tzinfo=UTC)  # Tuesday 11:00 in Asia/Shanghai
 CONFIG = RouterConfig()
+relay = test_email_send.relay  # the fixture: a recording aiosmtpd relay on 127.0.0.1, port 0
+deliver = test_email_send.deliver
 ANN_TG = 7001
 TEXT = "李先生您好，您 11 月 23 日的订单 1234567890 付款未成功，款项已原路退回。如需重新下单请回复本邮件。"
 
@@ -53,7 +55,7 @@ def ticket(engine, number: str) -> Ticket:
         return session.scalar(select(Ticket).where(Ticket.number == number))
 
 
-def test_writing_first_by_email_opens_a_ticket_that_the_customers_answer_continues(desk, relay):  # noqa: F811
+def test_writing_first_by_email_opens_a_ticket_that_the_customers_answer_continues(desk, relay):
     outcome = open_for(desk, "Li.Xiansheng@Kehu.example.com", subject="订单付款未成功", name="李先生")
 
     number = outcome.ticket

@@ -34,6 +34,7 @@ TICKET_COMMANDS: dict[str, str] = {
     "spam": f"/spam {EXAMPLE} [原因 reason]",
     "remind": f"/remind {EXAMPLE} 2h 客户说下午回电 (m, h or d: 30m, 2h, 3d)",
     "notspam": f"/notspam {EXAMPLE} [原因 reason]",
+    "split": f"/split {EXAMPLE} [2] [原因 reason] (the customer's latest message, or latest 2, to a new ticket)",
 }
 LISTING_COMMANDS = frozenset({"queue", "mine", "dashboard"})  # commands that name no ticket
 AVAILABILITY_COMMANDS = frozenset({"online", "offline"})  # an agent starts or ends their working time
@@ -67,7 +68,7 @@ HELP = "\n".join([
     "/resolve GD… [说明] 已解决 · resolve   /reopen GD… 原因 重新打开 · reopen, with a reason",
     "/relabel GD… priority P1 更正标签 · correct a label (type, category, priority)",
     "/assign GD… [坐席] 转派 · hand on (to an agent, or the best available)",
-    "/merge GD…2 GD…1 [原因] 合并工单 · merge the first into the second (one customer's)",
+    "/merge GD…2 GD…1 [原因] 合并 · merge the first into the second   /split GD… [条数] 拆分 · split",
     "/spam GD… [原因] 垃圾信息 · close it and block the sender   /notspam GD… 撤销 · undo",
     "/online /offline 上线 / 下线 · start or stop taking tickets (主管 /offline 坐席: hands on all)",
     "/replies 常用回复 · list them   /replies add|edit|remove 名称 中文 || English 主管 · supervisors",
@@ -89,6 +90,7 @@ class ConsoleCommand:
     into: str = ""  # merge: the ticket that carries on
     to: str = ""  # open: the customer written to (#12, an email address, telegram:ID)
     after: timedelta | None = None  # remind: how long from now
+    last: int = 1  # split: how many of the customer's latest messages move
     saved: str = ""  # the name of a saved reply: the one a reply sends (then `text` follows it), or /replies acts on
     zh: str = ""  # /replies add and edit: the Chinese and English texts ("" in edit: keep that one)
     en: str = ""
@@ -213,6 +215,11 @@ def _command(text: str, reply_to_text: str | None, has_files: bool = False) -> C
         return ConsoleCommand(name, number, into=into.upper(), text=reason.strip())
     if name == "reply":
         return _reply(number, rest, via="command")
+    if name == "split":  # `/split GD…`, `/split GD… 2`, `/split GD… 2 发票是另一件事`
+        count, reason = (rest.split(maxsplit=1) + ["", ""])[:2]
+        if count.isascii() and count.isdigit():
+            return ConsoleCommand(name, number, last=int(count), text=reason.strip())
+        return ConsoleCommand(name, number, text=rest)
     return ConsoleCommand(name, number, text=rest)
 
 
