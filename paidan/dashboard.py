@@ -2,13 +2,14 @@
 
 Who may look: supervisors and admins, with no passwords to keep. A supervisor asks for a sign-in link
 (`/dashboard` to the bot in Telegram, or `paidan dashboard --as NAME`); the link carries a token signed
-with the deployment's secret that names the agent, expires, and holds a random nonce. The first time it is
-opened it is recorded as used (a hash of the nonce) and opens a session: a new random id, kept in an
-HttpOnly cookie and stored only hashed, so the token leaves the address bar and a forwarded or leftover
-link lets nobody else in. Every request checks the session (there, not signed out, not expired) and the
-agent's role, so demoting a supervisor ends their access at once and signing out ends the session for
-whoever holds the cookie. Telegram fetches no preview of the link (connectors/telegram/send.py), so the
-bot does not use it up before its owner does.
+with the deployment's secret that names the agent, expires, and holds a random nonce. Opening the link (a
+GET) only shows whom it signs in and a "Sign in" button, and writes nothing: chat apps, mail scanners and
+link previewers fetch a link when it is pasted, and must not use it up before its owner clicks. The button
+POSTs the token; that records the link as used (a hash of the nonce) and opens a session: a new random id,
+kept in an HttpOnly cookie and stored only hashed, so the token leaves the address bar and a forwarded or
+leftover link lets nobody else in. Every request checks the session (there, not signed out, not expired)
+and the agent's role, so demoting a supervisor ends their access at once and signing out ends the session
+for whoever holds the cookie.
 
 The API takes the same bearer tokens as POST /api/v1/messages, for BI tools and scripts.
 """
@@ -22,6 +23,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.orm import Session
+from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
@@ -50,10 +53,16 @@ from router.reports import PRIORITIES, SLA_KINDS, Report, build_report, last_day
 log = logging.getLogger(__name__)
 
 COOKIE = "paidan_dashboard"
-# How long an unopened link stays good. The bot's and the CLI's wording promise 12 hours; once opened, a
-# link is spent, so its lifetime only bounds how long a link nobody opened is worth stealing.
+# The browser that was shown a sign-in page: a random id, no privilege of its own, to which the page's
+# form is bound (Dashboard.sign_in_page says why).
+BROWSER_COOKIE = "paidan_sign_in"
+SIGN_IN_PATH = "/dashboard/sign-in"
+_BROWSER_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
+# How long an unused link stays good. The bot's and the CLI's wording promise 12 hours; once used (its
+# sign-in page's button pressed), a link is spent, so its lifetime only bounds how long a link nobody used
+# is worth stealing.
 LINK_LIFETIME = timedelta(hours=12)
-# How long a sign-in lasts, from the moment the link is opened: a working day, as the link-token cookie did.
+# How long a sign-in lasts, from the moment the link is used: a working day, as the link-token cookie did.
 SESSION_LIFETIME = timedelta(hours=12)
 # Sign-ins are kept this long after both their session and their link ended, then purged: a week of
 # "who looked at the dashboard", and a spent link's record outlives any chance of presenting it again.
@@ -85,6 +94,7 @@ class SignInLinks:
 
     def __init__(self, secret: bytes):
         self._key = hmac.new(secret, b"paidan dashboard sign-in", hashlib.sha256).digest()
+        self._confirm_key = hmac.new(secret, b"paidan dashboard sign-in confirmation", hashlib.sha256).digest()
 
     def issue(self, agent_id: int, expires: datetime) -> str:
         body = f"{self.VERSION}.{agent_id}.{int(expires.timestamp())}.{secrets.token_urlsafe(16)}"
@@ -114,6 +124,16 @@ class SignInLinks:
         parts = token.split(".")
         return len(parts) == 4 and parts[0] == "d1" and self._genuine(".".join(parts[:3]), parts[3])
 
+    def confirmation(self, token: str, browser_id: str) -> str:
+        """The sign-in form's check field: `token` as shown to the browser whose BROWSER_COOKIE is `browser_id`."""
+        digest = hmac.new(self._confirm_key, f"{browser_id}|{token}".encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+    def confirmed(self, token: str, browser_id: str, check: str) -> bool:
+        if not _BROWSER_ID.fullmatch(browser_id):  # no cookie (a cross-site post sends none), or not ours
+            return False
+        return hmac.compare_digest(check.encode(), self.confirmation(token, browser_id).encode())
+
     def _genuine(self, body: str, signature: str) -> bool:
         # As bytes: compare_digest refuses str with non-ASCII characters, and a query string can hold any.
         return hmac.compare_digest(signature.encode(), self._sign(body).encode())
@@ -124,7 +144,7 @@ class SignInLinks:
 
 
 def sign_in_url(base_url: str, links: SignInLinks, agent_id: int, now: datetime) -> str:
-    return f"{base_url.rstrip('/')}/dashboard/sign-in?token={links.issue(agent_id, now + LINK_LIFETIME)}"
+    return f"{base_url.rstrip('/')}{SIGN_IN_PATH}?token={links.issue(agent_id, now + LINK_LIFETIME)}"
 
 
 # ---------------------------------------------------------------- sign-ins in the database
@@ -164,6 +184,19 @@ def open_session(session: Session, link: SignInLink, session_id: str, now: datet
     return SignIn.OPENED if stored is not None else SignIn.USED
 
 
+class LinkLook(NamedTuple):
+    staff: Staff | None  # whom the link signs in; None when they are gone or not a supervisor or admin now
+    used: bool
+
+
+def look_at_link(session: Session, link: SignInLink) -> LinkLook:
+    """Whom `link` would sign in and whether it was used; reads only, so showing a link spends nothing."""
+    row = session.execute(select(Agent.id, Agent.name, Agent.role).where(Agent.id == link.agent_id)).first()
+    staff = Staff(*row) if row and row.role in SUPERVISOR_ROLES else None
+    used = session.scalar(select(DashboardSession.id).where(DashboardSession.link_sha256 == _sha256(link.nonce)))
+    return LinkLook(staff, used is not None)
+
+
 def session_staff(session: Session, session_id: str, now: datetime) -> Staff | None:
     """Who holds the live session `session_id` (not signed out, not expired), whatever their role now."""
     row = session.execute(
@@ -196,6 +229,7 @@ def purge_dashboard_sessions(session: Session, now: datetime) -> int:
 class Sessions:
     """The sign-in store as the web app awaits it: each call one transaction, in a worker thread."""
 
+    look: Callable[[SignInLink], Awaitable[LinkLook]]  # look_at_link, in a transaction that writes nothing
     open: Callable[[SignInLink, str, datetime], Awaitable[SignIn]]  # open_session
     staff: Callable[[str, datetime], Awaitable[Staff | None]]  # session_staff
     end: Callable[[str, datetime], Awaitable[bool]]  # end_session
@@ -214,33 +248,81 @@ class Dashboard:
 
     def mount(self, app: FastAPI) -> None:
         app.add_api_route("/dashboard", self.page, methods=["GET"], include_in_schema=False)
-        app.add_api_route("/dashboard/sign-in", self.sign_in, methods=["GET"], include_in_schema=False)
+        app.add_api_route(SIGN_IN_PATH, self.sign_in_page, methods=["GET"], include_in_schema=False)
+        app.add_api_route(SIGN_IN_PATH, self.sign_in, methods=["POST"], include_in_schema=False)
         app.add_api_route("/dashboard/sign-out", self.sign_out, methods=["POST"], include_in_schema=False)
         app.add_api_route("/dashboard/report.json", self.page_json, methods=["GET"], include_in_schema=False)
         app.add_api_route("/api/v1/report", self.api, methods=["GET"], tags=["reports"],
                           summary="The help desk's report for the last `days` days (bearer token)")
 
-    async def sign_in(self, request: Request) -> Response:
+    async def sign_in_page(self, request: Request) -> Response:
+        """GET of a sign-in link: whom it signs in and a button that POSTs it. Spends nothing.
+
+        Login CSRF (another site posting its owner's token from the victim's browser, to sign the victim in
+        as someone else) is stopped by binding the form to this browser: the page sets BROWSER_COOKIE
+        (SameSite=Strict, so no other site's post carries it) and its check field is an HMAC of the token
+        and that cookie, which only the deployment's secret makes. An HMAC of the token alone would not do:
+        whoever holds a link can read the field off this page. Nor an Origin check: with Referrer-Policy
+        no-referrer, which keeps the token in this page's address from leaking, browsers send `Origin: null`
+        on the form's post (Chromium does), and behind a reverse proxy the Host seen here is often not the
+        browser's."""
         token, now, lang = request.query_params.get("token", ""), self.clock(), _lang(request)
         link = self.links.read(token, now)
         if link is None:
-            return _page_error(410, "link_outdated", lang) if self.links.outdated(token) else \
-                _page_error(401, "sign_in_failed", lang)
+            return self._unusable(token, lang)
+        look = await self.sessions.look(link)
+        if look.staff is None:
+            return _sign_in_notice(401, "sign_in_failed", lang)
+        if look.used:
+            return await self._used(request, link, lang, posted=False)
+        browser_id = request.cookies.get(BROWSER_COOKIE, "")
+        if not _BROWSER_ID.fullmatch(browser_id):  # an id already set is kept: pages open in other tabs stay good
+            browser_id = secrets.token_urlsafe(18)
+        html = TEMPLATES.get_template("dashboard_sign_in.html").render(
+            lang=lang, t=lambda key: TEXTS[key][lang == "zh"], who=look.staff.name,
+            action=f"{SIGN_IN_PATH}?lang={lang}", token=token, check=self.links.confirmation(token, browser_id))
+        response = _private(HTMLResponse(html))
+        response.set_cookie(BROWSER_COOKIE, browser_id, max_age=int(LINK_LIFETIME.total_seconds()), httponly=True,
+                            samesite="strict", path=SIGN_IN_PATH, secure=request.url.scheme == "https")
+        return response
+
+    async def sign_in(self, request: Request) -> Response:
+        """POST from the sign-in page: spends the link and opens the session."""
+        now, lang = self.clock(), _lang(request)
+        form = await request.form(max_files=0, max_fields=10)
+        token, check = _text_field(form, "token"), _text_field(form, "check")
+        link = self.links.read(token, now)
+        if link is None:
+            return self._unusable(token, lang)
+        if not self.links.confirmed(token, request.cookies.get(BROWSER_COOKIE, ""), check):
+            log.warning("dashboard: a sign-in post for agent %d did not come from the sign-in page in the same "
+                        "browser (another site's form, or cookies refused); the link was not used", link.agent_id)
+            return _sign_in_notice(403, "sign_in_unconfirmed", lang)
         session_id = secrets.token_urlsafe(32)
         outcome = await self.sessions.open(link, session_id, now)
         if outcome is SignIn.REFUSED:
-            return _page_error(401, "sign_in_failed", lang)
+            return _sign_in_notice(401, "sign_in_failed", lang)
         if outcome is SignIn.USED:
-            already = await self._supervisor(request)
-            if already is not None and already.agent_id == link.agent_id:
-                return RedirectResponse("/dashboard", status_code=303)  # its owner, clicking it again
-            log.warning("dashboard: a used sign-in link of agent %d was presented again", link.agent_id)
-            return _page_error(410, "link_used", lang)
-        response = RedirectResponse("/dashboard", status_code=303)
+            return await self._used(request, link, lang, posted=True)
+        response = _private(RedirectResponse("/dashboard", status_code=303))
         response.set_cookie(COOKIE, session_id, max_age=int(SESSION_LIFETIME.total_seconds()),
                             httponly=True, samesite="lax", path="/dashboard",
                             secure=request.url.scheme == "https")
         return response
+
+    def _unusable(self, token: str, lang: str) -> Response:
+        """The answer to a token that is not a genuine, unexpired link."""
+        return _sign_in_notice(410, "link_outdated", lang) if self.links.outdated(token) else \
+            _sign_in_notice(401, "sign_in_failed", lang)
+
+    async def _used(self, request: Request, link: SignInLink, lang: str, *, posted: bool) -> Response:
+        already = await self._supervisor(request)
+        if already is not None and already.agent_id == link.agent_id:
+            return _private(RedirectResponse("/dashboard", status_code=303))  # its owner, clicking it again
+        # A post is someone trying to sign in with it; a GET may be a previewer fetching an old chat again.
+        log.log(logging.WARNING if posted else logging.INFO,
+                "dashboard: a used sign-in link of agent %d was presented again", link.agent_id)
+        return _sign_in_notice(410, "link_used", lang)
 
     async def sign_out(self, request: Request) -> Response:
         session_id = request.cookies.get(COOKIE)
@@ -349,6 +431,11 @@ def _days(request: Request) -> int | None:
     return int(raw) if raw.isdigit() and 1 <= int(raw) <= MAX_DAYS else None
 
 
+def _text_field(form: FormData, name: str) -> str:
+    value = form.get(name)
+    return value if isinstance(value, str) else ""  # absent, or a file where text belongs
+
+
 def _lang(request: Request) -> str:
     """As the web form decides (?lang=, its remembered choice, then the browser's preference), else English."""
     return pick_language(request.query_params.get("lang"), request.cookies.get(LANG_COOKIE),
@@ -371,6 +458,17 @@ def _page_error(status: int, key: str, lang: str) -> HTMLResponse:
     html = TEMPLATES.get_template("dashboard_notice.html").render(
         lang=lang, status=status, t=lambda k: TEXTS[k][lang == "zh"], key=key)
     return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
+
+
+def _private(response: Response) -> Response:
+    """For the sign-in pages, whose address holds a live token: never stored, never sent on as a Referer."""
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+def _sign_in_notice(status: int, key: str, lang: str) -> Response:
+    return _private(_page_error(status, key, lang))
 
 
 def _json_error(status: int, code: str, message: str, *, field: str | None = None,
@@ -446,6 +544,20 @@ TEXTS: dict[str, tuple[str, str]] = {
         "link it gives you. Only supervisors and admins can see the dashboard.",
         "在 Telegram 中向 paidan 机器人发送 /dashboard，或运行 `paidan dashboard --as 你的名字`，然后打开得到的链接。"
         "只有主管和管理员可以查看看板。"),
+    "confirm_title": ("Sign in to the dashboard", "登录客服看板"),
+    "confirm_as": ("You are signing in as {name}.", "你将以 {name} 的身份登录。"),
+    "sign_in": ("Sign in", "登录"),
+    "confirm_hint": (
+        "The link works once: the button uses it up and starts a session of 12 hours in this browser. If this "
+        "is not your name, or you did not ask for a link, do not press it.",
+        "此链接只能使用一次：点击按钮即用掉此链接，并在此浏览器中开始 12 小时的会话。"
+        "如果这不是你的名字，或你没有申请过登录链接，请不要点击。"),
+    "sign_in_unconfirmed": ("This sign-in could not be confirmed", "无法确认此次登录"),
+    "sign_in_unconfirmed_hint": (
+        "Sign-ins are only accepted from the page the link opens, in the same browser, with cookies allowed for "
+        "this site. Open your link again and press Sign in there.",
+        "只接受从登录链接打开的页面、在同一浏览器中提交的登录，且浏览器需允许本网站的 Cookie。"
+        "请重新打开你的链接，并在该页面上点击“登录”。"),
     "sign_in_failed": ("This sign-in link does not work", "此登录链接无效"),
     "sign_in_failed_hint": (
         "It has expired (links last 12 hours), was changed on the way, or belongs to someone who is no longer a "
@@ -495,6 +607,6 @@ def dashboard_for(engine: Engine, *, secret: bytes, timezone: str, api_tokens: t
     async def report(days: int) -> Report:
         return await asyncio.to_thread(report_sync, days)
 
-    sessions = Sessions(open=in_transaction(open_session), staff=in_transaction(session_staff),
-                        end=in_transaction(end_session))
+    sessions = Sessions(look=in_transaction(look_at_link), open=in_transaction(open_session),
+                        staff=in_transaction(session_staff), end=in_transaction(end_session))
     return Dashboard(report=report, sessions=sessions, links=SignInLinks(secret), api_tokens=api_tokens, clock=clock)

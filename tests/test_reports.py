@@ -4,6 +4,7 @@ use, on a fake clock, so every number the report gives can be worked out by hand
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from datetime import UTC, datetime, timedelta
@@ -25,9 +26,10 @@ from router.config import RouterConfig
 from router.intake import Intake
 from router.reports import Durations, build_report, last_days
 from router.routing import route_pending
+import webfixtures
 from webfixtures import API_TOKEN, chromium_missing, make_settings, serve
-from webfixtures import browser  # noqa: F401 — the fixture
 
+browser = webfixtures.browser  # the fixture (assigned, not imported, so that pyflakes sees it used)
 ZONE = "Asia/Shanghai"
 MONDAY = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)  # Monday 10:00 in Shanghai
 NOW = datetime(2026, 11, 24, 6, 0, tzinfo=UTC)  # Tuesday 14:00
@@ -241,21 +243,10 @@ def test_sign_in_tokens_are_checked_for_signature_expiry_and_shape():
 # ---------------------------------------------------------------- over HTTP
 
 
-class _AtNow(datetime):
-    """`datetime` whose now() is NOW, for the dashboard's report: it counts the last `days` days before
-    the wall clock, and from 2026-12-23 on, 30 days before the real one no longer reach the story."""
-
-    @classmethod
-    def now(cls, tz=None):
-        return NOW.astimezone(tz) if tz is not None else NOW.replace(tzinfo=None)
-
-
 @pytest.fixture
-def dashboard_app(engine, story, monkeypatch):
-    import paidan.dashboard
+def dashboard_app(engine, story):
     from paidan.web import build_app
 
-    monkeypatch.setattr(paidan.dashboard, "datetime", _AtNow)
     settings = make_settings(secret_key="dash-secret")
 
     async def sink(message):  # the dashboard tests post no messages
@@ -264,7 +255,10 @@ def dashboard_app(engine, story, monkeypatch):
     async def ticket_view(number, identity):
         return None
 
-    dashboard = dashboard_for(engine, secret=settings.secret, timezone=ZONE, api_tokens=tuple(settings.api_tokens))
+    # The story's clock: the report counts the last `days` days before it (before the wall clock, from
+    # 2026-12-23 on, 30 days would no longer reach the story), and links are issued and checked on it.
+    dashboard = dashboard_for(engine, secret=settings.secret, timezone=ZONE, api_tokens=tuple(settings.api_tokens),
+                              clock=lambda: NOW)
     app = build_app(settings, sink=sink, ticket_view=ticket_view, dashboard=dashboard)
     with serve(app) as url:
         yield url, dashboard.links
@@ -273,7 +267,19 @@ def dashboard_app(engine, story, monkeypatch):
 def supervisor_link(engine, links: SignInLinks, base: str, name: str = "Sue") -> str:
     with Session(engine) as session:
         agent_id = session.scalar(select(Agent.id).where(Agent.name == name))
-    return sign_in_url(base, links, agent_id, datetime.now(UTC))
+    return sign_in_url(base, links, agent_id, NOW)
+
+
+def sign_in(client: httpx.Client, link: str) -> httpx.Response:
+    """Open the link; when it shows the sign-in page, press its button (POST the form). The last answer."""
+    page = client.get(link, follow_redirects=False)
+    if page.status_code != 200:
+        return page
+    action = re.search(r'<form method="post" action="([^"]*)">', page.text)
+    fields = dict(re.findall(r'<input type="hidden" name="([a-z]+)" value="([^"]*)">', page.text))
+    assert action and set(fields) == {"token", "check"}, page.text
+    return client.post(html.unescape(action.group(1)), data={k: html.unescape(v) for k, v in fields.items()},
+                       follow_redirects=False)
 
 
 def test_the_dashboard_needs_a_supervisors_link(engine, dashboard_app):
@@ -284,7 +290,7 @@ def test_the_dashboard_needs_a_supervisors_link(engine, dashboard_app):
         assert client.get("/dashboard/sign-in?token=d1.1.99999999999.forged").status_code == 401
         assert client.get(supervisor_link(engine, links, base, "Ann")).status_code == 401  # an agent, not a supervisor
 
-        signed_in = client.get(supervisor_link(engine, links, base), follow_redirects=False)
+        signed_in = sign_in(client, supervisor_link(engine, links, base))
         assert signed_in.status_code == 303 and signed_in.headers["location"] == "/dashboard"
         cookie = signed_in.headers["set-cookie"]
         assert f"{COOKIE}=" in cookie and "HttpOnly" in cookie and "Path=/dashboard" in cookie
@@ -332,6 +338,9 @@ def test_a_supervisor_reads_the_dashboard_in_chromium(engine, dashboard_app, bro
     base, links = dashboard_app
     page = browser.new_context(locale="zh-CN").new_page()
     page.goto(supervisor_link(engine, links, base) + "&lang=zh")
+    assert page.locator("#who").inner_text() == "你将以 Sue 的身份登录。"  # opening the link only asks
+    page.click("#sign-in")  # a real browser's post: its sign-in cookie (SameSite=Strict) and no Referer
+    page.wait_for_url(base + "/dashboard")
     assert page.url == base + "/dashboard"  # the token left the address bar
     assert "客服看板" in page.locator("h1").inner_text()  # Chinese from the browser's language
     page.click("text=30 天")
