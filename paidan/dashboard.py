@@ -71,6 +71,10 @@ MAX_DAYS = 366
 SLA_GOAL = 0.9  # the dashed line on the SLA chart: the share of clocks a desk usually promises to meet
 TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).with_name("templates")),
                         autoescape=select_autoescape(default=True))
+# The pages' styles, served as files: the site's Content-Security-Policy (style-src 'self') blocks
+# inline <style>, and so left the pages unstyled in every real browser.
+STYLESHEETS = {name: (Path(__file__).with_name("templates") / f"{name}.css").read_text(encoding="utf-8")
+               for name in ("dashboard", "notice")}
 
 ReportQuery = Callable[[int], Awaitable[Report]]  # days → the report of the last `days` local days
 
@@ -252,6 +256,7 @@ class Dashboard:
         app.add_api_route(SIGN_IN_PATH, self.sign_in, methods=["POST"], include_in_schema=False)
         app.add_api_route("/dashboard/sign-out", self.sign_out, methods=["POST"], include_in_schema=False)
         app.add_api_route("/dashboard/report.json", self.page_json, methods=["GET"], include_in_schema=False)
+        app.add_api_route("/dashboard/{name}.css", self.stylesheet, methods=["GET"], include_in_schema=False)
         app.add_api_route("/api/v1/report", self.api, methods=["GET"], tags=["reports"],
                           summary="The help desk's report for the last `days` days (bearer token)")
 
@@ -323,6 +328,12 @@ class Dashboard:
         log.log(logging.WARNING if posted else logging.INFO,
                 "dashboard: a used sign-in link of agent %d was presented again", link.agent_id)
         return _sign_in_notice(410, "link_used", lang)
+
+    async def stylesheet(self, name: str) -> Response:
+        css = STYLESHEETS.get(name)
+        if css is None:
+            return Response("no such stylesheet", status_code=404, media_type="text/plain")
+        return Response(css, media_type="text/css; charset=utf-8", headers={"Cache-Control": "public, max-age=3600"})
 
     async def sign_out(self, request: Request) -> Response:
         session_id = request.cookies.get(COOKIE)

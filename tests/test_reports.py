@@ -337,12 +337,19 @@ def test_the_report_api_takes_the_api_tokens(dashboard_app):
 def test_a_supervisor_reads_the_dashboard_in_chromium(engine, dashboard_app, browser):
     base, links = dashboard_app
     page = browser.new_context(locale="zh-CN").new_page()
+    blocked = []  # what the Content-Security-Policy refused: an inline <style> would be, leaving the page bare
+    page.on("console", lambda message: blocked.append(message.text) if "Content Security Policy" in message.text
+            else None)
     page.goto(supervisor_link(engine, links, base) + "&lang=zh")
     assert page.locator("#who").inner_text() == "你将以 Sue 的身份登录。"  # opening the link only asks
+    assert page.eval_on_selector("#sign-in", "b => getComputedStyle(b).backgroundColor") == "rgb(11, 99, 206)"
     page.click("#sign-in")  # a real browser's post: its sign-in cookie (SameSite=Strict) and no Referer
     page.wait_for_url(base + "/dashboard")
     assert page.url == base + "/dashboard"  # the token left the address bar
     assert "客服看板" in page.locator("h1").inner_text()  # Chinese from the browser's language
+    # Styled: the tiles are laid out as a grid and drawn as cards.
+    assert page.eval_on_selector(".tiles", "t => getComputedStyle(t).display") == "grid"
+    assert page.eval_on_selector(".tile", "t => getComputedStyle(t).borderTopLeftRadius") == "8px"
     page.click("text=30 天")
     tiles = dict(zip(page.locator(".tile .label").all_inner_texts(), page.locator(".tile .value").all_inner_texts(),
                      strict=True))
@@ -358,3 +365,5 @@ def test_a_supervisor_reads_the_dashboard_in_chromium(engine, dashboard_app, bro
     assert page.locator("h1").inner_text() == "paidan · Help desk"
     page.click("text=Sign out")
     assert "Sign in to see the dashboard" in page.locator("h1").inner_text()
+    assert page.eval_on_selector("main", "m => getComputedStyle(m).borderTopLeftRadius") == "8px"
+    assert blocked == []
