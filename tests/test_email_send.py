@@ -99,6 +99,11 @@ def relay():
     loop.close()
 
 
+def unsigned(mail: EmailMessage) -> str:
+    """A reply's words, without the agent's signature (from the "-- " line on)."""
+    return mail.get_body(("plain",)).get_content().replace("\r\n", "\n").split("\n-- \n")[0].strip()
+
+
 def relay_config(port: int) -> RelayConfig:
     return RelayConfig(host="127.0.0.1", port=port, from_address="support@example.com", from_name="客服中心",
                        starttls=False, timeout=5)
@@ -175,8 +180,9 @@ def test_an_agents_reply_reaches_the_relay_threaded_with_its_chinese_subject_and
     assert reply["In-Reply-To"] == "<abc@kehu.example.com>"
     assert reply["References"] == "<abc@kehu.example.com>"
     assert str(reply["Subject"]) == item.payload["subject"] == f"Re: 退款申请 [{number}]"
-    # On the wire, lines end in CRLF and MIME ends the text with a line break; the words are untouched.
-    assert reply.get_content().replace("\r\n", "\n") == text + "\n"
+    # On the wire, lines end in CRLF and MIME ends the text with a line break; the words are untouched,
+    # then the agent's signature after the "-- " line mail clients know.
+    assert reply.get_content().replace("\r\n", "\n") == text + "\n\n-- \nAnn\n客服中心\n"
     assert reply.get_content_charset() == "utf-8"
     assert (reply["To"], reply["From"].addresses[0].display_name) == (CUSTOMER, "客服中心")
     assert reply["Auto-Submitted"] is None  # a human wrote it
@@ -236,6 +242,19 @@ def test_a_reply_never_copies_a_mailing_list_nor_any_of_our_domains():
         "support@brand-b.example.net", "yue@kernel.example.org"]
 
 
+def test_a_desk_may_leave_its_agents_names_out_of_replies(engine):
+    with transaction(engine) as session:
+        add_agent(session, "Ann", skills=["service", "transaction"], capacity=5).online = True
+    number = new_email_ticket(engine)
+    with transaction(engine) as session:
+        actions.reply(session, number, "Ann", "已处理", CONFIG, NOW)
+    [item] = outbox(engine, "reply")
+    signed = build_outbox_email(item, relay_config(25)).get_content()
+    assert signed.replace("\r\n", "\n").endswith("已处理\n\n-- \nAnn\n客服中心\n")
+    unsigned = build_outbox_email(item, dataclasses.replace(relay_config(25), sign_replies=False)).get_content()
+    assert unsigned.replace("\r\n", "\n") == "已处理\n"
+
+
 def test_an_agents_files_reach_the_customer_attached_to_the_reply_and_a_file_alone_says_so(engine, relay):
     with transaction(engine) as session:
         add_agent(session, "Ann", skills=["service", "transaction"], capacity=5).online = True
@@ -250,10 +269,10 @@ def test_an_agents_files_reach_the_customer_attached_to_the_reply_and_a_file_alo
     assert deliver(engine, relay.port, NOW + timedelta(minutes=1)) == DeliveryReport(sent=3)
 
     with_text, alone = [m for m in relay.accepted if m["Auto-Submitted"] is None]
-    assert with_text.get_body(("plain",)).get_content().strip() == "请按附件操作。"
+    assert unsigned(with_text) == "请按附件操作。"
     files = [(a.get_filename(), a.get_content_type(), a.get_content()) for a in with_text.iter_attachments()]
     assert files == [("退款步骤.pdf", "application/pdf", guide.data), ("screen.png", "image/png", shot.data)]
-    assert alone.get_body(("plain",)).get_content().strip() == "请查看附件。"  # a Chinese ticket: Chinese
+    assert unsigned(alone) == "请查看附件。"  # a Chinese ticket: Chinese
     assert [a.get_filename() for a in alone.iter_attachments()] == ["screen.png"]
 
 

@@ -373,7 +373,7 @@ def test_a_saved_reply_reaches_an_email_customer_in_the_language_they_wrote(staf
     assert (item.channel, item.recipient, item.payload["text"]) == ("email", "wang@example.com", expected)
     mail = build_outbox_email(item, RelayConfig("127.0.0.1", 25, "support@example.com"))
     assert mail["To"] == "wang@example.com" and f"[{number}]" in mail["Subject"]
-    assert mail.get_content().strip() == expected
+    assert mail.get_content().replace("\r\n", "\n").strip() == f"{expected}\n\n-- \n{name}"  # and the signature
 
 
 def test_answering_a_ticket_message_with_a_saved_reply(staff):

@@ -60,6 +60,8 @@ class RelayConfig:
     # The domains our SMTP server takes mail for (`[email] smtp_domains`), besides from_address's own:
     # a reply never copies an address at any of them.
     own_domains: tuple[str, ...] = ()
+    # Agents' replies end with a signature: the agent's name and from_name (`[email] sign_replies`).
+    sign_replies: bool = True
 
 
 # ---------------------------------------------------------------- building (pure)
@@ -78,7 +80,7 @@ def build_outbox_email(item: OutboxItem, config: RelayConfig, survey_link: Surve
         item.kind, item.recipient, payload, from_address=config.from_address, from_name=config.from_name,
         fallback_message_id=outbox_message_id(item.id, item.dedupe_key, item.created_at, config.from_address),
         # RFC 5322's Date is when the message was ready to go, i.e. when it was queued, not this try.
-        date=item.created_at,
+        date=item.created_at, sign=config.sign_replies,
     )
     if item.kind == "reply" and (cc := copied(payload.get("cc"), item.recipient, config.from_address, config.own_domains)):
         message["Cc"] = ", ".join(cc)  # smtplib's send_message takes Cc as recipients of the envelope too
@@ -115,10 +117,11 @@ def outbox_message_id(item_id: int, dedupe_key: str | None, created_at: datetime
 
 
 def build_email(kind: str, recipient: str, payload: dict, *, from_address: str, from_name: str,
-                fallback_message_id: str, date: datetime | None = None) -> EmailMessage:
+                fallback_message_id: str, date: datetime | None = None, sign: bool = False) -> EmailMessage:
     """The email for one outbox item; raises PermanentFailure when the item cannot become one.
 
     `date` defaults to now; pass the item's creation time to make the result depend on its inputs only.
+    `sign`: an agent's reply ends with a signature (their name and `from_name`).
     """
     if "@" not in recipient:
         raise PermanentFailure(f"{recipient!r} is not an email address")
@@ -137,8 +140,17 @@ def build_email(kind: str, recipient: str, payload: dict, *, from_address: str, 
     if kind in AUTO_SUBMITTED:
         message["Auto-Submitted"] = AUTO_SUBMITTED[kind]
         message["X-Auto-Response-Suppress"] = "All"  # Exchange and Outlook's spelling of the same wish
-    message.set_content(_body(kind, payload))  # text/plain; charset="utf-8"
+    body = _body(kind, payload)
+    if sign and kind == "reply":
+        body = f"{body.rstrip()}\n\n{signature(payload.get('agent'), from_name)}"
+    message.set_content(body)  # text/plain; charset="utf-8"
     return message
+
+
+def signature(agent: str | None, team: str) -> str:
+    """Under an agent's reply: who wrote it and for whom, after the "-- " line mail clients know as the
+    start of a signature (they grey it out, and leave it out when the customer quotes the reply)."""
+    return "\n".join(["-- ", *(line for line in (agent, team) if line)])
 
 
 def _subject(kind: str, payload: dict) -> str:
