@@ -23,6 +23,7 @@ Who may do what:
 from __future__ import annotations
 
 import functools
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -62,6 +63,7 @@ MAX_TELEGRAM_CAPTION_UNITS = 1000
 MAX_REPLY_FILES = 10
 # Mail providers refuse mail over about 25 MB, and base64 makes files a third bigger.
 MAX_REPLY_FILE_BYTES = 18_000_000
+MENTION_QUOTE = 1_000  # of a note, in the notice to a colleague it asks (the rest is on the ticket)
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,8 +391,12 @@ def reply(session: Session, ticket_number: str, actor: Agent | str | int, text: 
     if files:
         data["attachments"] = files
     if not public:
+        told = _tell_mentioned(session, ticket, agent, body, message_id, now)
+        if told:
+            data["mentioned"] = told
         _event(session, ticket, agent, "note", f"internal note by {agent.name}", now, data)
-        return _outcome(session, ticket, "note", f"note added to {ticket.number} (the customer does not see it)",
+        asked = f"; {', '.join(told)} told" if told else ""
+        return _outcome(session, ticket, "note", f"note added to {ticket.number} (the customer does not see it){asked}",
                         data)
 
     if address is None:
@@ -414,6 +420,39 @@ def reply(session: Session, ticket_number: str, actor: Agent | str | int, text: 
     states.touch(ticket, now)
     _event(session, ticket, agent, "replied", f"{agent.name} replied to the customer: {sent}", now, data)
     return _outcome(session, ticket, "reply", f"reply to {ticket.number} {sent}", data)
+
+
+def mentioned(text: str, names: Sequence[str]) -> list[str]:
+    """The agents a note asks by "@name", in the order named. Longest names first, so "@Anna" is not
+    "@Ann"; a Latin name must end at a word's end, a Chinese one need not ("@李雷帮忙看看"); an "@" inside
+    a word (an email address) names nobody."""
+    found: dict[int, str] = {}
+    taken: set[int] = set()
+    for name in sorted(names, key=len, reverse=True):
+        for at in (m.start() for m in re.finditer("@" + re.escape(name), text)):
+            before, after = text[at - 1:at] if at else "", text[at + 1 + len(name):at + 2 + len(name)]
+            if at in taken or _latin_word_char(before) or (name[-1:].isascii() and _latin_word_char(after)):
+                continue  # inside an email address, or a longer Latin name
+            found.setdefault(at, name)
+            taken.update(range(at, at + 1 + len(name)))
+    return list(dict.fromkeys(found[at] for at in sorted(found)))
+
+
+def _latin_word_char(char: str) -> bool:
+    return char.isascii() and (char.isalnum() or char == "_")
+
+
+def _tell_mentioned(session: Session, ticket: Ticket, author: Agent, text: str, message_id: int,
+                    now: datetime) -> list[str]:
+    """A note that asks a colleague ("@王芳 这个退款你经手过吗？") reaches them in Telegram."""
+    if "@" not in text:
+        return []
+    agents = {a.name: a for a in session.scalars(select(Agent))}
+    names = [name for name in mentioned(text, list(agents)) if name != author.name]
+    for name in names:
+        notify_agent(session, agents[name], kind="mention", ticket=ticket, now=now,
+                     text=f"{author.name}: {text[:MENTION_QUOTE]}", dedupe_key=f"mention:{message_id}:{agents[name].id}")
+    return names
 
 
 def _store_files(session: Session, message_id: int, attachments: Sequence[Attachment]) -> list[dict]:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from connectors.email.parse import parse_email
@@ -218,3 +218,36 @@ def test_an_answer_that_names_no_ticket_continues_the_one_we_wrote_first(desk):
         event = session.scalars(select(TicketEvent).where(TicketEvent.kind == "message_added")
                                 .order_by(TicketEvent.id.desc())).first()
         assert event is None or "first answer" in event.reason
+
+
+# ---------------------------------------------------------------- asking a colleague in a note
+
+
+def test_mentioned_reads_names_as_agents_write_them():
+    from router.actions import mentioned
+
+    names = ["李雷", "Ann", "Anna", "Bob", "王芳"]
+    assert mentioned("@李雷帮忙看看 请@王芳 也看一下", names) == ["李雷", "王芳"]  # Chinese needs no space after
+    assert mentioned("@Anna, @Ann: same refund? @Bob_x", names) == ["Anna", "Ann"]  # not Bob: "Bob_x" is longer
+    assert mentioned("mail kehu@Ann.example.com or @nobody", names) == []  # an address names no one
+
+
+def test_a_note_that_asks_a_colleague_reaches_them_in_telegram(desk):
+    from connectors.telegram.send import build_telegram
+
+    with transaction(desk) as session:
+        add_agent(session, "王芳", skills=["service"], capacity=3).telegram_id = 7002
+    number = open_for(desk, "x@kehu.example.com").ticket
+    answer = answer_agent(desk, CONFIG, ANN_TG, f"/note {number} @王芳 这位客户上个月也退过款，你经手过吗？", None, None,
+                          now=NOW, once="update:31").text
+    assert answer.startswith(f"note added to {number} (the customer does not see it); 王芳 told"), answer
+    with Session(desk) as session:
+        [notice] = session.scalars(select(OutboxItem).where(OutboxItem.kind == "mention")).all()
+        assert notice.recipient == "telegram:7002"
+        sent = build_telegram(notice)
+    assert sent.text.startswith(f"📝 {number} · a colleague asks you in a note")
+    assert "Ann: @王芳 这位客户上个月也退过款，你经手过吗？" in sent.text and f"/note {number} @name" in sent.text
+    # The author is not told of their own note, and a note naming nobody tells nobody.
+    answer_agent(desk, CONFIG, ANN_TG, f"/note {number} @Ann 自己记一下", None, None, now=NOW, once="update:32")
+    with Session(desk) as session:
+        assert session.scalar(select(func.count()).select_from(OutboxItem).where(OutboxItem.kind == "mention")) == 1

@@ -386,6 +386,7 @@ def make_every_kind(engine) -> dict[str, str]:
         actions.accept(session, refund, "Ann", config, NOW)
         actions.reply(session, refund, "Ann", "<b>收到</b>，正在处理 *退款*", config, NOW)
         actions.send_files(session, refund, "Ann", config, NOW)  # the customer's screenshot, to Ann's chat
+        actions.reply(session, refund, "Ann", "@Sue 这单退款需要你批准", config, NOW, public=False)  # asks Sue
     arrive(telegram_message(555, "还没到账", at=NOW + timedelta(minutes=2), ticket=refund), NOW + timedelta(minutes=2))
     waits = arrive(telegram_message(559, "发票抬头写错了"))  # waits on its customer, who is reminded
     with transaction(engine) as session:

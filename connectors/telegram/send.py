@@ -91,6 +91,8 @@ STAFF_KINDS: dict[str, tuple[str, str, str]] = {
     "on_call": ("📟", "urgent ticket, you are on call", "/show {ticket} shows it."),
     "offer_expired": ("⌛", "offer not accepted in time", "/show {ticket} shows where it is now."),
     "follow_up": ("⏰", "the reminder you set", "/show {ticket} shows where it stands."),
+    "mention": ("📝", "a colleague asks you in a note",
+                "/show {ticket} shows the ticket; /note {ticket} @name … answers them (the customer sees no note)."),
     "low_rating": ("😞", "low satisfaction rating",
                    "/show {ticket} shows the conversation; /reopen {ticket} REASON if it is not solved."),
 }
