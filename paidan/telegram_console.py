@@ -46,6 +46,9 @@ FIND_LIMIT = 8  # /find results, two lines each
 HISTORY_SHOWN = 3  # the customer's other tickets /show names
 SUITED_REPLIES = 5  # saved replies of the ticket's category /show suggests
 SAVED_REPLIES_LISTED = 40  # names in one /replies answer; `paidan replies list` has them all
+# An album's reply waits this long for the album's other files, which Telegram sends as updates of their own
+# within a second or so, to go out with them as one mail or one Telegram album.
+ALBUM_WAIT = timedelta(seconds=5)
 FILE_CARRIERS = frozenset({"reply", "note"})  # the console actions a photo or document may come with
 SAVED_REPLY_CHANGES = frozenset({"add_reply", "edit_reply", "remove_reply"})  # supervisors' /replies add|edit|remove
 SHOW_MESSAGES = 5  # the latest messages /show quotes
@@ -81,6 +84,7 @@ def answer_agent(engine: Engine, config: RouterConfig, telegram_id: int, text: s
         return ConsoleAnswer(parsed.message)
     if album and attachments and parsed.action in FILE_CARRIERS and parsed.via != "album":
         _album_goes_with(engine, telegram_id, album, parsed, now)
+        parsed = replace(parsed, album=album)
     if attachments and parsed.action not in FILE_CARRIERS:
         return ConsoleAnswer(f"files go to a customer with /reply or as a reply to the ticket's message, or on "
                              f"the ticket with /note; /{parsed.action} takes none, so nothing was done")
@@ -107,7 +111,8 @@ def _rest_of_album(engine: Engine, telegram_id: int, album: str, now: datetime) 
         first = recall_once(session, _album_key(telegram_id, album))
     if not first or first.get("action") not in FILE_CARRIERS or not first.get("ticket"):
         return None
-    return ConsoleCommand(first["action"], first["ticket"], via="album")
+    return ConsoleCommand(first["action"], first["ticket"], via="album", album=album,
+                          joins=int(first.get("message_id") or 0))
 
 
 def run_console(engine: Engine, config: RouterConfig, telegram_id: int, command: ConsoleCommand, *,
@@ -162,11 +167,23 @@ def _act(session: Session, agent: Agent, command: ConsoleCommand, config: Router
             return actions.accept(session, number, agent, config, now)
         case "decline":
             return actions.decline(session, number, agent, config, now, reason=command.text)
-        case "reply" if command.saved:
-            return _send_saved_reply(session, agent, command, config, now)
+        case "reply" | "note" if command.joins:
+            # A later file of an album: it joins the reply its first file went with, while that waits.
+            joined = actions.add_files(session, number, agent, command.joins, command.attachments, now)
+            return joined or actions.reply(session, number, agent, "", config, now, public=command.action == "reply",
+                                           attachments=command.attachments)
         case "reply" | "note":
-            return actions.reply(session, number, agent, command.text, config, now, public=command.action == "reply",
-                                 attachments=command.attachments)
+            # An album's first file: its reply waits a moment for the rest, which Telegram sends one by one.
+            hold = ALBUM_WAIT if command.album and command.via != "album" else None
+            if command.saved:
+                outcome = _send_saved_reply(session, agent, command, config, now, hold=hold)
+            else:
+                outcome = actions.reply(session, number, agent, command.text, config, now, hold=hold,
+                                        public=command.action == "reply", attachments=command.attachments)
+            if hold and agent.telegram_id is not None:
+                remember_once(session, _album_key(agent.telegram_id, command.album),
+                              {"action": command.action, "ticket": number, "message_id": outcome.data["message_id"]})
+            return outcome
         case "wait":
             return actions.wait_for_customer(session, number, agent, config, now, note=command.text)
         case "resolve":
@@ -195,11 +212,11 @@ def _act(session: Session, agent: Agent, command: ConsoleCommand, config: Router
 
 
 def _send_saved_reply(session: Session, agent: Agent, command: ConsoleCommand, config: RouterConfig,
-                      now: datetime) -> actions.Outcome:
+                      now: datetime, hold: timedelta | None = None) -> actions.Outcome:
     """`!name`: the saved reply, filled in for this ticket's customer, goes out as a typed reply would."""
     rendered = replies.for_ticket(session, command.saved, command.ticket or "", agent.name, extra=command.text)
     outcome = actions.reply(session, command.ticket or "", agent, rendered.text, config, now,
-                            attachments=command.attachments, saved_reply=rendered.name)
+                            attachments=command.attachments, saved_reply=rendered.name, hold=hold)
     return replace(outcome, data={**outcome.data, "language": rendered.language})
 
 

@@ -37,7 +37,8 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from models.errors import ActionRefused, InvalidInput, NotFound
 from models.message import ERASED, OUTBOUND_FLAG, Attachment
-from models.tables import Agent, Assignment, AttachmentRow, Customer, LabelCorrection, Message, Ticket, TicketEvent
+from models.tables import (Agent, Assignment, AttachmentRow, Customer, LabelCorrection, Message, OutboxItem, Ticket,
+                           TicketEvent)
 from router import states
 from router.config import PRIORITIES, SUPERVISOR_ROLES, RouterConfig
 from router.intake import attachment_rows, next_ticket_numbers, our_message_id
@@ -327,14 +328,15 @@ def decline(session: Session, ticket_number: str, actor: Agent | str | int, conf
 @_written_together
 def reply(session: Session, ticket_number: str, actor: Agent | str | int, text: str, config: RouterConfig,
           now: datetime, *, public: bool = True, attachments: Sequence[Attachment] = (),
-          saved_reply: str | None = None) -> Outcome:
+          saved_reply: str | None = None, hold: timedelta | None = None) -> Outcome:
     """Write to the customer (public) or leave an internal note (public=False).
 
     A public reply is stored as an outbound message and queued in the outbox for the customer's
     channel; the first one stops the first-response clock. A note is stored and sends nothing.
     `attachments` (a screenshot, a PDF) go with it: attached to the mail, or sent in one Telegram
     message with the text as their caption. `saved_reply`: the name of the saved reply `text` was
-    rendered from, kept in the audit event (router/replies.py).
+    rendered from, kept in the audit event (router/replies.py). `hold`: the reply is sent no sooner,
+    so files sent with it as an album can join it (`add_files`).
     """
     from router import sla
 
@@ -410,7 +412,7 @@ def reply(session: Session, ticket_number: str, actor: Agent | str | int, text: 
             payload |= {"message_id": email_id, "references": references, "subject": subject,
                         **({"cc": cc} if cc else {})}
         item = enqueue(session, kind="reply", channel=address[0], recipient=address[1], ticket_id=ticket.id,
-                       payload=payload, dedupe_key=f"reply:{external_id}", now=now)
+                       payload=payload, dedupe_key=f"reply:{external_id}", now=now, due=now + hold if hold else None)
         data["outbox_id"] = item.id if item else None
         sent = f"queued to the customer on {address[0]}"
     if ticket.first_response_at is None:
@@ -420,6 +422,39 @@ def reply(session: Session, ticket_number: str, actor: Agent | str | int, text: 
     states.touch(ticket, now)
     _event(session, ticket, agent, "replied", f"{agent.name} replied to the customer: {sent}", now, data)
     return _outcome(session, ticket, "reply", f"reply to {ticket.number} {sent}", data)
+
+
+@_written_together
+def add_files(session: Session, ticket_number: str, actor: Agent | str | int, message_id: int,
+              attachments: Sequence[Attachment], now: datetime) -> Outcome | None:
+    """More files for the agent's reply or note `message_id`: the rest of an album whose first file went
+    with it (Telegram captions only an album's first file, and sends each as an update of its own).
+    They join the reply while it has not gone out, so the customer gets one mail or one Telegram
+    album rather than one per file; None when it went out already (the caller sends them on their own)."""
+    agent = resolve_agent(session, actor)
+    ticket = _ticket(session, ticket_number)
+    message = session.get(Message, message_id)
+    if message is None or message.ticket_id != ticket.id or message.author_agent_id != agent.id:
+        return None
+    held = session.scalars(select(AttachmentRow.size).where(AttachmentRow.message_id == message.id)).all()
+    if len(held) + len(attachments) > MAX_REPLY_FILES or \
+            sum(held) + sum(a.size for a in attachments) > MAX_REPLY_FILE_BYTES:
+        return None  # too many or too big for one message: they go as a reply of their own
+    item = None
+    if message.public:
+        # Locked, and unclaimed (no try yet): a sender claiming it now waits for this, then sees the files.
+        item = session.scalar(select(OutboxItem).where(OutboxItem.dedupe_key == f"reply:{message.external_id}")
+                              .with_for_update())
+        if item is None or item.status != "pending" or item.attempts:
+            return None
+    files = _store_files(session, message.id, attachments)
+    if item is not None:
+        item.payload = {**item.payload, "attachments": [*(item.payload.get("attachments") or []), *files]}
+    data = {"action": "files_added", "message_id": message.id, "attachments": files}
+    what = "reply" if message.public else "note"
+    _event(session, ticket, agent, "files_added", f"{agent.name} added {len(files)} file(s) to their {what}", now, data)
+    return _outcome(session, ticket, "files_added", f"{len(files)} more file(s) go with your {what} on {ticket.number}",
+                    data)
 
 
 def mentioned(text: str, names: Sequence[str]) -> list[str]:

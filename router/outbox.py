@@ -50,7 +50,7 @@ def item(*, kind: str, channel: str, recipient: str, payload: dict, ticket_id: i
 
 def enqueue(
     session: Session, *, kind: str, channel: str, recipient: str, payload: dict,
-    ticket_id: int | None = None, dedupe_key: str | None = None, now: datetime,
+    ticket_id: int | None = None, dedupe_key: str | None = None, now: datetime, due: datetime | None = None,
 ) -> Queued | None:
     """Add one item to send; with a `dedupe_key` already queued, nothing is added (sent once).
 
@@ -58,7 +58,7 @@ def enqueue(
     two transactions queueing the same key at once cannot both add it (the loser adds nothing).
     """
     return _insert(session, item(kind=kind, channel=channel, recipient=recipient, payload=payload,
-                                 ticket_id=ticket_id, dedupe_key=dedupe_key, now=now))
+                                 ticket_id=ticket_id, dedupe_key=dedupe_key, now=now, due=due))
 
 
 def _insert(session: Session, row: dict) -> Queued | None:

@@ -4,6 +4,7 @@ running it against a real database through router.actions, as the Telegram bot w
 from __future__ import annotations
 
 import uuid
+from functools import partial
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -315,31 +316,47 @@ def test_files_with_a_command_that_takes_none_do_nothing_and_say_so(staff):
 
 def test_every_file_of_an_album_follows_its_captioned_first(staff):
     """Telegram sends photos picked together as one update each; only the first has the caption. The
-    rest go where it went (before, each was refused and only the first reached the customer)."""
+    rest join the reply or note the first went with, so the customer gets one mail or one album; the
+    reply waits a few seconds for them. Once it went out, a late file goes as a reply of its own."""
+    from connectors.telegram.send import build_telegram
     from models import Attachment
+    from paidan.telegram_console import ALBUM_WAIT
+    from router import delivery
     from router.config import RouterConfig
 
     number = new_ticket(staff)
     agent = holder_id(staff, number)
     say(staff, agent, f"/accept {number}")
 
-    def send(name: str, caption: str, album: str, update: int):
+    def send(name: str, caption: str, album: str, update: int, at: datetime = NOW):
         return answer_agent(staff, RouterConfig(), agent, caption, attachments=(Attachment(name, "image/png", b"png"),),
-                            album=album, once=f"telegram-update:{update}", now=NOW).text
+                            album=album, once=f"telegram-update:{update}", now=at).text
 
     assert send("1.png", f"/note {number} 三张截图", "album-1", 1).startswith(f"note added to {number}")
-    assert send("2.png", "", "album-1", 2).startswith(f"note added to {number}")
+    assert send("2.png", "", "album-1", 2).startswith(f"1 more file(s) go with your note on {number}")
     assert send("2.png", "", "album-1", 2).startswith("already done")  # Telegram delivered it again
     assert send("a.png", f"/reply {number} 请看这两张图", "album-2", 3).startswith(f"reply to {number} queued")
-    assert send("b.png", "", "album-2", 4).startswith(f"reply to {number} queued")
+    assert send("b.png", "", "album-2", 4).startswith(f"1 more file(s) go with your reply on {number}")
     # A file alone, or of an album whose first file had no command, is refused as before.
     assert send("c.png", "", "album-3", 5).startswith("to send files to a customer")
     with Session(staff) as session:
         kept = session.execute(select(Message.public, Message.text, func.count(AttachmentRow.id))
                                .join(AttachmentRow, AttachmentRow.message_id == Message.id)
                                .where(Message.direction == "out").group_by(Message.id).order_by(Message.id)).all()
-    assert kept == [(False, "三张截图", 1), (False, "", 1), (True, "请看这两张图", 1), (True, "", 1)]
-    assert [item.payload["text"] for item in replies_to_customers(staff)] == ["请看这两张图", ""]
+    assert kept == [(False, "三张截图", 2), (True, "请看这两张图", 2)]
+    [album] = replies_to_customers(staff)
+    assert album.payload["text"] == "请看这两张图" and [f["filename"] for f in album.payload["attachments"]] == [
+        "a.png", "b.png"]
+    assert album.next_attempt_at == NOW + ALBUM_WAIT  # not sent before the rest could join
+    sent = build_telegram(album, load_file=partial(delivery.attachment_file, staff))
+    assert [d.filename for d in sent.documents] == ["a.png", "b.png"]  # one album to the customer
+
+    # An album whose reply went out before its second file came: that file goes on its own.
+    assert send("x.png", f"/reply {number} 还有一张", "album-4", 6).startswith(f"reply to {number} queued")
+    claimed = delivery.claim_due(staff, "telegram", now=NOW + ALBUM_WAIT, lease=timedelta(minutes=5))
+    assert any(item.payload.get("text") == "还有一张" for item in claimed)
+    assert send("y.png", "", "album-4", 7).startswith(f"reply to {number} queued")
+    assert [len(item.payload.get("attachments") or []) for item in replies_to_customers(staff)] == [2, 1, 1]
 
 
 def test_someone_who_is_not_an_agent_learns_how_to_become_one(staff):

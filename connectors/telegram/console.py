@@ -95,6 +95,8 @@ class ConsoleCommand:
     zh: str = ""  # /replies add and edit: the Chinese and English texts ("" in edit: keep that one)
     en: str = ""
     attachments: tuple[Attachment, ...] = ()  # reply and note: the photo or document the message carried
+    album: str = ""  # Telegram's media group id, when the files came as an album
+    joins: int = 0  # a later file of an album: the reply or note (message id) its first file went with
 
 
 @dataclass(frozen=True, slots=True)
