@@ -444,6 +444,47 @@ def _private_file(path: str, flags: int) -> int:
     return os.open(path, flags, 0o600)
 
 
+@click.command("due")
+@click.option("--within", "within", default="2h", show_default=True, metavar="WHEN",
+              help="How far ahead to look: 30m, 2h or 1d.")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@_json_option
+def due(within: str, limit: int, as_json: bool) -> None:
+    """Open tickets whose SLA clock runs out within WHEN, or ran out: overdue first, then the soonest.
+    Paused clocks (waiting on the customer) are not counted."""
+    from sqlalchemy.orm import Session
+
+    from connectors.telegram.console import read_duration
+    from paidan.dashboard import duration_text
+    from router.queries import due_soon
+
+    ahead = read_duration(within)
+    if ahead is None:
+        raise click.BadParameter(f"{within!r} is not a time from now; say 30m, 2h or 1d", param_hint="--within")
+    now, engine = _now(), _engine()
+    try:
+        with Session(engine) as session:
+            rows = due_soon(session, now, ahead, limit)
+    finally:
+        engine.dispose()
+    if as_json:
+        click.echo(json.dumps([{"ticket": r.number, "priority": r.priority, "state": r.state, "agent": r.agent,
+                                "clock": r.kind, "due_at": r.due_at.isoformat(),
+                                "seconds_left": round((r.due_at - now).total_seconds())} for r in rows],
+                              ensure_ascii=False, indent=2))
+        return
+    if not rows:
+        click.echo(f"no running SLA clock runs out within {within}")
+        return
+    table = Table("ticket", "priority", "clock", "due", "agent", "state", "subject", box=None)
+    for r in rows:
+        left = (r.due_at - now).total_seconds()
+        when = f"{duration_text(-left)} overdue" if left < 0 else f"in {duration_text(left)}"
+        table.add_row(r.number, r.priority, r.kind.replace("_", " "), when, r.agent or "(queue)", r.state,
+                      r.subject[:40])
+    _console().print(table)
+
+
 @click.command("remind")
 @click.argument("number")
 @click.option("--in", "after", required=True, metavar="WHEN", help="How long from now: 30m, 2h or 3d.")
@@ -553,5 +594,5 @@ def _label_cues(session, data: dict) -> dict | str:
     return {head: reason.as_dict() for head, reason in reasons.items()}
 
 
-TICKET_COMMANDS = (find, open_, accept, decline, reply, wait, resolve, reopen, assign, relabel, merge, split, remind, export, spam, not_spam,
+TICKET_COMMANDS = (find, open_, accept, decline, reply, wait, resolve, reopen, assign, relabel, merge, split, remind, export, due, spam, not_spam,
                    explain)

@@ -36,6 +36,7 @@ from router.config import RouterConfig
 from router.identity import describe_block, root_customer
 from router.privacy import same_person
 from router.reports import build_report, last_days
+from router.queries import due_soon
 from router.search import find_tickets
 from router.cursors import claim_once, recall_once, remember_once
 
@@ -440,8 +441,29 @@ def _report(session: Session, agent: Agent, days: int, config: RouterConfig, now
                                     *summary_lines(report), "charts and agents: /dashboard"]))
 
 
+def _due(session: Session, agent: Agent, command: ConsoleCommand, now: datetime) -> ConsoleAnswer:
+    """SLA clocks running out within the time asked (overdue first): a supervisor's whole desk, an
+    agent's own tickets."""
+    within = command.after or timedelta(hours=2)
+    everyone = actions.is_supervisor(agent)
+    rows = due_soon(session, now, within, limit=LIST_LIMIT + 1, holder=None if everyone else agent.id)
+    scope = "" if everyone else "your "
+    if not rows:
+        return ConsoleAnswer(f"no SLA clock of {scope}open tickets runs out within {_age(within)}")
+    count = len(rows) if len(rows) <= LIST_LIMIT else f"{LIST_LIMIT}+"
+    lines = [f"SLA clocks of {scope}open tickets running out within {_age(within)} ({count}):"]
+    for r in rows[:LIST_LIMIT]:
+        left = r.due_at - now
+        when = f"{_age(-left)} overdue" if left < timedelta(0) else f"in {_age(left)}"
+        clock = "first response" if r.kind == "first_response" else r.kind
+        lines.append(f"{r.number} · {r.priority} · {clock} {when} · {r.agent or 'no agent'} · {_clip(r.subject, 30)}")
+    if len(rows) > LIST_LIMIT:
+        lines.append("… more in `paidan tickets due`")
+    return ConsoleAnswer("\n".join(lines))
+
+
 _READS: dict[str, Callable[[Session, Agent, ConsoleCommand, datetime], ConsoleAnswer]] = {
-    "queue": _queue, "mine": _mine, "show": _show, "replies": _saved_replies, "find": _find,
+    "queue": _queue, "mine": _mine, "show": _show, "replies": _saved_replies, "find": _find, "due": _due,
 }
 
 

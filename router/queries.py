@@ -167,3 +167,35 @@ def operations_sync(session: Session, now: datetime) -> Operations:
         outbox_oldest_seconds={channel: max(0.0, (now - oldest).total_seconds()) for channel, _, oldest in pending},
         sla_overdue=overdue,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class DueClock:
+    """A running SLA clock that runs out soon, or ran out: what a supervisor acts on first."""
+
+    number: str
+    priority: str
+    state: str
+    agent: str | None  # who holds the ticket (None: waiting in a queue)
+    kind: str  # first_response | resolution
+    due_at: datetime
+    subject: str
+
+
+def due_soon(session: Session, now: datetime, within: timedelta, limit: int = 50, *,
+             holder: int | None = None) -> list[DueClock]:
+    """Running clocks (not paused, not stopped) due before `now + within`, overdue ones first, then the
+    soonest; a ticket appears once a clock; `holder`: only that agent's tickets. Every step that moves a clock keeps its projected due time
+    on it (router/sla.py), so this is one read of the running clocks, nothing computed per clock."""
+    rows = session.execute(
+        select(Ticket.number, SlaClock.priority, Ticket.state, Agent.name, SlaClock.kind, SlaClock.due_at,
+               Ticket.subject, Ticket.queue)
+        .join(Ticket, Ticket.id == SlaClock.ticket_id)
+        .outerjoin(Agent, Agent.id == Ticket.assigned_agent_id)
+        .where(SlaClock.stopped_at.is_(None), SlaClock.paused_since.is_(None), SlaClock.due_at.is_not(None),
+               SlaClock.due_at <= now + within, Ticket.state.in_(states.OPEN_STATES),
+               *([Ticket.assigned_agent_id == holder, Ticket.queue.is_(None)] if holder is not None else []))
+        .order_by(SlaClock.due_at, Ticket.id).limit(limit)
+    ).all()
+    return [DueClock(r.number, r.priority, r.state, None if r.queue else r.name, r.kind, r.due_at, r.subject or "")
+            for r in rows]

@@ -47,6 +47,7 @@ SAVED_REPLY_COMMANDS: dict[str, str] = {
 HELP_COMMANDS = frozenset({"help", "start"})
 # `/open CUSTOMER text`: write to a customer first, which opens a ticket (router/outreach.py).
 OPEN_FORM = "/open kehu@example.com 您好，您的订单付款未成功… (or #12, telegram:123456)"
+DUE_DEFAULT = timedelta(hours=2)  # how far ahead /due looks unless told
 FIND_NEEDS = "/find needs what to look for: /find 1234567890, /find kehu@example.com, /find 张三 or /find 发票"
 # What must follow the ticket number, for the commands that need more than the number.
 _NEEDS = {"reply": "text", "note": "text", "reopen": "a reason", "relabel": "a head and a label",
@@ -56,7 +57,7 @@ BUTTON_ACTIONS = frozenset({"accept", "decline"})
 HELP = "\n".join([
     "派单客服台 · paidan agent console",
     "",
-    "/queue 待分配工单 · waiting tickets   /mine 我的工单 · your tickets",
+    "/queue 待分配工单 · waiting tickets   /mine 我的工单 · your tickets   /due [2h] 将超时 · SLA due",
     "/find 订单号/邮箱/电话/文字 查找工单 · find tickets   /open 邮箱或#客户 文字 主动联系 · write first",
     "/report [天数] 报表 · the figures   /dashboard 看板 · charts (supervisors)",
     "/show GD… 查看工单 · show a ticket   /files GD… 客户附件 · the customer's files",
@@ -177,6 +178,11 @@ def _command(text: str, reply_to_text: str | None, has_files: bool = False) -> C
             return ConsoleMistake(f"/open writes to a customer first; to answer {to.upper()}, send "
                                   f"/reply {to.upper()} and your text")
         return ConsoleCommand(name, to=to, text=message.strip())
+    if name == "due":  # `/due` (the next 2 hours), `/due 30m`, `/due 1d`
+        within = read_duration(rest) if rest else DUE_DEFAULT
+        if within is None:
+            return ConsoleMistake(f"/due takes how far ahead to look, e.g. /due 30m, /due 2h or /due 1d (not {rest!r})")
+        return ConsoleCommand(name, after=within)
     if name == "find":  # anything after it is the query, a ticket number included
         return ConsoleCommand(name, text=rest) if rest else ConsoleMistake(FIND_NEEDS)
     if name not in TICKET_COMMANDS:
