@@ -272,7 +272,7 @@ async def deliver_email_forever(settings: Settings, engine, stop: asyncio.Event)
                          password=e.relay_password.get_secret_value() if e.relay_password else None,
                          starttls=e.relay_starttls, code_key=link_key(settings),
                          status_url=f"{settings.public_url.rstrip('/')}/status",
-                         own_domains=tuple(e.smtp_domains))
+                         own_domains=tuple(e.smtp_domains), sign_replies=e.sign_replies)
     log.info("paidan sending email through %s:%s as %s", e.relay_host, e.relay_port, e.from_address)
     build = partial(build_outbox_email, config=config, survey_link=survey_link(settings),
                     load_file=partial(delivery.attachment_file, engine))

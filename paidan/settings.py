@@ -80,6 +80,9 @@ class EmailSettings(BaseModel):
     relay_starttls: bool = True
     from_address: str = "support@localhost"
     from_name: str = "客服 Support"
+    # An agent's emailed reply ends with "-- ", their name and from_name. False: the text alone (a desk
+    # that keeps its agents' names to itself).
+    sign_replies: bool = True
     relay_poll_seconds: float = 2.0
     # A mailbox to poll (mail that reaches support through a provider rather than our SMTP server).
     # Empty host: no polling. Mail is marked read (or moved to `imap_processed_folder`) only after it
