@@ -257,8 +257,8 @@ def open_(to: str, text: str | None, actor: str, subject: str, via: str | None, 
 
     The ticket is yours from the start and waits for the customer's answer, which threads back to it
     and comes to you; if they never answer, they are reminded and it is resolved like any ticket that
-    waits (`[routing] remind_waiting_after_days`). It runs no SLA clock until then, and reports count
-    it apart from the customers' own contacts.
+    waits (`[routing] remind_waiting_after_days`). Its resolution clock is paused until they answer (no
+    first response is owed: you wrote first), and reports count it apart from the customers' own contacts.
     """
     from router import outreach
 

@@ -89,7 +89,9 @@ def _outcome(clock: SlaClock | None) -> str:
         return ""
     if clock.breached_at is not None:
         return "breached"
-    return "met" if clock.stopped_at is not None else "running"
+    if clock.stopped_at is not None:
+        return "met"
+    return "paused" if clock.paused_since is not None else "running"
 
 
 def _local(at: datetime | None, zone: ZoneInfo) -> str:

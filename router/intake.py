@@ -523,7 +523,7 @@ def _find_threads(
         greeting: _Candidate | None = None  # the latest open ticket that was only "在吗" / "hello?"
         asked: _Candidate | None = None  # the latest ticket on which we wrote first, still unanswered
         for cand in pool if chosen is None else ():
-            if cand.awaits_answer and not cand.resolved:
+            if cand.awaits_answer:  # resolved too: a week's silence ended by the answer after all
                 asked = asked or cand
             if not has_topic(cand.text):
                 if not cand.resolved:
@@ -547,7 +547,7 @@ def _find_threads(
         if chosen is None and asked is not None:  # no topic matched: the answer to what we wrote
             chosen = asked
             thread.reason = f"we wrote first on {asked.number} and this is the customer's first answer"
-            thread.data = {"how": "answer", "ticket": asked.number}
+            thread.data = {"how": "answer", "ticket": asked.number, **({"reopens": True} if asked.resolved else {})}
         if chosen is not None:
             thread.ticket_id, thread.join_pos = chosen.ticket_id, chosen.pos
             chosen.resolved = False  # reopened by this message, for the batch's later ones

@@ -6,9 +6,10 @@ on the customer's channel like any reply (email with the ticket's number in the 
 answer threads back; Telegram to someone who has written to the bot), and then it waits on the
 customer: the waiting job reminds them and resolves it if they never answer (router/waiting.py).
 
-It starts no SLA clock, since the customer has asked nothing yet; their answer reaches the agent like
-any answer. Reports count these tickets apart (`opened_by_agents`): they are not contacts, and a
-"first response" of zero seconds would flatter every average.
+Its only SLA clock is the resolution clock, paused until the customer answers (we wrote first: there
+is no first response to owe); their answer reaches the agent like any answer. Reports count these
+tickets apart (`opened_by_agents`): they are not contacts, and a "first response" of zero seconds
+would flatter every average.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from sqlalchemy.orm import Session
 from models.errors import ActionRefused, InvalidInput, NotFound
 from models.message import OUTBOUND_FLAG, IdentityKind, written_language
 from models.tables import Customer, Identity as IdentityRow, Ticket, TicketEvent
-from router import actions, assignment, states
+from router import actions, assignment, sla, states
 from router.config import RouterConfig
 from router.identity import DEFAULT_REGION, find_customer, parse_identity
 from router.intake import next_ticket_numbers
@@ -63,6 +64,9 @@ def open_ticket(session: Session, to: str, actor, config: RouterConfig, now: dat
                             data={"action": "open", "channel": channel, "customer_id": customer.id, **chosen}))
     assignment.take_by_hand(session, ticket, agent, now, actor=f"agent:{agent.name}",
                             reason=f"{agent.name} opened it")
+    # The resolution clock only, paused at once below: it runs from the customer's answer, and it is there
+    # (not started later from the ticket's creation) for a reopen or a new priority to act on.
+    sla.start_clocks(session, ticket, config, now, kinds=(sla.RESOLUTION,))
     sent = actions.reply(session, number, agent, body, config, now)
     actions.wait_for_customer(session, number, agent, config, now, note="we wrote first")
     where = sent.summary.removeprefix(f"reply to {number} ")

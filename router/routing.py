@@ -255,6 +255,8 @@ def _route_again(session: Session, ticket: Ticket, messages: list[Message], pred
             setattr(ticket, head, label)
         ticket.confidence = min(prediction.type.confidence, prediction.category.confidence)
         ticket.model_version = prediction.model_version
+        if "priority" in filled:
+            sla.reprioritise(session, ticket, config, now)  # its clock held P3's targets until now
         session.add(TicketEvent(ticket_id=ticket.id, at=now, actor="router", kind="classified",
                                 reason="labelled from the customer's answer: " + ", ".join(f"{h} {v}" for h, v in filled.items()),
                                 data={"prediction": prediction.as_dict(), "filled": filled}))

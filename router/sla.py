@@ -45,17 +45,19 @@ _LABELS = {FIRST_RESPONSE: "first response", RESOLUTION: "resolution"}
 
 
 def start_clocks(session: Session, ticket: Ticket, config: RouterConfig, now: datetime, *,
-                 existing: list[SlaClock] | None = None) -> list[SlaClock]:
-    """Start both clocks from the ticket's creation; on a ticket that has them, retarget them.
-    Returns the ticket's clocks. `existing`: its clocks, when the caller has read them already
-    (the routing step reads those of its whole batch at once)."""
+                 existing: list[SlaClock] | None = None, kinds: Sequence[str] = CLOCK_KINDS) -> list[SlaClock]:
+    """Start the clocks (both, or `kinds`) from the ticket's creation; on a ticket that has them,
+    retarget them. Returns the ticket's clocks. `existing`: its clocks, when the caller has read them
+    already (the routing step reads those of its whole batch at once). A ticket an agent opened by
+    writing first (router/outreach.py) starts only its resolution clock, which runs once the customer
+    answers: a first response of ours it already has."""
     clocks = _clocks(session, ticket) if existing is None else existing
     if clocks:
         _retarget(session, ticket, clocks, config, now)
         return clocks
     priority, target = _target(config, ticket)
     created = []
-    for kind in CLOCK_KINDS:
+    for kind in kinds:
         clock = SlaClock(ticket_id=ticket.id, kind=kind, priority=priority, calendar=target.calendar,
                          target_seconds=_target_seconds(target, kind), started_at=ticket.created_at,
                          consumed_seconds=0, resumed_at=ticket.created_at)

@@ -81,7 +81,8 @@ def test_a_period_exports_as_rows_excel_reads(filled, database_url, monkeypatch,
     assert refund["subject"] == "" or "退款" in refund["subject"]
     assert "@" not in raw.decode("utf-8-sig")  # no addresses: customers are numbers
     assert (rows[filled["outbound"]]["origin"], rows[filled["outbound"]]["state"]) == ("agent", "awaiting_customer")
-    assert rows[filled["outbound"]]["first_response_sla"] == ""  # no clock for a ticket we opened
+    # We wrote first: no first response is owed, and the resolution clock waits for the customer.
+    assert (rows[filled["outbound"]]["first_response_sla"], rows[filled["outbound"]]["resolution_sla"]) == ("", "paused")
     assert rows[filled["machine"]]["origin"] == "machine"
     assert list(rows[filled["refund"]]) == list(export.COLUMNS)
 

@@ -72,9 +72,11 @@ def test_writing_first_by_email_opens_a_ticket_that_the_customers_answer_continu
         assert session.scalar(select(Agent.load).where(Agent.name == "Ann")) == 1
         [offer] = session.scalars(select(Assignment).where(Assignment.ticket_id == opened.id)).all()
         assert offer.accepted_at == NOW and offer.ended_at is None
-        # The agent is the one acting: no offer notice goes to them, and no SLA clock runs yet.
+        # The agent is the one acting: no offer notice goes to them. No first-response clock (we wrote
+        # first), and the resolution clock waits, paused, for the customer's answer.
         assert [i.kind for i in session.scalars(select(OutboxItem))] == ["reply"]
-        assert session.scalars(select(SlaClock)).all() == []
+        [clock] = session.scalars(select(SlaClock)).all()
+        assert (clock.kind, clock.started_at, clock.paused_since) == ("resolution", NOW, NOW)
 
     deliver(desk, relay.port, NOW + timedelta(seconds=5))
     [mail] = relay.accepted
@@ -102,6 +104,10 @@ def test_writing_first_by_email_opens_a_ticket_that_the_customers_answer_continu
         event = session.scalars(select(TicketEvent).where(TicketEvent.ticket_id == answered.id,
                                                           TicketEvent.kind == "classified")).one()
         assert event.reason.startswith("labelled from the customer's answer: type request")
+        # The resolution clock runs from the answer, with the priority the answer gave (P2: 27 business hours).
+        [clock] = session.scalars(select(SlaClock)).all()
+        assert (clock.priority, clock.paused_since, clock.stopped_at) == ("P2", None, None)
+        assert clock.resumed_at == later and clock.consumed_seconds == 0
 
     # Reports count it apart from the customers' own contacts, and not in the response times.
     with Session(desk) as session:
@@ -251,3 +257,24 @@ def test_a_note_that_asks_a_colleague_reaches_them_in_telegram(desk):
     answer_agent(desk, CONFIG, ANN_TG, f"/note {number} @Ann 自己记一下", None, None, now=NOW, once="update:32")
     with Session(desk) as session:
         assert session.scalar(select(func.count()).select_from(OutboxItem).where(OutboxItem.kind == "mention")) == 1
+
+
+def test_an_answer_after_the_ticket_was_resolved_for_silence_reopens_it_with_a_fresh_clock(desk):
+    from router import waiting
+
+    number = open_for(desk, "late@kehu.example.com", labels={"priority": "P1"}).ticket
+    with transaction(desk) as session:  # reminded after 3 quiet days, resolved after 7
+        waiting.remind_and_resolve(session, CONFIG, NOW + timedelta(days=3, minutes=1))
+        waiting.remind_and_resolve(session, CONFIG, NOW + timedelta(days=7, minutes=2))
+    assert ticket(desk, number).state == "resolved"
+    later = NOW + timedelta(days=9)
+    Intake(desk, clock=lambda: later).accept_now(make_message(
+        email="late@kehu.example.com", text="抱歉才看到，钱还没到", received_at=later, channel=Channel.EMAIL))
+    with transaction(desk) as session:
+        route_pending(session, KeywordClassifier(), CONFIG, later)
+    assert ticket(desk, number).state == "reopened"
+    with Session(desk) as session:
+        [clock] = session.scalars(select(SlaClock)).all()
+        # Nine days went by, but the clock counts only what followed the customer's answer: not breached.
+        assert clock.breached_at is None and clock.stopped_at is None and clock.paused_since is None
+        assert clock.due_at == later + timedelta(hours=24)  # P1: 24 hours, around the clock
