@@ -50,6 +50,8 @@ def open_ticket(session: Session, to: str, actor, config: RouterConfig, now: dat
     customer, named = _customer(session, to, name, default_region, now)
     channel = _channel(session, customer, named, via)
     chosen = _labels(labels or {}, config)
+    already = session.scalars(select(Ticket.number).where(
+        Ticket.customer_id == customer.id, Ticket.state.in_(states.OPEN_STATES)).order_by(Ticket.id.desc()).limit(3)).all()
 
     tz = ZoneInfo(config.calendar.timezone)
     number = next_ticket_numbers(session, now.astimezone(tz).strftime("%Y%m%d"), 1)[0]
@@ -70,10 +72,14 @@ def open_ticket(session: Session, to: str, actor, config: RouterConfig, now: dat
     sent = actions.reply(session, number, agent, body, config, now)
     actions.wait_for_customer(session, number, agent, config, now, note="we wrote first")
     where = sent.summary.removeprefix(f"reply to {number} ")
+    data = {"customer_id": customer.id, "channel": channel, **sent.data, **chosen}
+    if already:
+        # Sent all the same (the agent chose to write anew), but a second conversation is worth knowing of.
+        data["warning"] = (f"customer #{customer.id} also has open ticket(s) {', '.join(already)}; if it is the "
+                           f"same matter, /merge {number} {already[0]}")
     return actions.Outcome(number, "open", states.AWAITING_CUSTOMER, agent.name,
                            f"{number} opened for customer #{customer.id}: the message is {where}; it waits for "
-                           f"their answer, which comes to you",
-                           {"customer_id": customer.id, "channel": channel, **sent.data, **chosen})
+                           f"their answer, which comes to you", data)
 
 
 def _customer(session: Session, to: str, name: str, default_region: str, now: datetime) -> tuple[Customer, str | None]:

@@ -135,6 +135,9 @@ def test_writing_first_on_telegram_to_someone_who_wrote_to_the_bot(desk):
         dataclasses.replace(hello, sender=Sender((ModelIdentity(IdentityKind.TELEGRAM, "55501"),), "王五")))
     known = "55501"
     outcome = open_for(desk, f"telegram:{known}", text="您好，您的包裹已到驿站")
+    # They still have the ticket their "你好" opened: the agent hears of it.
+    assert outcome.data["warning"] == (f"customer #1 also has open ticket(s) GD20261124001; if it is the same "
+                                       f"matter, /merge {outcome.ticket} GD20261124001")
     with Session(desk) as session:
         [item] = session.scalars(select(OutboxItem).where(OutboxItem.kind == "reply")).all()
         assert (item.channel, item.recipient, item.payload["text"]) == ("telegram", known, "您好，您的包裹已到驿站")
