@@ -64,6 +64,13 @@ class Scheduler:
             job.failures += 1
             log.exception("scheduler job %s failed; it runs again on its next tick", job.name)
             return 0
+        except Exception:  # noqa: BLE001 — a bug in one job must not stop the others
+            # Left to propagate, it would end run_forever: no SLA sweep, no offer expiry, no routing, until a
+            # restart. Its transaction rolled back; the traceback is in the log, and the job tries again.
+            job.failures += 1
+            log.exception("scheduler job %s failed with an unexpected error (a bug); the other jobs go on, and "
+                          "it runs again on its next tick", job.name)
+            return 0
         job.done += done
         if done:
             log.debug("scheduler job %s did %d", job.name, done)
