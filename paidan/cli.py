@@ -106,7 +106,7 @@ def serve(host: str | None, port: int | None, smtp_port: int | None, no_migrate:
 
 @cli.group()
 def db() -> None:
-    """Database schema: migrations."""
+    """Database: migrations and backups."""
 
 
 @db.command("upgrade")
@@ -118,6 +118,53 @@ def db_upgrade(revision: str) -> None:
     settings = _settings()
     upgrade(settings.database_url, revision)
     console.print(f"database at {_redact(normalise_url(settings.database_url))} is at revision {revision}")
+
+
+@db.command("backup")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="A directory to write the backup in, or the backup's file name "
+                   "(default: beside the SQLite database; the working directory for PostgreSQL).")
+@click.option("--keep", type=click.IntRange(min=1),
+              help="Afterwards, delete the oldest paidan-backup-* files in that directory beyond the newest N "
+                   "(no other file is touched).")
+def db_backup(out: Path | None, keep: int | None) -> None:
+    """Back up the database; safe while `paidan serve` keeps running.
+
+    \b
+    SQLite: a consistent copy of the live file (SQLite's online backup), checked with
+    PRAGMA integrity_check, as paidan-backup-YYYYMMDDTHHMMSSZ.db.
+    PostgreSQL: pg_dump --format=custom (needs the PostgreSQL client on PATH), checked
+    with pg_restore, as paidan-backup-YYYYMMDDTHHMMSSZ.dump.
+    The file appears only once it is whole and checked, readable by its owner only (it holds
+    personal data). `paidan serve` can make them itself: [backup] every_hours in paidan.toml.
+
+    \b
+    To restore SQLite: stop paidan, delete paidan.db-wal and paidan.db-shm if they are
+    there, and copy the backup over paidan.db.
+    To restore PostgreSQL: stop paidan, then
+      pg_restore --clean --if-exists --dbname postgresql://USER@HOST/DB BACKUP.dump
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from paidan.backup import back_up, prune, restore_hint
+    from paidan.console import clear_errors
+
+    database_url = _settings().database_url
+    with clear_errors():
+        if console.is_terminal:
+            columns = (TextColumn("backing up"), BarColumn(), MofNCompleteColumn(), TextColumn("pages"),
+                       TimeElapsedColumn())
+            with Progress(*columns, console=console, transient=True) as bar:
+                task = bar.add_task("backup", total=None)
+                backup = back_up(database_url, out,
+                                 progress=lambda done, total: bar.update(task, completed=done, total=total))
+        else:
+            backup = back_up(database_url, out)
+        removed = prune(backup.path.parent, keep, backup.path.suffix, spare=backup.path) if keep else []
+    console.print(f"backed up to {backup.summary()}", markup=False)
+    if removed:
+        console.print(f"removed {len(removed)} older: {', '.join(p.name for p in removed)}", markup=False)
+    console.print(restore_hint(database_url, backup.path), markup=False)
 
 
 def _redact(url: str) -> str:

@@ -156,6 +156,7 @@ def bind(host: str, port: int, *, what: str = "web", setting: str = "web_port") 
 
 
 async def run(settings: Settings, *, migrate: bool = True) -> None:
+    from paidan.backup import scheduled_backups
     from paidan.dashboard import dashboard_for, purge_dashboard_sessions
     from paidan.surveys import SurveyDesk
     from paidan.web import build_app
@@ -169,8 +170,12 @@ async def run(settings: Settings, *, migrate: bool = True) -> None:
     queries = TicketQueries(engine)
     classifier = ActiveModel(settings.model_dir)
     classifier()  # load (or say why not) before serving
-    # The router's timers, and the dashboard's old sign-ins cleared away hourly.
-    scheduler = Scheduler(engine, [*router_jobs(classifier, routing), Job("sign_ins", 3600.0, purge_dashboard_sessions)])
+    # The router's timers, the dashboard's old sign-ins cleared away hourly, and backups when [backup] asks.
+    jobs = [*router_jobs(classifier, routing), Job("sign_ins", 3600.0, purge_dashboard_sessions)]
+    backups = scheduled_backups(settings)
+    if backups is not None:
+        jobs.append(Job("backup", backups.check_every, backups.run_if_due))
+    scheduler = Scheduler(engine, jobs)
 
     async def sink(message):
         receipt = await intake.accept(message)
@@ -228,6 +233,8 @@ async def run(settings: Settings, *, migrate: bool = True) -> None:
         if smtp is not None:
             smtp.close()  # no new mail; a DATA already being stored still gets its answer below
         await timers
+        if backups is not None:
+            await asyncio.to_thread(backups.close)  # a backup in progress is abandoned, its temporary file removed
         for task in (mail_out, mail_in, telegram, retention):
             if task is not None:
                 await task

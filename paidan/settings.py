@@ -142,6 +142,17 @@ class PrivacySettings(BaseModel):
     retain_days: int = Field(default=0, ge=0)
 
 
+class BackupSettings(BaseModel):
+    """Backups made by `paidan serve`; in paidan.toml under [backup], in the environment as PAIDAN_BACKUP__FIELD."""
+
+    # Hours between backups (as `paidan db backup` makes them). 0: none.
+    every_hours: float = Field(default=0, ge=0)
+    # Where they go; empty: beside the SQLite database (the working directory for PostgreSQL).
+    directory: str = ""
+    # The newest this many paidan-backup-* files there are kept; older ones are deleted.
+    keep: int = Field(default=7, ge=1)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PAIDAN_", env_nested_delimiter="__", extra="ignore", frozen=True)
 
@@ -188,6 +199,7 @@ class Settings(BaseSettings):
     email: EmailSettings = Field(default_factory=EmailSettings)
     telegram: TelegramSettings = Field(default_factory=TelegramSettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
+    backup: BackupSettings = Field(default_factory=BackupSettings)
 
     log_level: str = "INFO"
     log_json: bool = False
