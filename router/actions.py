@@ -28,7 +28,6 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import bindparam, case, insert, select, update
 from sqlalchemy.orm import Session
@@ -41,7 +40,7 @@ from models.tables import (Agent, Assignment, AttachmentRow, Customer, LabelCorr
                            TicketEvent)
 from router import states
 from router.config import PRIORITIES, SUPERVISOR_ROLES, RouterConfig
-from router.intake import attachment_rows, next_ticket_numbers, our_message_id
+from router.intake import attachment_rows, new_ticket_number, our_message_id
 from router import outbox
 from router.outbox import STAFF_CHANNEL, agent_address, customer_address, enqueue, enqueue_many, notify_agent
 
@@ -971,7 +970,7 @@ def split(session: Session, ticket_number: str, actor: Agent | str | int, config
                             f"leave it none: correct its labels (/relabel) or hand it on (/assign) instead")
     moving = written[-last:]
     first = moving[0]
-    number = next_ticket_numbers(session, now.astimezone(ZoneInfo(config.calendar.timezone)).strftime("%Y%m%d"), 1)[0]
+    number = new_ticket_number(session, now, config.calendar.timezone)
     title = " ".join((first.subject or next(iter((first.text or "").splitlines()), "")).split())
     # Created when the customer wrote it: their wait, and the SLA, count from then, not from the split.
     new = Ticket(number=number, customer_id=ticket.customer_id, channel=first.channel, subject=title[:500],

@@ -676,6 +676,11 @@ def _hours(window: timedelta) -> str:
     return f"{window.total_seconds() / 3600:g} h"
 
 
+def new_ticket_number(session: Session, now: datetime, timezone: str) -> str:
+    """One ticket number of `now`'s day in the desk's time zone (a ticket an agent opens or splits off)."""
+    return next_ticket_numbers(session, now.astimezone(ZoneInfo(timezone)).strftime("%Y%m%d"), 1)[0]
+
+
 def next_ticket_numbers(session: Session, day: str, count: int) -> list[str]:
     """`count` ticket numbers, `GD` + day + a per-day sequence of at least three digits.
 

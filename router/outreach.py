@@ -15,7 +15,6 @@ would flatter every average.
 from __future__ import annotations
 
 from datetime import datetime
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -26,7 +25,7 @@ from models.tables import Customer, Identity as IdentityRow, Ticket, TicketEvent
 from router import actions, assignment, sla, states
 from router.config import RouterConfig
 from router.identity import DEFAULT_REGION, find_customer, parse_identity
-from router.intake import next_ticket_numbers
+from router.intake import new_ticket_number
 
 CHANNELS = ("email", "telegram")  # where we can write first (phone numbers: we send no SMS)
 MAX_SUBJECT = 200
@@ -53,8 +52,7 @@ def open_ticket(session: Session, to: str, actor, config: RouterConfig, now: dat
     already = session.scalars(select(Ticket.number).where(
         Ticket.customer_id == customer.id, Ticket.state.in_(states.OPEN_STATES)).order_by(Ticket.id.desc()).limit(3)).all()
 
-    tz = ZoneInfo(config.calendar.timezone)
-    number = next_ticket_numbers(session, now.astimezone(tz).strftime("%Y%m%d"), 1)[0]
+    number = new_ticket_number(session, now, config.calendar.timezone)
     title = " ".join((subject or body.splitlines()[0]).split())[:MAX_SUBJECT]
     ticket = Ticket(number=number, customer_id=customer.id, channel=channel, subject=title, state=states.NEW,
                     language=customer.language or written_language(body), routed_at=now, flags=[OUTBOUND_FLAG],

@@ -246,7 +246,8 @@ def _route_again(session: Session, ticket: Ticket, messages: list[Message], pred
         sla.restart_clocks(session, ticket, config, now)
     elif ticket.state != states.AWAITING_CUSTOMER:
         sla.resume_clocks(session, ticket, config, now)
-    if prediction is not None and ticket.model_version is None and None in (ticket.type, ticket.category, ticket.priority):
+    unlabelled = None in (ticket.type, ticket.category, ticket.priority)
+    if prediction is not None and ticket.model_version is None and unlabelled:
         # A ticket an agent opened without labels (router/outreach.py), or one routed while no model was
         # loaded: the customer's words are the first the classifier reads. Labels someone chose stay.
         filled = {head: getattr(prediction, head).label for head in ("type", "category", "priority")
@@ -257,8 +258,9 @@ def _route_again(session: Session, ticket: Ticket, messages: list[Message], pred
         ticket.model_version = prediction.model_version
         if "priority" in filled:
             sla.reprioritise(session, ticket, config, now)  # its clock held P3's targets until now
+        said = ", ".join(f"{head} {label}" for head, label in filled.items())
         session.add(TicketEvent(ticket_id=ticket.id, at=now, actor="router", kind="classified",
-                                reason="labelled from the customer's answer: " + ", ".join(f"{h} {v}" for h, v in filled.items()),
+                                reason=f"labelled from the customer's answer: {said}",
                                 data={"prediction": prediction.as_dict(), "filled": filled}))
 
     if ticket.state in states.OPEN_STATES and _is_second_contact(session, ticket, messages, config):
