@@ -111,6 +111,7 @@ class ThreadRefs:
     ticket_number: str | None = None  # [GD…] subject tag, form field, Telegram reply
     in_reply_to: str | None = None  # email In-Reply-To
     references: tuple[str, ...] = ()  # email References, oldest first
+    new_ticket: bool = False  # the customer asked for a conversation of its own (/new on Telegram)
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,7 +39,7 @@ from connectors.telegram.poller import TelegramPoller, download_files
 from connectors.telegram.send import TelegramSend, TelegramSender, build_telegram, customer_status_text, sync_send
 from connectors.telegram.survey import is_survey_button
 from connectors.telegram.updates import Incoming, is_command, is_private, read_update, to_inbound
-from connectors.telegram.updates import language_of, link_argument
+from connectors.telegram.updates import language_of, link_argument, new_ticket_text
 from connectors.webform.api import error
 from models.errors import StorageUnavailable
 from models.message import Identity, IdentityKind, InboundMessage, Receipt, TicketSummary
@@ -59,11 +59,11 @@ log = logging.getLogger("paidan.telegram")
 # What a customer sees on /start or /help: how to write in, in both languages.
 WELCOME = ("您好！这里是客服。请直接描述您的问题（可附图片或文件），我们会回复工单号并尽快处理。\n"
            "回复我们的消息即可补充说明同一工单。\n"
-           "发送 /status 查看您的工单进度。\n"
+           "发送 /status 查看您的工单进度；另一个问题请以 /new 开头，单独建工单。\n"
            "也给我们写过邮件？发送 /link 您的邮箱（或「绑定邮箱 您的邮箱」），按邮件中的验证码绑定，两边的记录就会合在一起。\n\n"
            "Hello! This is customer support. Describe your issue here (photos and files are welcome); we will "
            "answer with a ticket number and get back to you. Reply to our messages to add to the same ticket.\n"
-           "Send /status to see where your tickets stand.\n"
+           "Send /status to see where your tickets stand; start another matter with /new for a ticket of its own.\n"
            "Also wrote to us by email? Send /link you@example.com and then the code we email you: your email and "
            "Telegram conversations become one.")
 TELEGRAM_BATCH = 30  # Telegram allows ~30 messages a second per bot
@@ -72,6 +72,8 @@ TELEGRAM_LEASE = timedelta(minutes=5)  # longer than a round of TELEGRAM_BATCH s
 # last given for getUpdates too, so the same list holds after a switch back to polling.
 HANDLED_UPDATES = ["message", "edited_message", "callback_query"]
 STATUS_COMMANDS = frozenset({"/status", "/tickets"})  # a customer asking where their tickets stand
+NEW_NEEDS_TEXT = ("请在 /new 后写下新的问题，例如：/new 发票抬头写错了\n"
+                  "Write the new matter after /new, e.g. /new the invoice has the wrong company name")
 # One connection: Telegram then sends the next update only once we answered the last, so a customer's
 # "my order is lost" and "never mind, it came" are stored in the order they were written (with its
 # default of 40, they race through our processes and can land the other way round). One connection
@@ -130,6 +132,9 @@ class Dispatcher:
             answer = customer_status_text(tickets, language_of(incoming.language_code))
             await self._quietly(self.bot.send_message(incoming.chat_id, answer, parse_mode=None))
             return
+        if new_ticket_text(incoming, self.bot_username) == "" and not incoming.files:
+            await self._quietly(self.bot.send_message(incoming.chat_id, NEW_NEEDS_TEXT, parse_mode=None))
+            return  # "/new" alone: nothing to store yet
         if (argument := link_argument(incoming, self.bot_username)) is not None:
             await self._link(incoming, argument)  # never a ticket message
             return

@@ -493,12 +493,15 @@ def _find_threads(
     """
     threads: dict[int, _Thread] = {}
     for (pos, msg), sender in zip(originals, senders):
+        if msg.thread_refs.new_ticket:
+            threads[pos] = _Thread(reason="the customer asked for a new ticket", data={"how": "new", "asked": True})
+            continue
         threads[pos] = _explicit_thread(session, sender, msg)
     # Only an explicit reference threads an auto-reply: "I am on leave" resembles no topic, and a
     # bounce's text is the mail system's, not the customer's.
     looking = [(pos, msg, s.customer_id) for (pos, msg), s in zip(originals, senders)
                if threads[pos].opens_ticket and "ticket_ref_rejected" not in threads[pos].flags
-               and not msg.machine_generated]
+               and not msg.machine_generated and not msg.thread_refs.new_ticket]
     if not looking or config.topic_window <= timedelta(0):  # a zero window turns topic threading off
         return threads
     returning = {s.customer_id for s in senders if not s.new}  # only they can have tickets already

@@ -90,3 +90,26 @@ def test_the_status_text_reads_in_the_customers_language_or_both():
     both = customer_status_text(tickets, None)
     assert both.startswith("GD20261207001 · 等待您的回复") and both.endswith(english)
     assert "/status" in WELCOME and WELCOME.count("/status") == 2  # told in both languages
+
+
+def test_new_starts_a_ticket_of_its_own_however_close_to_an_open_one(engine, intake):
+    """Topic threading would put a second question about the same order on the open ticket; a customer
+    who means another matter says /new. "/new" alone stores nothing and says how."""
+    seen: dict = {}
+
+    async def scenario(wang: Chat):
+        await wang.send("订单 20261103884512 退款还没到账")
+        seen["alone"] = await wang.send("/new")
+        await wang.send("/new 订单 20261103884512 的发票抬头写错了")
+        await wang.again()  # Telegram delivers it twice: stored once
+        await wang.send("订单 20261103884512 退款到账了吗")  # no /new: threads by topic as before
+        with Session(engine) as session:
+            seen["tickets"] = session.execute(select(Ticket.number, Message.text).join(Message)
+                                              .order_by(Message.id)).all()
+
+    run_chats(engine, intake, scenario, (WANG, "王芳", "zh-hans"))
+    assert seen["alone"].startswith("请在 /new 后写下新的问题")
+    (first, text1), (second, text2), (third, text3) = seen["tickets"]
+    assert first != second and text2 == "订单 20261103884512 的发票抬头写错了"  # the command itself is not kept
+    assert third in (first, second)
+    assert "/new" in WELCOME and WELCOME.count("/new") == 2

@@ -315,6 +315,15 @@ def link_argument(incoming: Incoming, bot_username: str | None = None) -> str | 
     return None
 
 
+def new_ticket_text(incoming: Incoming, bot_username: str | None = None) -> str | None:
+    """What follows /new ("" when nothing does): a customer starting a conversation of its own, however
+    close to an open one; None when the message is not /new."""
+    if is_command(incoming, bot_username) != "/new":
+        return None
+    parts = incoming.text.split(maxsplit=1)
+    return parts[1].strip() if len(parts) > 1 else ""
+
+
 def ticket_number_in(text: str | None) -> str | None:
     found = TICKET_NUMBER.search(text or "")
     return found.group(0).upper() if found else None
@@ -354,17 +363,21 @@ def to_inbound(
         flags.append("edited")
     if len(attachments) < len(incoming.files):
         flags.append("attachment_missing")
-    # The customer typed the number, or replied to our acknowledgement that names it.
-    ticket_number = ticket_number_in(incoming.text) or ticket_number_in(incoming.reply_to_text)
+    fresh = new_ticket_text(incoming)
+    if fresh is not None:  # "/new …": a ticket of its own, whatever it names or answers
+        text, refs = fresh, ThreadRefs(new_ticket=True)
+    else:  # the customer typed the number, or replied to our acknowledgement that names it
+        text = incoming.text
+        refs = ThreadRefs(ticket_number=ticket_number_in(incoming.text) or ticket_number_in(incoming.reply_to_text))
     return InboundMessage(
         channel=Channel.TELEGRAM,
         external_id=external_id_of(incoming),
         sender=Sender(tuple(identities), display_name=incoming.display_name),
-        text=incoming.text,
+        text=text,
         received_at=received_at,
         raw=incoming.raw,
         attachments=tuple(attachments),
-        thread_refs=ThreadRefs(ticket_number=ticket_number),
+        thread_refs=refs,
         language=language_of(incoming.language_code),
         flags=tuple(flags),
     )
