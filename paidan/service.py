@@ -156,6 +156,7 @@ def bind(host: str, port: int, *, what: str = "web", setting: str = "web_port") 
 
 
 async def run(settings: Settings, *, migrate: bool = True) -> None:
+    from paidan.digest import send_digest
     from paidan.backup import scheduled_backups
     from paidan.dashboard import dashboard_for, purge_dashboard_sessions
     from paidan.surveys import SurveyDesk
@@ -172,6 +173,9 @@ async def run(settings: Settings, *, migrate: bool = True) -> None:
     classifier()  # load (or say why not) before serving
     # The router's timers, the dashboard's old sign-ins cleared away hourly, and backups when [backup] asks.
     jobs = [*router_jobs(classifier, routing), Job("sign_ins", 3600.0, purge_dashboard_sessions)]
+    if settings.reports.daily_digest_at:
+        at = time.fromisoformat(settings.reports.daily_digest_at)
+        jobs.append(Job("digest", 60.0, lambda session, now: send_digest(session, now, at=at, config=routing)))
     backups = scheduled_backups(settings)
     if backups is not None:
         jobs.append(Job("backup", backups.check_every, backups.run_if_due))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from datetime import date, timedelta
+from datetime import date, time, timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
@@ -142,6 +142,25 @@ class PrivacySettings(BaseModel):
     retain_days: int = Field(default=0, ge=0)
 
 
+class ReportSettings(BaseModel):
+    """Reports pushed to supervisors; in paidan.toml under [reports], as PAIDAN_REPORTS__FIELD."""
+
+    # Local time ("09:00") at which supervisors with Telegram get yesterday's figures and what runs out
+    # today, on working days (paidan/digest.py). Empty: no digest.
+    daily_digest_at: str = ""
+
+    @field_validator("daily_digest_at")
+    @classmethod
+    def _clock_time(cls, value: str) -> str:
+        value = value.strip()
+        if value:
+            try:
+                time.fromisoformat(value)
+            except ValueError:
+                raise ValueError(f"{value!r} is not a time of day such as \"09:00\"") from None
+        return value
+
+
 class BackupSettings(BaseModel):
     """Backups made by `paidan serve`; in paidan.toml under [backup], in the environment as PAIDAN_BACKUP__FIELD."""
 
@@ -198,6 +217,7 @@ class Settings(BaseSettings):
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     email: EmailSettings = Field(default_factory=EmailSettings)
     telegram: TelegramSettings = Field(default_factory=TelegramSettings)
+    reports: ReportSettings = Field(default_factory=ReportSettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     backup: BackupSettings = Field(default_factory=BackupSettings)
 

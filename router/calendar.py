@@ -98,6 +98,11 @@ def _business_elapsed(cal: BusinessCalendar, sa: int, sb: int) -> int:
 
 
 @lru_cache(maxsize=8192)
+def is_business_day(cal: BusinessCalendar, day: date) -> bool:
+    """A working day of the desk: one of its weekdays, not a holiday, with opening hours."""
+    return _window(cal, day) is not None
+
+
 def _window(cal: BusinessCalendar, day: date) -> tuple[int, int] | None:
     """(opening, closing) of `day` in epoch seconds, or None on a day off.
 

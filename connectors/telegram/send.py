@@ -91,6 +91,7 @@ STAFF_KINDS: dict[str, tuple[str, str, str]] = {
     "on_call": ("📟", "urgent ticket, you are on call", "/show {ticket} shows it."),
     "offer_expired": ("⌛", "offer not accepted in time", "/show {ticket} shows where it is now."),
     "follow_up": ("⏰", "the reminder you set", "/show {ticket} shows where it stands."),
+    "digest": ("☀️", "the help desk yesterday", "/report 7 for the week; /dashboard for the charts."),
     "mention": ("📝", "a colleague asks you in a note",
                 "/show {ticket} shows the ticket; /note {ticket} @name … answers them (the customer sees no note)."),
     "low_rating": ("😞", "low satisfaction rating",
@@ -237,7 +238,7 @@ def _staff_text(kind: str, payload: dict) -> str:
         lines.append(f"why you: {payload['reason']}")
     if payload.get("files") and number:
         lines.append(f"📎 {payload['files']} file(s) from the customer: /files {number}")
-    if hint and number:
+    if hint and (number or "{ticket}" not in hint):  # a hint about a ticket needs its number
         lines.append(hint.format(ticket=number))
     return "\n".join(lines)
 
