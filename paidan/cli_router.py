@@ -269,6 +269,21 @@ def open_(to: str, text: str | None, actor: str, subject: str, via: str | None, 
          default_region=_settings().phone_region)
 
 
+@click.command("take")
+@click.argument("number")
+@_as_option
+@_json_option
+def take(number: str, actor: str, as_json: bool) -> None:
+    """Take ticket NUMBER from the queue yourself: yours at once, in progress (`paidan queue` lists them).
+
+    Not a ticket someone holds; one in triage only as a supervisor. You need its skills (a supervisor
+    may take it regardless) and room in your capacity.
+    """
+    from router import actions
+
+    _run(actions.take, number, actor, as_json)
+
+
 @click.command("wait")
 @click.argument("number")
 @_as_option
@@ -594,5 +609,5 @@ def _label_cues(session, data: dict) -> dict | str:
     return {head: reason.as_dict() for head, reason in reasons.items()}
 
 
-TICKET_COMMANDS = (find, open_, accept, decline, reply, wait, resolve, reopen, assign, relabel, merge, split, remind, export, due, spam, not_spam,
+TICKET_COMMANDS = (find, open_, accept, take, decline, reply, wait, resolve, reopen, assign, relabel, merge, split, remind, export, due, spam, not_spam,
                    explain)

@@ -166,6 +166,8 @@ def _act(session: Session, agent: Agent, command: ConsoleCommand, config: Router
     match command.action:
         case "accept":
             return actions.accept(session, number, agent, config, now)
+        case "take":
+            return actions.take(session, number, agent, config, now)
         case "decline":
             return actions.decline(session, number, agent, config, now, reason=command.text)
         case "reply" | "note" if command.joins:

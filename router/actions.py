@@ -302,6 +302,44 @@ def accept(session: Session, ticket_number: str, actor: Agent | str | int, confi
 
 
 @_written_together
+def take(session: Session, ticket_number: str, actor: Agent | str | int, config: RouterConfig,
+         now: datetime) -> Outcome:
+    """An agent takes a ticket that waits for one (from /queue), theirs at once, as if offered and
+    accepted: a desk where agents pull work as well as being offered it. Not a ticket someone holds (a
+    supervisor hands that on with `assign`); one in triage only by a supervisor, whose judgement it
+    waits for. The agent needs its skills (a supervisor may take it regardless), and room, as ever."""
+    from router import assignment
+
+    agent = resolve_agent(session, actor)
+    ticket = _ticket(session, ticket_number)
+    _refuse_if_finished(session, ticket, "take")
+    if ticket.state == states.RESOLVED:
+        raise ActionRefused(f"ticket {ticket.number} is resolved; reopen it first (`paidan tickets reopen {ticket.number}`)")
+    holder = _holder_id(ticket)
+    if holder == agent.id:
+        todo = f"; accept it: /accept {ticket.number}" if ticket.accepted_at is None else ""
+        raise ActionRefused(f"{ticket.number} is yours already{todo}")
+    if holder is not None:
+        raise ActionRefused(f"{ticket.number} is held by {_name(session, holder)}; ask them, or a supervisor "
+                            f"(/assign {ticket.number} {agent.name}), to hand it to you")
+    if ticket.routed_at is None:
+        raise ActionRefused(f"{ticket.number} is being labelled and routed right now; try again in a few seconds")
+    supervisor = is_supervisor(agent)
+    if ticket.queue == "triage" and not supervisor:
+        raise ActionRefused(f"{ticket.number} waits for a supervisor's triage ({ticket.queue_reason}); a supervisor "
+                            f"takes it or hands it on")
+    missing = missing_skills(ticket, agent, config)
+    if missing and not supervisor:
+        raise ActionRefused(f"{agent.name} lacks the skill(s) {', '.join(missing)} that {ticket.number} needs; "
+                            f"a supervisor can hand it to you (/assign {ticket.number} {agent.name})")
+    was = f"the {ticket.queue} queue" if ticket.queue else "nobody"
+    assignment.take_by_hand(session, ticket, agent, now, actor=_actor(agent),
+                            reason=f"{agent.name} took it from {was}" + (" over the skills check" if missing else ""))
+    return _outcome(session, ticket, "take", f"{agent.name} took {ticket.number}; it is in progress",
+                    {"from": was, **({"warning": f"{agent.name} lacks {', '.join(missing)}"} if missing else {})})
+
+
+@_written_together
 def decline(session: Session, ticket_number: str, actor: Agent | str | int, config: RouterConfig,
             now: datetime, *, reason: str = "") -> Outcome:
     """The offered agent says no: the offer ends and the ticket goes to someone else (or the queue)."""

@@ -752,8 +752,9 @@ def offer_to(session: Session, ticket: Ticket, agent_id: int, config: RouterConf
 
 def take_by_hand(session: Session, ticket: Ticket, agent: Agent, now: datetime, *, actor: str, reason: str) -> int:
     """The agent takes `ticket` themselves, accepted at once: a ticket they opened by writing to the
-    customer first (router/outreach.py). No offer waits and no notice goes out (they are the one
-    acting); capacity holds as ever. Returns the assignment's id."""
+    customer first (router/outreach.py), or one they took from the queue (`actions.take`). No offer
+    waits and no notice goes out (they are the one acting); capacity holds as ever. Returns the
+    assignment's id."""
     _refuse_closed(ticket)
     if not _claim(session, agent.id, now, by_hand=True):
         raise ActionRefused(f"{agent.name} is at capacity ({agent.load}/{agent.capacity} open tickets): resolve or "
@@ -763,8 +764,12 @@ def take_by_hand(session: Session, ticket: Ticket, agent: Agent, now: datetime, 
         "ended_at": None, "end_reason": None, "reason": reason, "data": {"chosen_by": actor}}).scalar_one()
     ticket.assigned_agent_id, ticket.assigned_at, ticket.accepted_at = agent.id, now, now
     ticket.queue = ticket.queue_reason = None
-    event = states.transition(session, ticket, states.IN_PROGRESS, actor=actor, reason=reason, at=now)
-    event.data = {"agent_id": agent.id, "assignment_id": offer_id, "how": "opened by the agent"}
+    data = {"agent_id": agent.id, "assignment_id": offer_id, "how": "by hand"}
+    if ticket.state in (states.IN_PROGRESS, states.AWAITING_CUSTOMER):  # handed back to the queue mid-work
+        session.add(TicketEvent(ticket_id=ticket.id, at=now, actor=actor, kind="assigned", reason=reason, data=data))
+        states.touch(ticket, now)
+    else:
+        states.transition(session, ticket, states.IN_PROGRESS, actor=actor, reason=reason, at=now).data = data
     return offer_id
 
 

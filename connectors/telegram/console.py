@@ -20,6 +20,7 @@ EXAMPLE = "GD20261123001"
 # Commands that act on one ticket: the right form of each, shown when it was typed wrong.
 TICKET_COMMANDS: dict[str, str] = {
     "accept": f"/accept {EXAMPLE}",
+    "take": f"/take {EXAMPLE} (a ticket from /queue)",
     "decline": f"/decline {EXAMPLE} [reason]",
     "reply": f"/reply {EXAMPLE} 您好…",
     "note": f"/note {EXAMPLE} 客户上次也退过一次款",
@@ -61,7 +62,7 @@ HELP = "\n".join([
     "/find 订单号/邮箱/电话/文字 查找工单 · find tickets   /open 邮箱或#客户 文字 主动联系 · write first",
     "/report [天数] 报表 · the figures   /dashboard 看板 · charts (supervisors)",
     "/show GD… 查看工单 · show a ticket   /files GD… 客户附件 · the customer's files",
-    "/accept GD… 接单 · accept   /decline GD… [原因 reason] 拒单 · decline",
+    "/accept GD… 接单 · accept   /decline GD… [原因] 拒单 · decline   /take GD… 领取 · take",
     "/reply GD… 文字 回复客户 · reply to the customer   /note GD… 文字 内部备注 · internal note",
     "  直接回复工单通知（文字或 !名称）即可 · or simply reply to the ticket's notification",
     "/reply GD… !名称 [补充] 发送常用回复 · send a saved reply, your words after it",
@@ -207,7 +208,7 @@ def _command(text: str, reply_to_text: str | None, has_files: bool = False) -> C
         return ConsoleCommand(name, number, head=words[0].lower(), label=words[1])
     if name == "assign":
         return ConsoleCommand(name, number, agent=rest)
-    if name in ("accept", "show", "files"):
+    if name in ("accept", "take", "show", "files"):
         return ConsoleCommand(name, number)  # anything after the number says nothing more
     if name == "remind":
         when, note = (rest.split(maxsplit=1) + [""])[:2]
