@@ -36,7 +36,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from connectors.telegram.poller import TelegramPoller, download_files
-from connectors.telegram.send import TelegramSend, TelegramSender, build_telegram, customer_status_text, sync_send
+from connectors.telegram.send import (TelegramSend, TelegramSender, build_telegram, customer_status_text, solved_answer,
+                                      solved_ticket, sync_send)
 from connectors.telegram.survey import is_survey_button
 from connectors.telegram.updates import Incoming, is_command, is_private, read_update, to_inbound
 from connectors.telegram.updates import language_of, link_argument, new_ticket_text
@@ -44,15 +45,16 @@ from connectors.webform.api import error
 from models.errors import StorageUnavailable
 from models.message import Identity, IdentityKind, InboundMessage, Receipt, TicketSummary
 from models.tables import Agent
+from paidan.db import transaction
 from paidan.linking import answer_link, link_key
 from paidan.outbound import pause, send_outbox_forever
 from paidan.surveys import survey_button_pressed, survey_reply
 from paidan.settings import Settings
 from paidan.telegram_console import answer_agent
-from router import delivery
+from router import actions, delivery
 from router.config import RouterConfig
 from router.queries import customer_tickets_sync
-from router.cursors import load_cursor, save_cursor
+from router.cursors import claim_once, load_cursor, save_cursor
 
 log = logging.getLogger("paidan.telegram")
 
@@ -107,6 +109,9 @@ class Dispatcher:
         if incoming.kind == "callback_query" and is_survey_button(incoming.callback_data):
             await survey_button_pressed(self.bot, self.engine, incoming)  # a customer's rating (paidan/surveys.py)
             return
+        if incoming.kind == "callback_query" and (number := solved_ticket(incoming.callback_data)):
+            await self._solved(incoming, number)  # a customer's ✅ under our reply
+            return
         if await asyncio.to_thread(self._is_agent, incoming.from_id):
             await self._console(incoming)
         elif incoming.kind in ("message", "edited_message") and is_private(incoming):
@@ -144,6 +149,21 @@ class Dispatcher:
         receipt = await self.sink(to_inbound(incoming, received_at=datetime.now(UTC), attachments=attachments))
         log.info("telegram: %s update %s as %s", "duplicate of" if receipt.duplicate else "stored",
                  incoming.update_id, receipt.ticket_number)
+
+    async def _solved(self, incoming: Incoming, number: str) -> None:
+        """The customer pressed ✅ under a reply: the ticket is resolved (once, however often Telegram
+        delivers the press), and a pop-up says so."""
+        status = await asyncio.to_thread(self._resolve_for_customer, incoming, number)
+        await self._quietly(self.bot.answer_callback_query(
+            incoming.callback_id or "", text=solved_answer(status, language_of(incoming.language_code))))
+
+    def _resolve_for_customer(self, incoming: Incoming, number: str) -> str:
+        with transaction(self.engine) as session:
+            if incoming.update_id is not None and claim_once(session, f"telegram-update:{incoming.update_id}",
+                                                             datetime.now(UTC)) is not None:
+                return "already"
+            return actions.customer_resolves(session, number, ("telegram", str(incoming.from_id)), self.config,
+                                             datetime.now(UTC))
 
     async def _link(self, incoming: Incoming, argument: str) -> None:
         answer = await asyncio.to_thread(

@@ -36,8 +36,8 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from models.errors import ActionRefused, InvalidInput, NotFound
 from models.message import ERASED, OUTBOUND_FLAG, Attachment
-from models.tables import (Agent, Assignment, AttachmentRow, Customer, LabelCorrection, Message, OutboxItem, Ticket,
-                           TicketEvent)
+from models.tables import (Agent, Assignment, AttachmentRow, Customer, Identity as IdentityRow, LabelCorrection,
+                           Message, OutboxItem, Ticket, TicketEvent)
 from router import states
 from router.config import PRIORITIES, SUPERVISOR_ROLES, RouterConfig
 from router.intake import attachment_rows, new_ticket_number, our_message_id
@@ -646,6 +646,43 @@ def resolve(session: Session, ticket_number: str, actor: Agent | str | int, conf
                     + (f"; {drained} queued ticket(s) assigned with the freed capacity" if drained else "")
                     + ("; the customer is asked how we did" if survey_id else ""),
                     {"drained": drained, "survey_id": survey_id})
+
+
+@_written_together
+def customer_resolves(session: Session, ticket_number: str, identity: tuple[str, str], config: RouterConfig,
+                      now: datetime) -> str:
+    """The customer says it is solved (the ✅ under our reply in Telegram): resolved as an agent's
+    resolve would, the agent told and their place freed; writing again reopens it as ever. Only the
+    ticket's own customer (any identity of theirs, merges followed). Returns what happened:
+    "resolved", "already" (resolved or closed before) or "not_theirs" (no such ticket of theirs)."""
+    from router import assignment, sla, surveys
+    from router.queries import same_customer
+
+    ticket = session.scalar(select(Ticket).where(Ticket.number == ticket_number.strip().upper()).with_for_update())
+    while ticket is not None and ticket.state == states.MERGED and ticket.merged_into_id:
+        ticket = session.get(Ticket, ticket.merged_into_id)  # a button under a reply to a ticket merged since
+    kind, value = identity
+    owner = session.scalar(select(IdentityRow.customer_id).where(IdentityRow.kind == kind, IdentityRow.value == value))
+    if ticket is None or owner is None or not same_customer(session, owner, ticket.customer_id):
+        return "not_theirs"
+    if ticket.state in (states.RESOLVED, states.CLOSED):
+        return "already"
+    holder = _holder_id(ticket)
+    event = states.transition(session, ticket, states.RESOLVED, actor="customer", at=now,
+                              reason="the customer marked it solved")
+    event.data = {"action": "customer_resolved", "identity": f"{kind}:{value}"}
+    sla.stop_clocks(session, ticket, ("resolution",) if ticket.first_response_at else ("resolution", "first_response"),
+                    now)
+    ticket.queue = ticket.queue_reason = None
+    freed = assignment.release(session, ticket, now, why="resolved", actor="customer")
+    if freed is not None:
+        assignment.drain_queue(session, config, now, freed_by=freed)
+    surveys.create_survey(session, ticket, agent_id=holder, config=config, now=now)
+    if holder is not None:
+        notify_agent(session, session.get(Agent, holder), kind="customer_resolved", ticket=ticket, now=now,
+                     text=f"{ticket.number}: the customer marked it solved",
+                     dedupe_key=f"customer_resolved:{ticket.id}:{now.isoformat()}")
+    return "resolved"
 
 
 @_written_together

@@ -156,7 +156,8 @@ def test_a_reply_reaches_the_customer_as_written_under_a_short_header():
     written = "您好，<b>退款</b> 已处理 *明天* 到账 [链接](http://x) & _ok_\n第二行"
     message = build_telegram(Item("reply", "555", {"ticket": NUMBER, "text": written, "language": "zh",
                                                   "agent": "Ann", "in_reply_to": None}))
-    assert message == TelegramSend(555, f"工单 {NUMBER}\n\n{written}")
+    # Under it, the customer's way to say it is solved (tests/test_solved.py).
+    assert message == TelegramSend(555, f"工单 {NUMBER}\n\n{written}", ((("✅ 问题已解决", f"solved:{NUMBER}"),),))
     english = build_telegram(Item("reply", "telegram:555", {"ticket": NUMBER, "text": "Hi", "language": "en"}))
     assert english.text == f"Ticket {NUMBER}\n\nHi"
     both = build_telegram(Item("reply", "555", {"ticket": NUMBER, "text": "Hi", "language": None}))
@@ -393,6 +394,10 @@ def make_every_kind(engine) -> dict[str, str]:
         actions.accept(session, waits, "Ann", config, NOW)
         actions.wait_for_customer(session, waits, "Ann", config, NOW)
         actions.follow_up(session, waits, "Ann", config, NOW, after=timedelta(minutes=30), note="催客户")
+    solved = arrive(telegram_message(560, "我要退款 第三单"))  # its customer says it is solved: Ann hears
+    with transaction(engine) as session:
+        actions.accept(session, solved, "Ann", config, NOW)
+        actions.customer_resolves(session, solved, ("telegram", "560"), config, NOW)
     with transaction(engine) as session:
         waiting.remind(session, replace(config, remind_waiting_after=timedelta(minutes=30)), NOW + timedelta(hours=1))
     with transaction(engine) as session:

@@ -37,6 +37,7 @@ from connectors.outbox import (
     utc_time,
     waiting_reminder_text,
 )
+from connectors.telegram.console import TICKET_NUMBER
 from connectors.telegram.survey import survey_question
 from models.message import STATE_WORDS, TicketSummary
 
@@ -92,6 +93,8 @@ STAFF_KINDS: dict[str, tuple[str, str, str]] = {
     "offer_expired": ("⌛", "offer not accepted in time", "/show {ticket} shows where it is now."),
     "follow_up": ("⏰", "the reminder you set", "/show {ticket} shows where it stands."),
     "digest": ("☀️", "the help desk yesterday", "/report 7 for the week; /dashboard for the charts."),
+    "customer_resolved": ("✅", "the customer marked it solved",
+                          "/show {ticket} shows it; writing again reopens it, or /reopen {ticket} REASON."),
     "mention": ("📝", "a colleague asks you in a note",
                 "/show {ticket} shows the ticket; /note {ticket} @name … answers them (the customer sees no note)."),
     "low_rating": ("😞", "low satisfaction rating",
@@ -121,11 +124,40 @@ def build_telegram(item: OutboxItem, load_file: FileLoader | None = None) -> Tel
         return TelegramSend(chat_id, _customer_text(item.kind, payload, caption=True), documents=files)
     if item.kind in CUSTOMER_KINDS:
         text = _customer_text(item.kind, payload)
-        return TelegramSend(chat_id, _fit(text, _customer_cut_note(payload.get("language"))))
+        buttons = solved_button(payload) if item.kind == "reply" else ()
+        return TelegramSend(chat_id, _fit(text, _customer_cut_note(payload.get("language"))), buttons)
     number = str(payload.get("ticket") or "")
     text = _staff_text(item.kind, payload)
     where = f"`paidan tickets show {number}`" if number else "the outbox row"
     return TelegramSend(chat_id, _fit(text, f"\n(cut here: the rest is in {where})"), _staff_buttons(item.kind, number))
+
+
+SOLVED_PREFIX = "solved:"
+
+
+def solved_button(payload: dict) -> Buttons:
+    """Under an agent's reply: the customer can say it is solved (callback data `solved:<ticket>`)."""
+    number = str(payload.get("ticket") or "")
+    if not TICKET_NUMBER.fullmatch(number):
+        return ()
+    label = by_language(payload.get("language"), zh="✅ 问题已解决", en="✅ Solved", joiner=" · ")
+    return (((label, f"{SOLVED_PREFIX}{number}"),),)
+
+
+def solved_ticket(callback_data: str | None) -> str | None:
+    """The ticket a customer's ✅ names; None for any other button."""
+    data = callback_data or ""
+    number = data.removeprefix(SOLVED_PREFIX)
+    return number.upper() if data.startswith(SOLVED_PREFIX) and TICKET_NUMBER.fullmatch(number) else None
+
+
+def solved_answer(status: str, language: str | None) -> str:
+    """The pop-up a customer's ✅ gets."""
+    zh, en = {
+        "resolved": ("已标记为已解决，谢谢！如还有问题，再发消息即可。", "Marked as solved, thank you! Write again any time."),
+        "already": ("这个工单已经解决了。如还有问题，再发消息即可。", "This ticket is already solved. Write again any time."),
+    }.get(status, ("—", "—"))
+    return by_language(language, zh=zh, en=en, joiner=" · ")
 
 
 def chat_id_of(recipient: str) -> int:
