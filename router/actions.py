@@ -620,8 +620,6 @@ def wait_for_customer(session: Session, ticket_number: str, actor: Agent | str |
 def resolve(session: Session, ticket_number: str, actor: Agent | str | int, config: RouterConfig,
             now: datetime, *, note: str = "") -> Outcome:
     """Done: stop the clocks, free the agent's capacity and give it to the queue at once."""
-    from router import assignment, sla, surveys
-
     agent = resolve_agent(session, actor)
     ticket = _ticket(session, ticket_number)
     _refuse_if_finished(session, ticket, "resolve")
@@ -632,20 +630,29 @@ def resolve(session: Session, ticket_number: str, actor: Agent | str | int, conf
     why = note.strip()
     _move(session, ticket, agent, states.RESOLVED, f"resolved by {agent.name}" + (f": {why}" if why else ""), now,
           {"action": "resolve", "note": why, "first_response_at": _iso(ticket.first_response_at)})
+    drained, survey_id = _after_resolving(session, ticket, config, now, actor=_actor(agent), agent_id=agent.id)
+    return _outcome(session, ticket, "resolve", f"{ticket.number} resolved"
+                    + (f"; {drained} queued ticket(s) assigned with the freed capacity" if drained else "")
+                    + ("; the customer is asked how we did" if survey_id else ""),
+                    {"drained": drained, "survey_id": survey_id})
+
+
+def _after_resolving(session: Session, ticket: Ticket, config: RouterConfig, now: datetime, *, actor: str,
+                     agent_id: int | None) -> tuple[int, int | None]:
+    """What every resolve does after the state change: the clocks stop, the agent's place is freed and
+    given to the queue, and the customer is asked how we did. Returns (tickets drained, survey id)."""
+    from router import assignment, sla, surveys
+
     # Both clocks: a ticket closed without a reply needs no first response any more (and
     # first_response_at stays empty, so reports can tell it was never answered).
     sla.stop_clocks(session, ticket, ("resolution",) if ticket.first_response_at else ("resolution", "first_response"),
                     now)
     ticket.queue = ticket.queue_reason = None
     # Released as "resolved", the ticket keeps its agent as the record of who worked it.
-    freed = assignment.release(session, ticket, now, why="resolved", actor=_actor(agent))
+    freed = assignment.release(session, ticket, now, why="resolved", actor=actor)
     drained = assignment.drain_queue(session, config, now, freed_by=freed) if freed is not None else 0
     # Asked once per ticket, in this transaction: resolved again after a reopen, it is not asked again.
-    survey_id = surveys.create_survey(session, ticket, agent_id=agent.id, config=config, now=now)
-    return _outcome(session, ticket, "resolve", f"{ticket.number} resolved"
-                    + (f"; {drained} queued ticket(s) assigned with the freed capacity" if drained else "")
-                    + ("; the customer is asked how we did" if survey_id else ""),
-                    {"drained": drained, "survey_id": survey_id})
+    return drained, surveys.create_survey(session, ticket, agent_id=agent_id, config=config, now=now)
 
 
 @_written_together
@@ -655,7 +662,6 @@ def customer_resolves(session: Session, ticket_number: str, identity: tuple[str,
     resolve would, the agent told and their place freed; writing again reopens it as ever. Only the
     ticket's own customer (any identity of theirs, merges followed). Returns what happened:
     "resolved", "already" (resolved or closed before) or "not_theirs" (no such ticket of theirs)."""
-    from router import assignment, sla, surveys
     from router.queries import same_customer
 
     ticket = session.scalar(select(Ticket).where(Ticket.number == ticket_number.strip().upper()).with_for_update())
@@ -671,13 +677,7 @@ def customer_resolves(session: Session, ticket_number: str, identity: tuple[str,
     event = states.transition(session, ticket, states.RESOLVED, actor="customer", at=now,
                               reason="the customer marked it solved")
     event.data = {"action": "customer_resolved", "identity": f"{kind}:{value}"}
-    sla.stop_clocks(session, ticket, ("resolution",) if ticket.first_response_at else ("resolution", "first_response"),
-                    now)
-    ticket.queue = ticket.queue_reason = None
-    freed = assignment.release(session, ticket, now, why="resolved", actor="customer")
-    if freed is not None:
-        assignment.drain_queue(session, config, now, freed_by=freed)
-    surveys.create_survey(session, ticket, agent_id=holder, config=config, now=now)
+    _after_resolving(session, ticket, config, now, actor="customer", agent_id=holder)
     if holder is not None:
         notify_agent(session, session.get(Agent, holder), kind="customer_resolved", ticket=ticket, now=now,
                      text=f"{ticket.number}: the customer marked it solved",
