@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from connectors.telegram.updates import Incoming, is_command, is_private, read_update, to_inbound
-from models.message import Attachment, Channel, Identity, IdentityKind
+from models.message import Attachment, Channel, Identity, IdentityKind, ThreadRefs
 
 CORPUS = Path("/work/shared/corpus/telegram")
 NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
@@ -97,6 +97,15 @@ def test_edited_message_has_its_own_key_and_flag():
     msg = to_inbound(incoming, received_at=NOW)
     assert msg.external_id == "5550001:77:edit:1763884900"
     assert msg.flags == ("edited",) and msg.text == "fixed typo"
+
+
+def test_new_asks_for_a_ticket_of_its_own_and_its_edit_does_not():
+    fresh = inbound(message_update(text="/new 订单 GD20261124001 的发票开错了"))
+    assert fresh.thread_refs == ThreadRefs(new_ticket=True) and fresh.text == "订单 GD20261124001 的发票开错了"
+    update = {"update_id": 12, "edited_message": {**message_update(text="/new 订单的发票开错了!")["message"],
+                                                  "edit_date": 1763884900}}
+    edit = inbound(update)
+    assert edit.thread_refs.new_ticket is False and edit.text == "订单的发票开错了!"  # joins the ticket it corrects
 
 
 def test_reply_to_our_acknowledgement_names_the_ticket():

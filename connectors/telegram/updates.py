@@ -365,7 +365,8 @@ def to_inbound(
         flags.append("attachment_missing")
     fresh = new_ticket_text(incoming)
     if fresh is not None:  # "/new …": a ticket of its own, whatever it names or answers
-        text, refs = fresh, ThreadRefs(new_ticket=True)
+        # An edit of it corrects that message (kept beside it, as edits are), not another new ticket.
+        text, refs = fresh, ThreadRefs(new_ticket=incoming.kind == "message")
     else:  # the customer typed the number, or replied to our acknowledgement that names it
         text = incoming.text
         refs = ThreadRefs(ticket_number=ticket_number_in(incoming.text) or ticket_number_in(incoming.reply_to_text))
