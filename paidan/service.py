@@ -160,7 +160,7 @@ async def run(settings: Settings, *, migrate: bool = True) -> None:
     from paidan.backup import scheduled_backups
     from paidan.dashboard import dashboard_for, purge_dashboard_sessions
     from paidan.surveys import SurveyDesk
-    from paidan.web import build_app
+    from paidan.web import build_app, solved_hook
 
     if migrate:
         upgrade(settings.database_url)
@@ -195,7 +195,7 @@ async def run(settings: Settings, *, migrate: bool = True) -> None:
                               api_tokens=tuple(settings.api_tokens))
     app = build_app(settings, sink=sink, ticket_view=queries.ticket_view, db_ok=queries.db_ok,
                     operations=queries.operations, telegram_webhook=telegram_webhook, dashboard=dashboard,
-                    surveys=SurveyDesk(engine).store())
+                    surveys=SurveyDesk(engine).store(), mark_solved=solved_hook(engine, routing))
     server = uvicorn.Server(uvicorn.Config(
         app, log_config=None, access_log=False, lifespan="on",
         proxy_headers=settings.forwarded_allow_ips is not None,

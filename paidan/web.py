@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from connectors.webform import WebFormConfig
 from connectors.webform import build_app as build_webform
 from connectors.webform.api import error
-from connectors.webform.site import Sink, TicketLookup
+from connectors.webform.site import Sink, SolvedHook, TicketLookup
 from connectors.webform.surveys import SurveyStore
 from paidan.settings import Settings
 from router.queries import Operations
@@ -168,14 +168,17 @@ class TelegramWebhookRoute:
 def build_app(settings: Settings, sink: Sink, ticket_view: TicketLookup, *, db_ok: DbCheck | None = None,
               operations: OperationsQuery | None = None, metrics: WebMetrics | None = None,
               health_timeout: float = HEALTH_TIMEOUT, telegram_webhook: TelegramWebhook | None = None,
-              dashboard: Dashboard | None = None, surveys: SurveyStore | None = None) -> FastAPI:
+              dashboard: Dashboard | None = None, surveys: SurveyStore | None = None,
+              mark_solved: SolvedHook | None = None) -> FastAPI:
     """The whole web app. `db_ok` backs /healthz (None: the database is not checked); `operations`
     adds the help desk's counts to /metrics (None: request metrics only); `telegram_webhook` serves
     Telegram's updates at its path (None: Telegram polls, or is off); `dashboard` serves /dashboard and
-    /api/v1/report (None: no reports on the web)."""
+    /api/v1/report (None: no reports on the web); `mark_solved` (see `solved_hook`) puts a "this is
+    solved" button on the status page (None: none)."""
     metrics = metrics or WebMetrics()
     app = build_webform(webform_config(settings), sink, ticket_view, on_outcome=metrics.count,
-                        title="paidan", version=_version(), surveys=surveys)  # surveys: the /survey/<token> page
+                        title="paidan", version=_version(), surveys=surveys,  # surveys: the /survey/<token> page
+                        mark_solved=mark_solved)
     app.state.metrics = metrics
 
     async def healthz(request: Request) -> Response:
@@ -212,3 +215,28 @@ def build_app(settings: Settings, sink: Sink, ticket_view: TicketLookup, *, db_o
         app.add_middleware(TelegramWebhookRoute, webhook=telegram_webhook)  # inside LatencyMiddleware: timed too
     app.add_middleware(LatencyMiddleware, metrics=metrics)
     return app
+
+
+def solved_hook(engine, config) -> SolvedHook:
+    """The status page's "this is solved", as `actions.customer_resolves` in a transaction of its own;
+    a database that does not answer is StorageUnavailable (the page says to try again)."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from models.errors import StorageUnavailable
+    from paidan.db import transaction
+    from router import actions
+
+    def work(number: str, identity) -> str:
+        try:
+            with transaction(engine) as session:
+                return actions.customer_resolves(session, number, (identity.kind.value, identity.value), config,
+                                                 datetime.now(UTC))
+        except SQLAlchemyError as exc:
+            raise StorageUnavailable("the database did not answer; try again in a moment") from exc
+
+    async def mark_solved(number: str, identity) -> str:
+        return await asyncio.to_thread(work, number, identity)
+
+    return mark_solved

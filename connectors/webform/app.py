@@ -27,7 +27,7 @@ from connectors.webform.api import (
 from connectors.webform.config import MB, WebFormConfig
 from connectors.webform.edge import BodyLimit, CatchAll, SecurityHeaders
 from connectors.webform.pages import Pages
-from connectors.webform.site import PACKAGE_DIR, OutcomeHook, Sink, Site, TicketLookup
+from connectors.webform.site import PACKAGE_DIR, OutcomeHook, Sink, Site, SolvedHook, TicketLookup
 from connectors.webform.surveys import SurveyPages, SurveyStore, SurveyTokens
 
 BEARER_SCHEME = "HTTPBearer"  # the name under components.securitySchemes in /openapi.json
@@ -50,10 +50,12 @@ def _is_api(scope: Scope) -> bool:
 
 def build_app(config: WebFormConfig, sink: Sink, ticket_view: TicketLookup, *,
               on_outcome: OutcomeHook | None = None, title: str = "paidan", version: str = "0.1.0",
-              surveys: SurveyStore | None = None) -> FastAPI:
+              surveys: SurveyStore | None = None, mark_solved: SolvedHook | None = None) -> FastAPI:
     """The web channel as an app. `sink` is durable intake; `ticket_view` answers the status page;
-    `surveys` answers the satisfaction survey page (None: no such page)."""
-    site = Site(config, sink, ticket_view, **({"on_outcome": on_outcome} if on_outcome else {}))
+    `surveys` answers the satisfaction survey page (None: no such page); `mark_solved` lets a customer
+    close their ticket from the status page (None: no such button)."""
+    site = Site(config, sink, ticket_view, **({"on_outcome": on_outcome} if on_outcome else {}),
+                mark_solved=mark_solved)
     pages, api = Pages(site), Api(site)
     # Swagger UI would load its assets from a CDN; /docs is served from our own template instead.
     app = FastAPI(title=title, version=version, docs_url=None, redoc_url=None, openapi_url="/openapi.json")
@@ -65,6 +67,8 @@ def build_app(config: WebFormConfig, sink: Sink, ticket_view: TicketLookup, *,
     app.add_api_route("/status", pages.status_form, methods=["GET"], include_in_schema=False)
     app.add_api_route("/status", pages.status_lookup, methods=["POST"], include_in_schema=False)
     app.add_api_route("/status/message", pages.status_message, methods=["POST"], include_in_schema=False)
+    if mark_solved is not None:
+        app.add_api_route("/status/solved", pages.status_solved, methods=["POST"], include_in_schema=False)
     if surveys is not None:
         survey_pages = SurveyPages(pages, surveys, SurveyTokens(config.secret))
         app.add_api_route("/survey/{token}", survey_pages.show, methods=["GET"], include_in_schema=False)

@@ -35,6 +35,9 @@ from connectors.webform.validation import (
 from models.errors import InvalidMessage, StorageUnavailable
 from models.message import Attachment, Channel, Identity, TicketView
 
+# A ticket in these states has nothing left to mark solved (the router's finished states and merged).
+FINISHED_STATES = frozenset({"resolved", "closed", "merged"})
+
 CONTACT_FIELDS = ("name", "email", "phone", "subject", "message")
 HONEYPOT = "website"
 FORM_TYPES = (b"multipart/form-data", b"application/x-www-form-urlencoded")
@@ -256,6 +259,7 @@ class Pages:
             csrf_token=self.site.csrf.issue(session_id, submission_id),
             view=view, number=number, contact=contact, errors=errors or {}, notice=notice, draft=draft,
             local_time=self.local_time, switch_path="/status",
+            solvable=bool(view and self.site.mark_solved and view.state not in FINISHED_STATES),
         )
 
     def local_time(self, at: datetime) -> str:
@@ -372,6 +376,39 @@ class Pages:
         # A fresh submission id: the next message on this page is a new message, not a retry.
         return self.status_page(request, lang=lang, view=fresh or view, number=receipt.ticket_number,
                                 contact=contact_in, notice=i18n.text("message_added", lang))
+
+
+    async def status_solved(self, request: Request) -> Response:
+        """The customer says their ticket is solved (the status page's ✅): resolved as an agent's resolve
+        would; a message added later reopens it. The same proof as a message: number + contact."""
+        site = self.site
+        lang = site.language(request)
+        if limited := self.rate_limited(request, lang, site.status_limiter, "/status"):
+            return limited
+        try:
+            form = await self.read_form(request, max_part_size=65536)
+        except FormUnreadable as exc:
+            return self.unreadable(request, lang, exc, "/status")
+        check = site.csrf.check(_str(form.get("csrf_token")), site.session_id(request))
+        if check.status in (CsrfStatus.MISSING, CsrfStatus.INVALID):
+            return self.csrf_failed(request, lang, "/status")
+        found = await self._find_ticket(request, lang, form)
+        if isinstance(found, Response):
+            return found
+        view, contact_in, identity = found
+        keep = {"lang": lang, "number": view.number, "contact": contact_in}
+        if check.status is CsrfStatus.EXPIRED:
+            return self.status_page(request, status=403, view=view, notice=i18n.text("csrf_expired", lang), **keep)
+        try:
+            outcome = await site.mark_solved(view.number, identity)
+            fresh = await site.ticket_view(view.number, identity)
+        except StorageUnavailable:
+            site.count("web", "storage_unavailable")
+            return self.status_page(request, status=503, view=view, headers=self.unavailable_headers(),
+                                    notice=i18n.text("unavailable_plain", lang), **keep)
+        site.count("web", f"solved_{outcome}")
+        notice = i18n.text("marked_solved" if outcome == "resolved" else "already_solved", lang)
+        return self.status_page(request, view=fresh or view, notice=notice, **keep)
 
 
 def _uploads(form: FormData) -> list[UploadFile]:

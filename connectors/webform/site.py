@@ -23,6 +23,9 @@ log = logging.getLogger("connectors.webform")
 
 Sink = Callable[[InboundMessage], Awaitable[Receipt]]
 TicketLookup = Callable[[str, Identity], Awaitable[TicketView | None]]
+# (ticket number, the contact that proved it theirs) -> "resolved", "already" or "not_theirs": the customer
+# says it is solved.
+SolvedHook = Callable[[str, Identity], Awaitable[str]]
 # (channel, outcome) -> None; the wiring counts these in Prometheus.
 OutcomeHook = Callable[[str, str], None]
 
@@ -42,6 +45,7 @@ class Site:
     sink: Sink
     ticket_view: TicketLookup
     on_outcome: OutcomeHook = _no_outcome
+    mark_solved: SolvedHook | None = None  # None: the status page offers no "it is solved" button
     csrf: CsrfTokens = field(init=False)
     form_limiter: RateLimiter = field(init=False)
     status_limiter: RateLimiter = field(init=False)
