@@ -296,3 +296,13 @@ def test_an_answer_to_our_acknowledgement_finds_its_ticket_by_in_reply_to_alone(
         assert send(server, answer)[1].endswith(number)
         assert not send(server, stranger, sender="someone@example.org")[1].endswith(number)
     intake.close()
+
+
+def test_the_address_a_mail_reached_us_at_is_never_copied_on_our_answer(engine, intake):
+    """The customer wrote To us and a colleague: "reply all" copies the colleague, never the address the
+    mail came in at, whatever domain our own mail goes out from (the relay also drops our domains)."""
+    raw = mail().replace(b"To: support@paidan.test", "To: help@brand.example, 同事 <colleague@example.cn>".encode())
+    with smtp_server(intake.accept) as server:
+        assert send(server, raw, to="help@brand.example")[0] == 250
+    [stored] = messages(engine)
+    assert stored.cc == ["colleague@example.cn"]

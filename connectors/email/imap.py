@@ -244,7 +244,9 @@ class _Round:
         if size is not None and size > self.config.max_bytes:
             log.warning("%s: UID %d is %.1f MB, over the %.1f MB limit; delivered whole",
                         self.label, uid, size / MB, self.config.max_bytes / MB)
-        msg = parse_email(raw, received_at=received_at_of(item, self.poller.clock()))
+        # The mailbox's own address (its login, when that is one) is never copied on our answer.
+        mailbox = (self.config.username,) if "@" in self.config.username else ()
+        msg = parse_email(raw, received_at=received_at_of(item, self.poller.clock()), ours=mailbox)
         try:
             receipt = self.poller.deliver(msg)
         except Exception as exc:  # whatever failed, the mail stays on the server for the next poll

@@ -22,7 +22,7 @@ import functools
 import hashlib
 import quopri
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from email.errors import MissingHeaderBodySeparatorDefect
 from email.message import Message
@@ -287,16 +287,16 @@ def _first_address(value: str | None) -> tuple[str, str] | None:
     return ("", loose.group().strip("\"'()[],;:")) if loose else None
 
 
-def _copied(msg: Message, sender: Sender) -> tuple[str, ...]:
+def _copied(msg: Message, sender: Sender, ours: Iterable[str] = ()) -> tuple[str, ...]:
     """Everyone else the customer wrote to, To then Cc, each once (case aside): the people "reply all"
-    would reach. Not the sender, not a mailing list's own address (List-Post: answering a customer must
-    not post to a public list) and at most MAX_CC. Our own addresses are among them (the customer wrote
-    To us); the relay leaves out every address at our domains when it builds the answer."""
+    would reach. Not the sender, not the addresses it reached us at (`ours`), not a mailing list's own
+    address (List-Post: answering a customer must not post to a public list), at most MAX_CC. Aliases of
+    ours may still be among them; the relay also leaves out every address at our domains."""
     try:
         pairs = getaddresses([str(value) for name in ("To", "Cc") for value in msg.get_all(name) or []])
     except Exception:  # noqa: BLE001 — a header the stdlib cannot split is one we do not answer
         return ()
-    seen = {sender.identities[0].value.lower(), *_list_addresses(msg)}
+    seen = {sender.identities[0].value.lower(), *_list_addresses(msg), *(a.strip().lower() for a in ours)}
     found = []
     for _, address in pairs:
         address = address.strip()
@@ -775,17 +775,20 @@ def _repaired_header_block(raw: bytes) -> bytes | None:
 # --- the parser -------------------------------------------------------------------------------
 
 
-def parse_email(raw: bytes, *, received_at: datetime, envelope_sender: str | None = None) -> InboundMessage:
-    """Parse one email. Never raises: what cannot be read is flagged "unparseable"; raw is kept."""
+def parse_email(raw: bytes, *, received_at: datetime, envelope_sender: str | None = None,
+                ours: Iterable[str] = ()) -> InboundMessage:
+    """Parse one email. Never raises: what cannot be read is flagged "unparseable"; raw is kept.
+    `ours`: the addresses it reached us at (the SMTP envelope's recipients, the polled mailbox), never
+    among those our answer copies."""
     digest = hashlib.sha256(raw).hexdigest()
     try:
-        return _parse(raw, digest, received_at, envelope_sender)
+        return _parse(raw, digest, received_at, envelope_sender, ours=ours)
     except Exception:  # noqa: BLE001 — one bad mail must never stop intake (FAILURE_MODES 7, 14)
         pass
     try:
         # MIME nested past the stack limit still has readable headers, and reading headers does
         # not recurse: keep the Message-ID (deduplication), the sender and the subject.
-        return _parse(raw, digest, received_at, envelope_sender, headers_only=True)
+        return _parse(raw, digest, received_at, envelope_sender, headers_only=True, ours=ours)
     except Exception:  # noqa: BLE001 — the same reason; nothing is left to try but the bytes
         return _unparseable(raw, digest, received_at)
 
@@ -801,7 +804,8 @@ def _read(raw: bytes, headers_only: bool) -> Message:
 
 
 def _parse(
-    raw: bytes, digest: str, received_at: datetime, envelope_sender: str | None, *, headers_only: bool = False
+    raw: bytes, digest: str, received_at: datetime, envelope_sender: str | None, *, headers_only: bool = False,
+    ours: Iterable[str] = (),
 ) -> InboundMessage:
     msg = _read(raw, headers_only)
     hint = _charset_hint(msg)
@@ -850,7 +854,7 @@ def _parse(
         message_id=message_id if message_id and len(message_id) <= MAX_EXTERNAL_ID else None,
         language=_content_language(msg),
         flags=tuple(f for f in FLAG_ORDER if f in flags),
-        cc=_copied(msg, sender),
+        cc=_copied(msg, sender, ours),
     )
 
 

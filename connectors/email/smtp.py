@@ -83,10 +83,12 @@ class IntakeHandler:
             raw = raw.encode("utf-8", "surrogateescape")
         try:
             if len(raw) <= PARSE_INLINE_BYTES:
-                message = parse_email(raw, received_at=self.clock(), envelope_sender=envelope.mail_from)
+                message = parse_email(raw, received_at=self.clock(), envelope_sender=envelope.mail_from,
+                                      ours=envelope.rcpt_tos)
             else:  # a big mail parses in a thread, while the event loop serves every other connection
                 message = await asyncio.to_thread(
-                    parse_email, raw, received_at=self.clock(), envelope_sender=envelope.mail_from)
+                    parse_email, raw, received_at=self.clock(), envelope_sender=envelope.mail_from,
+                    ours=envelope.rcpt_tos)
             receipt = await self.deliver(message)
         except StorageUnavailable as exc:
             log.warning("smtp: not stored, asked the sender to retry: %s", exc)
