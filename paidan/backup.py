@@ -154,9 +154,11 @@ def restore_hint(database_url: str, path: Path) -> str:
         return (f"to restore: stop paidan, delete {source}-wal and {source}-shm if they are there, "
                 f"then copy {path} over {source}")
     url = make_url(normalise_url(database_url))
+    # Without the password: what is printed ends up in terminals' scrollback and in logs.
     target = URL.create("postgresql", username=url.username, host=url.host, port=url.port, database=url.database,
-                        query=url.query).render_as_string(hide_password=False)
-    return f"to restore: stop paidan, then pg_restore --clean --if-exists --dbname '{target}' {path}"
+                        query=url.query).render_as_string()
+    password = " (with the password in PGPASSWORD)" if url.password else ""
+    return f"to restore: stop paidan, then pg_restore --clean --if-exists --dbname '{target}' {path}{password}"
 
 
 # ---------------------------------------------------------------- making one

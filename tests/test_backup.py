@@ -411,3 +411,11 @@ def test_db_backup_on_postgresql_prints_how_to_restore(database_url, monkeypatch
     [written] = our_files(tmp_path)
     assert written.endswith(".dump") and "0 tickets, 0 messages" in out
     assert "pg_restore --clean --if-exists --dbname" in out
+
+
+def test_the_restore_hint_never_prints_a_password():
+    from paidan.backup import restore_hint
+
+    hint = restore_hint("postgresql://paidan:s3cret@db.internal:5432/paidan", Path("b.dump"))
+    assert "s3cret" not in hint and "postgresql://paidan@db.internal:5432/paidan" in hint
+    assert hint.endswith("b.dump (with the password in PGPASSWORD)")
