@@ -156,6 +156,10 @@ class Dispatcher:
         status = await asyncio.to_thread(self._resolve_for_customer, incoming, number)
         await self._quietly(self.bot.answer_callback_query(
             incoming.callback_id or "", text=solved_answer(status, language_of(incoming.language_code))))
+        if status != "not_theirs" and incoming.chat_id is not None and incoming.message_id is not None:
+            # Pressed: the button goes, so the reply no longer offers what is done.
+            await self._quietly(self.bot.edit_message_reply_markup(
+                chat_id=incoming.chat_id, message_id=incoming.message_id, reply_markup=None))
 
     def _resolve_for_customer(self, incoming: Incoming, number: str) -> str:
         with transaction(self.engine) as session:

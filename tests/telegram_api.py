@@ -367,6 +367,9 @@ class FakeBotAPI:
                                         "caption": item.get("caption")})
                 for item in params.get("media") or [] if isinstance(item, dict)]
 
+    def _api_editmessagereplymarkup(self, params: dict[str, Any]) -> bool:
+        return True  # recorded in the request log like every call; the message itself is not kept
+
     def _api_answercallbackquery(self, params: dict[str, Any]) -> bool:
         return True
 

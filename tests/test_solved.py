@@ -44,6 +44,7 @@ def test_the_customer_marks_it_solved_under_our_reply(engine, intake):
         for update_id, user in ((900, 555), (901, WANG), (901, WANG), (902, WANG)):  # a stranger, Wang, redelivered, again
             await wang.dispatcher.handle(callback(update_id, user, data))
         seen["answers"] = [a["text"] for a in wang.fake.requests("answerCallbackQuery")]
+        seen["edits"] = wang.fake.requests("editMessageReplyMarkup")
 
     run_chats(engine, intake, scenario, (WANG, "王芳", "zh-hans"))
     number, reply = seen["number"], seen["reply"]
@@ -53,6 +54,8 @@ def test_the_customer_marks_it_solved_under_our_reply(engine, intake):
     assert stranger == "—"  # not their ticket: nothing happens, nothing is told
     assert pressed == "已标记为已解决，谢谢！如还有问题，再发消息即可。"
     assert again == later == "这个工单已经解决了。如还有问题，再发消息即可。"
+    # Each press by Wang takes the button off that message (the stranger's does not).
+    assert [(e["chat_id"], e.get("reply_markup")) for e in seen["edits"]] == [(WANG, None)] * 3
     with Session(engine) as session:
         ticket = session.scalar(select(Ticket).where(Ticket.number == number))
         assert ticket.state == "resolved" and session.scalar(select(Agent.load).where(Agent.name == "Ann")) == 0
