@@ -123,7 +123,8 @@ def is_supervisor(agent: Agent) -> bool:
     return agent.role in SUPERVISOR_ROLES
 
 
-def _actor(agent: Agent) -> str:
+def actor_of(agent: Agent) -> str:
+    """How the audit trail names an agent who acted (by id: names change)."""
     return f"agent:{agent.id}"
 
 
@@ -181,14 +182,14 @@ def _event(session: Session, ticket: Ticket, agent: Agent, kind: str, reason: st
            data: dict | None = None) -> TicketEvent:
     # Not flushed here: the session writes its events in the order they were added, and the one
     # place that writes events behind the ORM's back (assignment's offers) flushes these first.
-    event = TicketEvent(ticket_id=ticket.id, at=now, actor=_actor(agent), kind=kind, reason=reason, data=data or {})
+    event = TicketEvent(ticket_id=ticket.id, at=now, actor=actor_of(agent), kind=kind, reason=reason, data=data or {})
     session.add(event)
     return event
 
 
 def _move(session: Session, ticket: Ticket, agent: Agent, to_state: str, reason: str, now: datetime,
           data: dict) -> TicketEvent:
-    event = states.transition(session, ticket, to_state, actor=_actor(agent), reason=reason, at=now)
+    event = states.transition(session, ticket, to_state, actor=actor_of(agent), reason=reason, at=now)
     event.data = data
     return event
 
@@ -333,7 +334,7 @@ def take(session: Session, ticket_number: str, actor: Agent | str | int, config:
         raise ActionRefused(f"{agent.name} lacks the skill(s) {', '.join(missing)} that {ticket.number} needs; "
                             f"a supervisor can hand it to you (/assign {ticket.number} {agent.name})")
     was = f"the {ticket.queue} queue" if ticket.queue else "nobody"
-    assignment.take_by_hand(session, ticket, agent, now, actor=_actor(agent),
+    assignment.take_by_hand(session, ticket, agent, now, actor=actor_of(agent),
                             reason=f"{agent.name} took it from {was}" + (" over the skills check" if missing else ""))
     return _outcome(session, ticket, "take", f"{agent.name} took {ticket.number}; it is in progress",
                     {"from": was, **({"warning": f"{agent.name} lacks {', '.join(missing)}"} if missing else {})})
@@ -353,8 +354,8 @@ def decline(session: Session, ticket_number: str, actor: Agent | str | int, conf
     _event(session, ticket, agent, "declined", f"{agent.name} declined the offer: {why}", now,
            {"action": "decline", "reason": why, "assignment_id": offer.id})
     # "declined" marks the offer as a refusal, so assignment never offers this ticket to them again.
-    assignment.release(session, ticket, now, why="declined", actor=_actor(agent))
-    result = assignment.assign(session, ticket, config, now, actor=_actor(agent), exclude=frozenset({agent.id}))
+    assignment.release(session, ticket, now, why="declined", actor=actor_of(agent))
+    result = assignment.assign(session, ticket, config, now, actor=actor_of(agent), exclude=frozenset({agent.id}))
     return _outcome(session, ticket, "decline", f"{agent.name} declined {ticket.number}; {_where_now(session, ticket)}",
                     {"assignment": _result_dict(result)})
 
@@ -630,7 +631,7 @@ def resolve(session: Session, ticket_number: str, actor: Agent | str | int, conf
     why = note.strip()
     _move(session, ticket, agent, states.RESOLVED, f"resolved by {agent.name}" + (f": {why}" if why else ""), now,
           {"action": "resolve", "note": why, "first_response_at": _iso(ticket.first_response_at)})
-    drained, survey_id = _after_resolving(session, ticket, config, now, actor=_actor(agent), agent_id=agent.id)
+    drained, survey_id = _after_resolving(session, ticket, config, now, actor=actor_of(agent), agent_id=agent.id)
     return _outcome(session, ticket, "resolve", f"{ticket.number} resolved"
                     + (f"; {drained} queued ticket(s) assigned with the freed capacity" if drained else "")
                     + ("; the customer is asked how we did" if survey_id else ""),
@@ -704,7 +705,7 @@ def reopen(session: Session, ticket_number: str, actor: Agent | str | int, confi
     _move(session, ticket, agent, states.REOPENED, f"reopened by {agent.name}" + (f": {why}" if why else ""), now,
           {"action": "reopen", "reason": why})
     sla.restart_clocks(session, ticket, config, now)
-    result = assignment.assign(session, ticket, config, now, actor=_actor(agent))
+    result = assignment.assign(session, ticket, config, now, actor=actor_of(agent))
     return _outcome(session, ticket, "reopen", f"{ticket.number} reopened; {_where_now(session, ticket)}",
                     {"assignment": _result_dict(result)})
 
@@ -770,13 +771,13 @@ def reassign(session: Session, ticket_number: str, actor: Agent | str | int, con
     wanted = f"to {target.name}" if target else "to the best available agent"
     _event(session, ticket, agent, "reassigned",
            f"{agent.name} reassigned the ticket {wanted}" + (f": {why}" if why else ""), now, data)
-    assignment.release(session, ticket, now, why="reassigned", actor=_actor(agent))
+    assignment.release(session, ticket, now, why="reassigned", actor=actor_of(agent))
     if target is not None:
         chosen = f"chosen by {agent.name}" + (" over the skills check" if force else "") + (f": {why}" if why else "")
-        result = assignment.offer_to(session, ticket, target.id, config, now, actor=_actor(agent), reason=chosen)
+        result = assignment.offer_to(session, ticket, target.id, config, now, actor=actor_of(agent), reason=chosen)
     else:
         exclude = frozenset({holder}) if holder is not None else frozenset()
-        result = assignment.assign(session, ticket, config, now, actor=_actor(agent), exclude=exclude)
+        result = assignment.assign(session, ticket, config, now, actor=actor_of(agent), exclude=exclude)
     extra = {"warning": data["warning"]} if "warning" in data else {}
     return _outcome(session, ticket, "reassign", f"{ticket.number}: {_where_now(session, ticket)}",
                     {"assignment": _result_dict(result), **extra})
@@ -827,7 +828,7 @@ def relabel(session: Session, ticket_number: str, actor: Agent | str | int, head
     first, text = opening_text(session, ticket)
     correction = LabelCorrection(
         message_id=first.id if first else None, text=text,
-        head=head_key, old_label=old, new_label=label, corrected_by=_actor(agent), corrected_at=now,
+        head=head_key, old_label=old, new_label=label, corrected_by=actor_of(agent), corrected_at=now,
     )
     session.add(correction)
     setattr(ticket, head_key, label)
@@ -942,7 +943,7 @@ def set_availability(session: Session, actor: Agent | str | int, online: bool, c
     for ticket, accepted_at in rows:
         what = f"{by}; handed on with their other tickets" if accepted_at else f" before accepting it{by}"
         _event(session, ticket, acting, "agent_offline", f"{who.name} went offline{what}", now)
-        assignment.release(session, ticket, now, why="agent offline", actor=_actor(acting))
+        assignment.release(session, ticket, now, why="agent offline", actor=actor_of(acting))
     leaving = [ticket for ticket, _ in rows]
     if leaving:
         session.flush()  # the releases, before assignment looks for someone with room
@@ -1000,7 +1001,7 @@ def merge(session: Session, ticket_number: str, actor: Agent | str | int, config
     _move(session, source, agent, states.MERGED, f"merged into {target.number} by {agent.name}{said}", now,
           {"action": "merge", "into": target.number, "messages_moved": moved, "reason": why})
     sla.stop_clocks(session, source, ("first_response", "resolution"), now)
-    freed = assignment.release(session, source, now, why="merged", actor=_actor(agent))
+    freed = assignment.release(session, source, now, why="merged", actor=actor_of(agent))
 
     raised_from = None  # the priority `into` had, when the merged ticket's was more urgent
     if _more_urgent(source.priority, target.priority):
@@ -1093,7 +1094,7 @@ def mark_spam(session: Session, ticket_number: str, actor: Agent | str | int, co
     customer = session.get(Customer, root_customer(session, ticket.customer_id))
     newly_blocked = blocking.block(session, customer, by=agent.name, reason=why or f"{ticket.number} marked as spam",
                                    now=now)
-    closed = blocking.close_unanswered(session, customer, first=ticket, actor=_actor(agent), config=config, now=now,
+    closed = blocking.close_unanswered(session, customer, first=ticket, actor=actor_of(agent), config=config, now=now,
                                        reason=f"marked by {agent.name}" + (f": {why}" if why else ""))
     others = [t.number for t in closed[1:]]
     also = f"; also closed {', '.join(others)} (nobody had answered them)" if others else ""
@@ -1122,11 +1123,11 @@ def not_spam(session: Session, ticket_number: str, actor: Agent | str | int, con
         select(TicketEvent.actor).where(TicketEvent.ticket_id == ticket.id, TicketEvent.kind == "transition",
                                         TicketEvent.to_state == states.CLOSED)
         .order_by(TicketEvent.id.desc()).limit(1))
-    if not is_supervisor(agent) and marked_by != _actor(agent):
+    if not is_supervisor(agent) and marked_by != actor_of(agent):
         raise ActionRefused(f"only a supervisor or the agent who marked {ticket.number} as spam can undo it")
     why = reason.strip()
     blocking.unblock(session, customer)
-    reopened, rerouted = blocking.release_kept(session, customer, actor=_actor(agent), now=now,
+    reopened, rerouted = blocking.release_kept(session, customer, actor=actor_of(agent), now=now,
                                                reason=f"said {agent.name}" + (f": {why}" if why else ""))
     return _outcome(session, ticket, "not_spam", blocking.released(customer.id, reopened, rerouted),
                     {"customer_id": customer.id, "reopened": reopened, "rerouted": rerouted})

@@ -59,10 +59,10 @@ def open_ticket(session: Session, to: str, actor, config: RouterConfig, now: dat
                     created_at=now, updated_at=now, **chosen)
     session.add(ticket)
     session.flush()
-    session.add(TicketEvent(ticket_id=ticket.id, at=now, actor=f"agent:{agent.name}", kind="opened",
+    session.add(TicketEvent(ticket_id=ticket.id, at=now, actor=actions.actor_of(agent), kind="opened",
                             reason=f"{agent.name} opened the ticket by writing to customer #{customer.id} on {channel}",
                             data={"action": "open", "channel": channel, "customer_id": customer.id, **chosen}))
-    assignment.take_by_hand(session, ticket, agent, now, actor=f"agent:{agent.name}",
+    assignment.take_by_hand(session, ticket, agent, now, actor=actions.actor_of(agent),
                             reason=f"{agent.name} opened it")
     # The resolution clock only, paused at once below: it runs from the customer's answer, and it is there
     # (not started later from the ticket's creation) for a reopen or a new priority to act on.
