@@ -69,3 +69,24 @@ class KeywordClassifier:
 
     def predict_many(self, texts):
         return [self.predict(t) for t in texts]
+
+
+def cli_invoker(command, database_url: str, monkeypatch, tmp_path, *, unset: tuple[str, ...] = ()):
+    """Run a click `command` as a person at a terminal would: on `database_url`, from an empty working
+    directory (no paidan.toml), with the environment variables in `unset` removed. The returned
+    `invoke(*args, ok=True, input=None)` asserts exit status 0 unless `ok=False`."""
+    from click.testing import CliRunner
+
+    monkeypatch.setenv("PAIDAN_DATABASE_URL", database_url)
+    for name in unset:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+
+    def invoke(*args: str, ok: bool = True, input: str | None = None):
+        result = runner.invoke(command, list(args), catch_exceptions=False, input=input)
+        if ok:
+            assert result.exit_code == 0, result.output
+        return result
+
+    return invoke

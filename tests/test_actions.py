@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from factories import KeywordClassifier, make_message
+from factories import KeywordClassifier, cli_invoker, make_message
 from models import Attachment, Channel, ThreadRefs
 from models.errors import ActionRefused, IllegalTransition, NotFound
 from models.tables import (
@@ -809,18 +809,7 @@ def app():
 
 @pytest.fixture
 def run(app, database_url, monkeypatch, tmp_path):
-    monkeypatch.setenv("PAIDAN_DATABASE_URL", database_url)
-    monkeypatch.delenv("PAIDAN_AGENT", raising=False)
-    monkeypatch.chdir(tmp_path)
-    runner = CliRunner()
-
-    def invoke(*args: str, ok: bool = True, input: str | None = None):
-        result = runner.invoke(app, list(args), catch_exceptions=False, input=input)
-        if ok:
-            assert result.exit_code == 0, result.output
-        return result
-
-    return invoke
+    return cli_invoker(app, database_url, monkeypatch, tmp_path, unset=("PAIDAN_AGENT",))
 
 
 def test_every_router_command_has_help(app):

@@ -25,7 +25,7 @@ from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from factories import make_message
+from factories import cli_invoker, make_message
 from models.tables import Message, Ticket
 from paidan.backup import (
     BackupCancelled, BackupError, ScheduledBackups, back_up, backup_name, backup_time, next_backup_due,
@@ -228,18 +228,7 @@ def test_prune_keeps_exactly_the_newest_n_of_ours_and_nothing_else_goes(tmp_path
 
 @pytest.fixture
 def run(sqlite_url, monkeypatch, tmp_path):
-    monkeypatch.setenv("PAIDAN_DATABASE_URL", sqlite_url)
-    monkeypatch.delenv("PAIDAN_CONFIG", raising=False)
-    monkeypatch.chdir(tmp_path)
-    runner = CliRunner()
-
-    def invoke(*args: str, ok: bool = True):
-        result = runner.invoke(cli, list(args), catch_exceptions=False)
-        if ok:
-            assert result.exit_code == 0, result.output
-        return result
-
-    return invoke
+    return cli_invoker(cli, sqlite_url, monkeypatch, tmp_path, unset=("PAIDAN_CONFIG",))
 
 
 def test_db_backup_prints_one_line_and_how_to_restore(run, sqlite_url, tmp_path):

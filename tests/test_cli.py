@@ -7,24 +7,14 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from factories import make_message
+from factories import cli_invoker, make_message
 from paidan.cli import cli
 from router.intake import Intake
 
 
 @pytest.fixture
 def run(database_url, monkeypatch, tmp_path):
-    monkeypatch.setenv("PAIDAN_DATABASE_URL", database_url)
-    monkeypatch.chdir(tmp_path)
-    runner = CliRunner()
-
-    def invoke(*args: str, ok: bool = True):
-        result = runner.invoke(cli, list(args), catch_exceptions=False)
-        if ok:
-            assert result.exit_code == 0, result.output
-        return result
-
-    return invoke
+    return cli_invoker(cli, database_url, monkeypatch, tmp_path)
 
 
 def _all_commands(group, prefix=()):

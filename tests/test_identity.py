@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from factories import make_message
+from factories import cli_invoker, make_message
 from models import Channel, Identity, IdentityKind, InboundMessage, Sender
 from models.errors import ActionRefused, InvalidInput, NotFound
 from models.tables import Customer, CustomerMerge, Identity as IdentityRow, Message, ReviewItem, Ticket, TicketEvent
@@ -351,17 +351,7 @@ def test_customers_are_found_by_id_or_by_any_identity(engine):
 
 @pytest.fixture
 def run(database_url, monkeypatch, tmp_path):
-    monkeypatch.setenv("PAIDAN_DATABASE_URL", database_url)
-    monkeypatch.chdir(tmp_path)
-    runner = CliRunner()
-
-    def invoke(*args: str, ok: bool = True):
-        result = runner.invoke(customers, list(args), catch_exceptions=False)
-        if ok:
-            assert result.exit_code == 0, result.output
-        return result
-
-    return invoke
+    return cli_invoker(customers, database_url, monkeypatch, tmp_path)
 
 
 @pytest.mark.parametrize("path", [(), ("show",), ("merge",), ("unmerge",)])

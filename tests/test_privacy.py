@@ -12,11 +12,10 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from click.testing import CliRunner
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from factories import KeywordClassifier, make_message
+from factories import KeywordClassifier, cli_invoker, make_message
 from models import Attachment, Channel, Identity, IdentityKind, InboundMessage, Sender
 from models.errors import ActionRefused, InvalidInput, NotFound
 from models.message import ThreadRefs
@@ -432,17 +431,7 @@ def test_serve_purges_hourly_when_retention_is_set(desk, monkeypatch):
 
 @pytest.fixture
 def run(database_url, monkeypatch, tmp_path):
-    monkeypatch.setenv("PAIDAN_DATABASE_URL", database_url)
-    monkeypatch.chdir(tmp_path)
-    runner = CliRunner()
-
-    def invoke(*args: str, ok: bool = True, input: str | None = None):
-        result = runner.invoke(cli, list(args), catch_exceptions=False, input=input)
-        if ok:
-            assert result.exit_code == 0, result.output
-        return result
-
-    return invoke
+    return cli_invoker(cli, database_url, monkeypatch, tmp_path)
 
 
 def test_customers_export_writes_json_readable_by_its_owner_only(person, run, tmp_path):
