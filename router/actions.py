@@ -665,12 +665,15 @@ def customer_resolves(session: Session, ticket_number: str, identity: tuple[str,
     "resolved", "already" (resolved or closed before) or "not_theirs" (no such ticket of theirs)."""
     from router.queries import same_customer
 
-    ticket = session.scalar(select(Ticket).where(Ticket.number == ticket_number.strip().upper()).with_for_update())
-    while ticket is not None and ticket.state == states.MERGED and ticket.merged_into_id:
+    try:
+        ticket = _ticket(session, ticket_number)
+    except NotFound:
+        return "not_theirs"
+    while ticket.state == states.MERGED and ticket.merged_into_id:
         ticket = session.get(Ticket, ticket.merged_into_id)  # a button under a reply to a ticket merged since
     kind, value = identity
     owner = session.scalar(select(IdentityRow.customer_id).where(IdentityRow.kind == kind, IdentityRow.value == value))
-    if ticket is None or owner is None or not same_customer(session, owner, ticket.customer_id):
+    if owner is None or not same_customer(session, owner, ticket.customer_id):
         return "not_theirs"
     if ticket.state in (states.RESOLVED, states.CLOSED):
         return "already"
